@@ -227,8 +227,8 @@ class Runner:
             rows.append({"kind": "client", "round": r, "client": k, "lr": lr, "examples": reply.num_examples,
                          **{key: m[key] for key in m if key not in ("seconds",)},
                          "seconds": round(seconds, 3), "bytes_received": down, "bytes_sent": nbytes(reply.adapter)})
-            self.console.log(f"round {r}/{cfg.federation.rounds} client {k}: loss {m.get('loss_first', float('nan')):.3f}"
-                             f" -> {m.get('loss_last', float('nan')):.3f} over {m.get('steps', 0)} steps, {seconds:.1f} s")
+            self.console.log(f"round {r}/{cfg.federation.rounds} client {k}: {len(examples)} examples, "
+                             f"{m.get('steps', 0)} steps, mean loss {m.get('loss', float('nan')):.3f}, {seconds:.1f} s")
         new_global = self.method.server_aggregate(global_state, replies)
         test_loss = None
         if test_enc:

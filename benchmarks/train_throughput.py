@@ -1,0 +1,69 @@
+"""Local-training throughput of the fedpit engine on the default config (SmolLM2-135M, LoRA q,k,v,o r16).
+
+Prints tokens per second of real (non-padding) tokens and peak RSS, for the default dtype and for fp32 side by side
+in one run (this machine is shared and noisy: compare ratios, not absolute figures across runs).
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--batch-size 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import resource
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def measure(dtype: str, steps: int, batch_size: int, examples) -> dict:
+    import torch
+
+    from fedpit.backbone import load_backbone
+    from fedpit.config import Config
+    from fedpit.engine import Engine, LoraSpec
+
+    cfg = Config()
+    bb = load_backbone(cfg.model.name, dtype=dtype)
+    lo = cfg.lora
+    eng = Engine(bb, LoraSpec(lo.r, lo.alpha, lo.dropout, tuple(lo.target_modules)),
+                 max_seq_len=cfg.model.max_seq_len, seed=0)
+    eng.train(examples[:batch_size], lr=cfg.train.lr, steps=1, batch_size=batch_size, seed=0)  # warm-up
+    st = eng.train(examples, lr=cfg.train.lr, steps=steps, batch_size=batch_size, seed=0)
+    out = {"dtype": str(bb.dtype).replace("torch.", ""), "steps": st.steps, "tokens": st.tokens,
+           "seconds": st.seconds, "tok_per_s": st.tokens / st.seconds, "s_per_step": st.seconds / st.steps,
+           "threads": torch.get_num_threads()}
+    del eng, bb
+    gc.collect()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--dtypes", default="auto,fp32")
+    args = ap.parse_args()
+
+    from fedpit.data import load_demo
+
+    examples = load_demo("train")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"{args.steps} steps of batch {args.batch_size} on the demo data, LoRA r16 q,k,v,o")
+    results = []
+    for dt in args.dtypes.split(","):
+        t0 = time.perf_counter()
+        r = measure(dt, args.steps, args.batch_size, examples)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        results.append(r)
+        print(f"{dt:>5} -> {r['dtype']:>8}: {r['tok_per_s']:7.1f} real tokens/s, {r['s_per_step']:.2f} s/step, "
+              f"{r['tokens']} tokens, threads {r['threads']}, peak RSS so far {rss:.0f} MB "
+              f"({time.perf_counter() - t0:.0f} s incl. load)")
+    if len(results) == 2:
+        print(f"ratio {results[0]['dtype']}/{results[1]['dtype']}: {results[0]['tok_per_s'] / results[1]['tok_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

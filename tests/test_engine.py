@@ -1,0 +1,113 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedpit.adapters import max_abs_diff
+from fedpit.backbone import load_backbone
+from fedpit.data import Example, load_demo
+from fedpit.engine import Engine, LoraSpec, cosine_lr, make_batches
+from fedpit.prompts import IGNORE_INDEX, build_prompt, encode_example
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_path):
+    bb = load_backbone(tiny_model_path, dtype="fp32")
+    return Engine(bb, LoraSpec(r=4, alpha=8, dropout=0.0), max_seq_len=128, seed=0)
+
+
+def test_loss_mask_covers_exactly_the_response_and_eos(engine):
+    tok = engine.tokenizer
+    ex = Example(instruction="Explain gout briefly.", input="Age 50", output="Gout is a form of arthritis.")
+    enc = encode_example(tok, ex, template="alpaca", max_len=128)
+    prompt_ids = tok(build_prompt(ex.instruction, ex.input), add_special_tokens=True).input_ids
+    resp_ids = tok(ex.output, add_special_tokens=False).input_ids
+    n = len(prompt_ids)
+    assert list(enc.input_ids[:n]) == prompt_ids
+    assert all(t == IGNORE_INDEX for t in enc.labels[:n])
+    assert list(enc.labels[n:]) == resp_ids + [tok.eos_token_id]
+    assert enc.num_target_tokens == len(resp_ids) + 1
+
+
+def test_truncation_keeps_room_for_the_response(engine):
+    ex = Example(instruction="word " * 300, output="short answer")
+    enc = encode_example(engine.tokenizer, ex, max_len=64)
+    assert len(enc.input_ids) <= 64 and enc.num_target_tokens >= 3
+
+
+def test_response_only_loss_matches_transformers_loss(engine):
+    """Our LM-head-on-response-positions loss equals HF's full causal-LM loss with the same labels."""
+    encs = engine.encode(load_demo("train")[:3])
+    engine.load_adapter(engine.initial_adapter)
+    ids, labels, mask = engine._collate(encs)
+    with torch.no_grad():
+        ours, _ = engine._token_losses(ids, labels, mask)
+        hf = engine.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert float(ours.mean()) == pytest.approx(float(hf), rel=1e-5)
+    per = engine.example_losses(encs)
+    assert engine.mean_loss(encs) == pytest.approx(
+        sum(p * e.num_target_tokens for p, e in zip(per, encs)) / sum(e.num_target_tokens for e in encs), rel=1e-5)
+
+
+def test_prompt_tokens_do_not_change_the_loss_target(engine):
+    """Changing only the prompt changes context but never adds prompt tokens to the loss."""
+    a = engine.encode([Example(instruction="Say hello.", output="Hello there.")])[0]
+    b = engine.encode([Example(instruction="Say hello to the whole clinic team now.", output="Hello there.")])[0]
+    assert a.num_target_tokens == b.num_target_tokens
+
+
+def test_training_lowers_the_loss_and_is_deterministic(engine):
+    data = load_demo("train")[:8]
+    enc = engine.encode(data)
+    engine.load_adapter(engine.initial_adapter)
+    before = engine.mean_loss(enc)
+    stats = engine.train(data, lr=5e-3, steps=15, batch_size=4, seed=1)
+    after = engine.mean_loss(enc)
+    first = engine.adapter_state()
+    assert after < before - 0.05, (before, after)
+    assert stats.steps == 15 and stats.target_tokens > 0 and stats.tokens >= stats.target_tokens
+    engine.load_adapter(engine.initial_adapter)
+    engine.train(data, lr=5e-3, steps=15, batch_size=4, seed=1)
+    assert max_abs_diff(engine.adapter_state(), first) == 0.0
+    engine.load_adapter(engine.initial_adapter)
+    engine.train(data, lr=5e-3, steps=15, batch_size=4, seed=2)
+    assert max_abs_diff(engine.adapter_state(), first) > 0.0
+
+
+def test_epochs_and_grad_accum_count_steps(engine):
+    data = load_demo("train")[:10]
+    engine.load_adapter(engine.initial_adapter)
+    st = engine.train(data, lr=1e-3, epochs=2, batch_size=2, grad_accum=2, seed=0)
+    assert st.steps == math.ceil(2 * 5 / 2)
+    assert st.examples == st.steps * 4
+
+
+def test_load_adapter_round_trip(engine):
+    s = {k: v + 0.5 for k, v in engine.initial_adapter.items()}
+    engine.load_adapter(s)
+    assert max_abs_diff(engine.adapter_state(), s) == 0.0
+    with pytest.raises(ValueError, match="keys"):
+        engine.load_adapter({**s, "base_model.model.nope.lora_A.weight": torch.zeros(1)})
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0, 10, 1e-3, 1e-6) == pytest.approx(1e-3)
+    assert cosine_lr(5, 10, 1e-3, 1e-6) == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6))
+    assert cosine_lr(10, 10, 1e-3, 1e-6) == pytest.approx(1e-6)
+    lrs = [cosine_lr(r, 6, 1e-3, 0) for r in range(6)]
+    assert lrs == sorted(lrs, reverse=True)
+
+
+def test_length_grouped_batches_cover_everything_once_and_cut_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 400, size=200).tolist()
+    batches = make_batches(lengths, 4, np.random.default_rng(1))
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(200))
+    plain = make_batches(lengths, 4, np.random.default_rng(1), group_by_length=False)
+
+    def pad(bs):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    assert pad(batches) < 0.5 * pad(plain)
