@@ -47,7 +47,10 @@ def main() -> None:
     ap.add_argument("--dtypes", default="auto,fp32")
     args = ap.parse_args()
 
+    from fedpit.backbone import quiet_libraries
     from fedpit.data import load_demo
+
+    quiet_libraries()
 
     examples = load_demo("train")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "

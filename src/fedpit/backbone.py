@@ -34,6 +34,19 @@ PACKAGED_MODELS = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+def quiet_libraries() -> None:
+    """Silence transformers' per-load progress bars and known-harmless warnings (CLI and benchmarks)."""
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*packed.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where converted models live: ``cache_dir``, else ``$FEDPIT_CACHE_DIR``, else the user cache dir."""
     if cache_dir:
