@@ -48,7 +48,7 @@ def tiny_cfg(tiny_model_path, tmp_path):
     from fedpit.config import load_config
 
     return load_config(overrides=[
-        f"model.name={tiny_model_path}", "model.dtype=fp32", "model.max_seq_len=128",
+        "algorithm=fedit", f"model.name={tiny_model_path}", "model.dtype=fp32", "model.max_seq_len=128",
         f"output_dir={tmp_path / 'runs'}", "run_name=t", "federation.rounds=2", "train.local_steps=2",
         "train.batch_size=2", "eval.max_examples=8", "lora.r=4", "lora.alpha=8",
     ])

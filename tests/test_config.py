@@ -6,7 +6,7 @@ from fedpit.errors import ConfigError
 
 def test_defaults_are_the_cpu_demo():
     cfg = load_config()
-    assert cfg.algorithm == "fedit"
+    assert cfg.algorithm == "fedpit"
     assert cfg.partition.num_clients == 3 and cfg.partition.alpha == 1.0
     assert cfg.federation.rounds >= 2
     assert cfg.lora.r == 16 and cfg.lora.alpha == 32 and cfg.lora.dropout == 0.05

@@ -80,7 +80,7 @@ def test_epochs_and_grad_accum_count_steps(engine):
     engine.load_adapter(engine.initial_adapter)
     st = engine.train(data, lr=1e-3, epochs=2, batch_size=2, grad_accum=2, seed=0)
     assert st.steps == math.ceil(2 * 5 / 2)
-    assert st.examples == st.steps * 4
+    assert st.examples_seen == st.steps * 4
 
 
 def test_load_adapter_round_trip(engine):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .selfgen import SelfGenSettings
 
 
 
@@ -84,8 +85,32 @@ class EvalConfig:
 
 
 @dataclass
+class FedPITConfig:
+    beta: float = 0.5  # fedpit-mix: upload = beta * private + (1 - beta) * public; 1.0 is FedIT
+    candidates: int = 8  # fedpit-mix: synthetic candidates per client and round (the journal: 32)
+    keep: int = 4  # fedpit-mix: candidates kept by lowest instruction-following score (the journal: 16)
+    synthetic_epochs: int = 1  # passes over the synthetic set for adapters trained on synthetic data only
+
+
+@dataclass
+class FedProxConfig:
+    mu: float = 0.01
+
+
+@dataclass
+class FewFedWeightConfig:
+    energy_temperature: float = 1.0
+    pseudo_samples: int = 6  # local instructions answered by the global model per client and round
+
+
+@dataclass
+class CenITConfig:
+    budget_multiplier: int = 1  # x (num_clients * local budget) per round; the journal trains 10x epochs
+
+
+@dataclass
 class Config:
-    algorithm: str = "fedit"
+    algorithm: str = "fedpit"
     seed: int = 42
     output_dir: str = "runs"
     run_name: str = ""  # default: <timestamp>-<algorithm>
@@ -96,6 +121,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    selfgen: SelfGenSettings = field(default_factory=SelfGenSettings)
+    fedpit: FedPITConfig = field(default_factory=FedPITConfig)
+    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
+    fewfedweight: FewFedWeightConfig = field(default_factory=FewFedWeightConfig)
+    cenit: CenITConfig = field(default_factory=CenITConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -292,3 +322,23 @@ def validate(cfg: Config) -> None:
     _check(1 <= f.min_clients <= p.num_clients, "federation.min_clients",
            f"must be between 1 and partition.num_clients ({p.num_clients})")
     _check(cfg.eval.max_examples >= 0, "eval.max_examples", "must be >= 0")
+    g = cfg.selfgen
+    _check(g.num_instructions >= 0, "selfgen.num_instructions", "must be >= 0")
+    _check(g.demos >= 1, "selfgen.demos", "must be >= 1")
+    _check(g.response_demos >= 0, "selfgen.response_demos", "must be >= 0")
+    _check(g.max_instruction_tokens >= 1, "selfgen.max_instruction_tokens", "must be >= 1")
+    _check(g.max_response_tokens >= 1, "selfgen.max_response_tokens", "must be >= 1")
+    _check(g.repetition_penalty >= 1.0, "selfgen.repetition_penalty", "must be >= 1.0 (1.0 turns it off)")
+    _check(0.0 <= g.rouge_threshold <= 1.0, "selfgen.rouge_threshold", "must be in [0, 1]")
+    _check(g.max_attempts >= 1, "selfgen.max_attempts", "must be >= 1")
+    _check(1 <= g.min_words <= g.max_words, "selfgen.min_words", "must be >= 1 and <= selfgen.max_words")
+    _check(g.batch_size >= 1, "selfgen.batch_size", "must be >= 1")
+    _check(0 < g.temperature and 0 < g.top_p <= 1, "selfgen.temperature", "temperature > 0 and top_p in (0, 1]")
+    _check(0.0 <= cfg.fedpit.beta <= 1.0, "fedpit.beta", "must be in [0, 1]")
+    _check(cfg.fedpit.candidates >= 1, "fedpit.candidates", "must be >= 1")
+    _check(1 <= cfg.fedpit.keep <= cfg.fedpit.candidates, "fedpit.keep", "must be between 1 and fedpit.candidates")
+    _check(cfg.fedpit.synthetic_epochs >= 1, "fedpit.synthetic_epochs", "must be >= 1")
+    _check(cfg.fedprox.mu >= 0, "fedprox.mu", "must be >= 0")
+    _check(cfg.fewfedweight.energy_temperature > 0, "fewfedweight.energy_temperature", "must be > 0")
+    _check(cfg.fewfedweight.pseudo_samples >= 0, "fewfedweight.pseudo_samples", "must be >= 0")
+    _check(cfg.cenit.budget_multiplier >= 1, "cenit.budget_multiplier", "must be >= 1")

@@ -31,7 +31,7 @@ class LoraSpec:
 @dataclass
 class TrainStats:
     steps: int = 0
-    examples: int = 0
+    examples_seen: int = 0  # examples processed (with repeats)
     tokens: int = 0  # real (non-padding) tokens processed
     target_tokens: int = 0  # response tokens the loss is computed on
     loss: float = float("nan")  # token-weighted mean over the whole update
@@ -121,10 +121,10 @@ class Engine:
         return ids.to(self.device), labels.to(self.device), mask.to(self.device)
 
     # ----------------------------------------------------------------------------- loss
-    def _token_losses(self, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-target-token cross-entropy and each token's row index.
+    def _target_logits(self, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor):
+        """Logits at response positions only, their targets, and each position's row index.
 
-        The LM head (vocab x hidden, the costliest single matmul of a small model) runs only on response positions.
+        The LM head (vocab x hidden, the costliest single matmul of a small model) runs only on those positions.
         """
         base = self.model.get_base_model()
         decoder = getattr(base, base.base_model_prefix, None)
@@ -137,7 +137,46 @@ class Engine:
             logits = head(hidden[sel])
         else:  # generic path for architectures with extra logit processing
             logits = base(input_ids=ids, attention_mask=mask).logits[:, :-1][sel]
-        return F.cross_entropy(logits.float(), targets[sel], reduction="none"), rows
+        return logits.float(), targets[sel], rows
+
+    def _token_losses(self, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-target-token cross-entropy and each token's row index."""
+        logits, targets, rows = self._target_logits(ids, labels, mask)
+        return F.cross_entropy(logits, targets, reduction="none"), rows
+
+    @staticmethod
+    def _per_row_mean(values: torch.Tensor, rows: torch.Tensor, n: int) -> list[float]:
+        sums = torch.zeros(n, dtype=torch.float64).index_add_(0, rows.cpu(), values.detach().cpu().double())
+        counts = torch.bincount(rows.cpu(), minlength=n)
+        return [float(sums[j] / counts[j]) if counts[j] else float("nan") for j in range(n)]
+
+    @torch.no_grad()
+    def energies(self, encoded: Sequence[Encoded], temperature: float = 1.0, batch_size: int = 8) -> list[float]:
+        """Free energy E = -T logsumexp(logits / T) averaged over each example's response tokens (lower: the model
+        is more confident, the FewFedWeight sample-quality signal)."""
+        self.model.eval()
+        out = [float("nan")] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            logits, _, rows = self._target_logits(*self._collate([encoded[i] for i in idx]))
+            e = -temperature * torch.logsumexp(logits / temperature, dim=-1)
+            for j, v in zip(idx, self._per_row_mean(e, rows, len(idx))):
+                out[j] = v
+        return out
+
+    def proximal_term(self, reference: StateDict, mu: float) -> Callable[[], torch.Tensor]:
+        """FedProx: a closure returning mu/2 * ||w - w_ref||^2 over the trainable LoRA weights."""
+        pairs = []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                key = name.replace(f".{self.model.active_adapter}.", ".")
+                pairs.append((p, reference[key].to(p.device, p.dtype)))
+
+        def term() -> torch.Tensor:
+            return 0.5 * mu * sum(((p - ref) ** 2).sum() for p, ref in pairs)
+
+        return term
 
     @torch.no_grad()
     def example_losses(self, encoded: Sequence[Encoded], batch_size: int = 8) -> list[float]:
@@ -148,10 +187,8 @@ class Engine:
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             tok_loss, rows = self._token_losses(*self._collate([encoded[i] for i in idx]))
-            sums = torch.zeros(len(idx)).index_add_(0, rows.cpu(), tok_loss.cpu())
-            counts = torch.bincount(rows.cpu(), minlength=len(idx))
-            for j, i in enumerate(idx):
-                out[i] = float(sums[j] / counts[j]) if counts[j] else float("nan")
+            for j, v in zip(idx, self._per_row_mean(tok_loss, rows, len(idx))):
+                out[j] = v
         return out
 
     @torch.no_grad()
@@ -172,14 +209,21 @@ class Engine:
     def train(self, examples: Sequence, *, lr: float, epochs: int = 1, steps: int = 0, batch_size: int = 4,
               grad_accum: int = 1, weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
               group_by_length: bool = True, on_step: Callable[[int, int, float], None] | None = None,
-              extra_loss: Callable[[], torch.Tensor] | None = None) -> TrainStats:
+              extra_loss: Callable[[], torch.Tensor] | None = None,
+              weights: Sequence[float] | None = None) -> TrainStats:
         """Train the currently loaded adapter in place with AdamW at a constant ``lr``.
 
         ``steps`` > 0 fixes the number of optimizer steps (cycling over the data), else ``epochs`` passes are made.
         All randomness (order, LoRA dropout) comes from ``seed``, so the same call gives the same adapter.
-        ``extra_loss`` (e.g. a FedProx proximal term) is added once per optimizer step.
+        ``extra_loss`` (e.g. a FedProx proximal term) is added once per optimizer step. ``weights`` (one per example)
+        scale each example's token losses (FewFedWeight's pseudo-sample weights).
         """
-        encoded = self.encode(examples)
+        weights = [1.0] * len(examples) if weights is None else list(weights)
+        if len(weights) != len(examples):
+            raise ValueError(f"{len(weights)} weights for {len(examples)} examples")
+        pairs = [(e, w) for e, w in zip((self.encode([ex]) for ex in examples), weights) if e]
+        encoded = [e[0] for e, _ in pairs]
+        sample_w = torch.tensor([w for _, w in pairs], dtype=torch.float32)
         stats = TrainStats()
         if not encoded:
             return stats
@@ -200,16 +244,18 @@ class Engine:
         self.model.train()
         loss_sum, tok_sum = 0.0, 0
         for step in range(total_steps):
-            group = [[encoded[i] for i in next(stream)] for _ in range(grad_accum)]
-            n_target = sum(e.num_target_tokens for mb in group for e in mb)
+            group = [next(stream) for _ in range(grad_accum)]
+            n_target = sum(encoded[i].num_target_tokens for mb in group for i in mb)
             step_loss = 0.0
-            for mb in group:
+            for idx in group:
+                mb = [encoded[i] for i in idx]
                 ids, labels, mask = self._collate(mb)
-                tok_loss, _ = self._token_losses(ids, labels, mask)
-                (tok_loss.sum() / n_target).backward()
+                tok_loss, rows = self._token_losses(ids, labels, mask)
+                w = sample_w[idx].to(tok_loss.device)[rows]
+                ((tok_loss * w).sum() / n_target).backward()
                 step_loss += float(tok_loss.detach().sum())
                 stats.tokens += int(mask.sum())
-                stats.examples += len(mb)
+                stats.examples_seen += len(mb)
             if extra_loss is not None:
                 extra_loss().backward()
             if max_grad_norm and max_grad_norm > 0:

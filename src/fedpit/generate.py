@@ -14,8 +14,12 @@ from .prompts import build_prompt
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 256, batch_size: int = 8,
              do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
-             repetition_penalty: float = 1.0, seed: int = 0) -> list[str]:
-    """Complete each prompt; batches are formed from length-sorted prompts (a fixed order, so reruns agree)."""
+             repetition_penalty: float = 1.0, seed: int = 0, stop_strings: Sequence[str] | None = None) -> list[str]:
+    """Complete each prompt; batches are formed from length-sorted prompts (a fixed order, so reruns agree).
+
+    Each sequence stops at EOS or at any of ``stop_strings`` (which are cut from the returned text), independently of
+    the rest of its batch.
+    """
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -30,6 +34,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
                 torch.manual_seed(seed + s)
             kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, repetition_penalty=repetition_penalty,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            if stop_strings:
+                kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p)
             else:  # silence sampling defaults a model's generation_config may carry
@@ -37,7 +43,10 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
             gen = model.generate(**enc, **kwargs)
             new = gen[:, enc["input_ids"].shape[1]:]
             for j, i in enumerate(idx):
-                out[i] = tokenizer.decode(new[j], skip_special_tokens=True).strip()
+                text = tokenizer.decode(new[j], skip_special_tokens=True)
+                for stop in stop_strings or ():
+                    text = text.split(stop)[0]
+                out[i] = text.strip()
     finally:
         tokenizer.padding_side = old_side
     return out

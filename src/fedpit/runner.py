@@ -7,6 +7,7 @@ written to the run folder at the end of every round, so ``--resume`` reproduces 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
@@ -21,10 +22,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__
 from .adapters import StateDict, load_state, nbytes, save_state
-from .algorithms import LocalBudget, RoundContext, get_method
+from .algorithms import LocalBudget, MethodParams, RoundContext, get_method
+from .algorithms.base import split_state
 from .backbone import load_backbone
 from .config import Config, load_config, to_toml
-from .data import Example, check_enough, load_demo, load_examples
+from .data import Example, check_enough, load_demo, load_examples, save_jsonl
 from .engine import Engine, LoraSpec, cosine_lr
 from .errors import ConfigError
 from .partition import Partition, make_partition
@@ -98,6 +100,34 @@ def budget_of(cfg: Config) -> LocalBudget:
     t = cfg.train
     return LocalBudget(epochs=t.local_epochs, steps=t.local_steps, batch_size=t.batch_size, grad_accum=t.grad_accum,
                        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, group_by_length=t.group_by_length)
+
+
+def params_of(cfg: Config) -> MethodParams:
+    f, w = cfg.fedpit, cfg.fewfedweight
+    return MethodParams(selfgen=cfg.selfgen, beta=f.beta, candidates=f.candidates, keep=f.keep,
+                        synthetic_epochs=f.synthetic_epochs, mu=cfg.fedprox.mu,
+                        energy_temperature=w.energy_temperature, pseudo_samples=w.pseudo_samples)
+
+
+def centralized_budget(cfg: Config) -> LocalBudget:
+    """CenIT trains the pooled data with the whole federation's budget per round (times the multiplier)."""
+    b = budget_of(cfg)
+    scale = cfg.partition.num_clients * cfg.cenit.budget_multiplier
+    if b.steps > 0:
+        return dataclasses.replace(b, steps=b.steps * scale)
+    return dataclasses.replace(b, epochs=b.epochs * cfg.cenit.budget_multiplier)
+
+
+def write_artifacts(folder: Path, artifacts: dict) -> None:
+    """A client's local outputs of one round (synthetic data as JSONL, the rest as JSON), on its own disk."""
+    if not artifacts:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, value in artifacts.items():
+        if isinstance(value, list) and all(isinstance(v, Example) for v in value):
+            save_jsonl(value, folder / f"{name}.jsonl")
+        else:
+            write_json(folder / f"{name}.json", value)
 
 
 def peft_config_dict(engine: Engine) -> dict:
@@ -178,6 +208,14 @@ class Runner:
             raise
 
         self._save_global(rd, rd.path / "final", global_state, engine)
+        personal = []
+        for k in range(cfg.partition.num_clients):
+            f = rd.latest_client_state(k, R)
+            local = split_state(load_state(f)) if f is not None else {}
+            if local:
+                folder = rd.path / "clients" / f"client_{k}" / "final"
+                self._save_global(rd, folder, local, engine)
+                personal.append(str(folder))
         rounds = [m for m in rd.read_metrics() if m.get("kind") == "round"]
         summary = {
             "run_dir": str(rd.path),
@@ -185,6 +223,8 @@ class Runner:
             "rounds": R,
             "num_clients": cfg.partition.num_clients,
             "final_adapter": str(rd.path / "final"),
+            "shares_global_adapter": self.method.FEDERATED,
+            "personal_adapters": personal,
             "train_loss_per_round": [m["train_loss"] for m in rounds if m["round"] > 0],
             "test_loss_per_round": [m.get("test_loss") for m in rounds],
             "seconds_this_process": round(time.perf_counter() - t_start, 2),
@@ -204,12 +244,18 @@ class Runner:
         lr = cosine_lr(r - 1, cfg.federation.rounds, cfg.train.lr, cfg.train.lr_min)
         chosen = sample_clients(cfg.seed, r, cfg.partition.num_clients, cfg.federation.fraction,
                                 cfg.federation.min_clients)
-        down = nbytes(global_state)
+        federated = self.method.FEDERATED
+        if self.method.CENTRALIZED:
+            chosen, budget = [0], centralized_budget(cfg)
+        else:
+            budget = budget_of(cfg)
+        down = nbytes(global_state) if federated else 0
+        params = params_of(cfg)
         replies, rows = [], []
         for k in chosen:
-            examples = prep.client_examples(k)
+            examples = prep.train if self.method.CENTRALIZED else prep.client_examples(k)
             ctx = RoundContext(round=r, num_rounds=cfg.federation.rounds, client_id=k, lr=lr,
-                               seed=client_seed(cfg.seed, r, k), budget=budget_of(cfg))
+                               seed=client_seed(cfg.seed, r, k), budget=budget, params=params)
             task = progress.add_task(f"round {r} client {k}", total=None)
 
             def on_step(step, total, loss, task=task):
@@ -217,35 +263,48 @@ class Runner:
 
             state = self._client_state(rd, k, r - 1)
             tc = time.perf_counter()
-            reply, new_state = self.method.client_update(engine, global_state, examples, state, ctx, on_step=on_step)
+            result = self.method.client_update(engine, global_state, examples, state, ctx, on_step=on_step)
             seconds = time.perf_counter() - tc
-            if new_state:
-                save_state(new_state, rd.client_state_file(k, r))
+            if result.state:
+                save_state(result.state, rd.client_state_file(k, r))
+            write_artifacts(rd.path / "clients" / f"client_{k}" / f"round_{r:03d}", result.artifacts)
             progress.remove_task(task)
+            reply = result.reply
             replies.append(reply)
             m = reply.metrics
             rows.append({"kind": "client", "round": r, "client": k, "lr": lr, "examples": reply.num_examples,
                          **{key: m[key] for key in m if key not in ("seconds",)},
                          "seconds": round(seconds, 3), "bytes_received": down, "bytes_sent": nbytes(reply.adapter)})
-            self.console.log(f"round {r}/{cfg.federation.rounds} client {k}: {len(examples)} examples, "
+            synth = f", {m['synthetic']} synthetic" if "synthetic" in m else ""
+            self.console.log(f"round {r}/{cfg.federation.rounds} client {k}: {len(examples)} examples{synth}, "
                              f"{m.get('steps', 0)} steps, mean loss {m.get('loss', float('nan')):.3f}, {seconds:.1f} s")
         new_global = self.method.server_aggregate(global_state, replies)
         test_loss = None
-        if test_enc:
+        if test_enc and federated:
             engine.load_adapter(new_global)
             test_loss = engine.mean_loss(test_enc)
+        elif test_enc:  # local-only methods: the mean held-out loss of the clients' own adapters
+            losses = []
+            for k in range(cfg.partition.num_clients):
+                f = rd.latest_client_state(k, r)
+                if f is not None:
+                    engine.load_adapter(split_state(load_state(f)))
+                    losses.append(engine.mean_loss(test_enc))
+            test_loss = sum(losses) / len(losses) if losses else None
         tokens = sum(row.get("target_tokens", 0) for row in rows)
         train_loss = (sum(row.get("loss", 0.0) * row.get("target_tokens", 0) for row in rows) / tokens) if tokens else None
         rows.append({"kind": "round", "round": r, "clients": chosen, "lr": lr, "train_loss": train_loss,
                      "test_loss": test_loss, "seconds": round(time.perf_counter() - t0, 3),
                      "bytes_up": sum(row["bytes_sent"] for row in rows), "bytes_down": down * len(chosen),
+                     "synthetic": sum(row.get("synthetic", 0) for row in rows),
                      "peak_rss_mb": round(peak_rss_mb(), 1)})
         # Commit order: adapter, metrics, then progress. A crash before progress is written means the round re-runs.
         self._save_global(rd, rd.round_dir(r), new_global, engine)
         rd.append_metrics(rows)
         rd.set_progress(completed_rounds=r, status="running")
         if test_loss is not None:
-            self.console.log(f"round {r}: train loss {train_loss:.3f}, held-out loss {test_loss:.3f}")
+            tl = "n/a" if train_loss is None else f"{train_loss:.3f}"
+            self.console.log(f"round {r}: train loss {tl}, held-out loss {test_loss:.3f}")
         return new_global
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from . import fedit
-from .base import ClientReply, ClientState, LocalBudget, Method, RoundContext
+from . import cenit, fedit, fedmit, fedpit, fedpit_mix, fedprox, fewfedweight, locit, locit_sa
+from .base import ClientReply, ClientResult, ClientState, LocalBudget, Method, MethodParams, RoundContext
 
-REGISTRY: dict[str, Method] = {m.NAME: m for m in (fedit,)}
+REGISTRY: dict[str, Method] = {m.NAME: m for m in (fedpit, fedpit_mix, fedit, fedmit, fedprox, fewfedweight,
+                                                   locit, locit_sa, cenit)}
 
 
 def get_method(name: str) -> Method:
@@ -16,4 +17,5 @@ def get_method(name: str) -> Method:
     return REGISTRY[name]
 
 
-__all__ = ["REGISTRY", "get_method", "ClientReply", "ClientState", "LocalBudget", "Method", "RoundContext"]
+__all__ = ["REGISTRY", "get_method", "ClientReply", "ClientResult", "ClientState", "LocalBudget", "Method",
+           "MethodParams", "RoundContext"]

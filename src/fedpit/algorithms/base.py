@@ -1,8 +1,8 @@
 """What every federated method is made of: a client update and a server aggregate over plain state dicts.
 
 Both are pure with respect to the transport: the in-process runner and a Flower ClientApp/ServerApp call the very
-same functions. Anything a client keeps private (a local adapter, synthetic data) lives in its ``ClientState`` and is
-never part of a :class:`ClientReply`.
+same functions. Anything a client keeps private (a local adapter, synthetic data) lives in its ``ClientState`` or in
+``ClientResult.artifacts`` (written to the client's own disk) and is never part of a :class:`ClientReply`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from typing import Protocol
 import torch
 
 from ..adapters import StateDict
+from ..selfgen import SelfGenSettings
 
-ClientState = dict[str, torch.Tensor]  # private per-client tensors, persisted by the runner between rounds
+ClientState = dict[str, torch.Tensor]  # private per-client tensors, persisted on the client between rounds
+LOCAL_PREFIX = "local."  # state keys of a client's private (personalized) adapter
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,20 @@ class LocalBudget:
 
 
 @dataclass(frozen=True)
+class MethodParams:
+    """Method-specific settings (from the config's [selfgen], [fedpit], [fedprox], [fewfedweight] sections)."""
+
+    selfgen: SelfGenSettings = field(default_factory=SelfGenSettings)
+    beta: float = 0.5  # fedpit-mix: upload = beta * private + (1 - beta) * public
+    candidates: int = 32  # fedpit-mix: synthetic candidates generated per round
+    keep: int = 16  # fedpit-mix: candidates kept by the instruction-following score
+    synthetic_epochs: int = 1  # passes over the synthetic set when an adapter is trained on synthetic data only
+    mu: float = 0.01  # fedprox proximal weight
+    energy_temperature: float = 1.0  # fewfedweight: T in E = -T logsumexp(logits / T)
+    pseudo_samples: int = 8  # fewfedweight: local instructions answered by the global model per round
+
+
+@dataclass(frozen=True)
 class RoundContext:
     round: int  # 1-based
     num_rounds: int
@@ -38,11 +54,15 @@ class RoundContext:
     lr: float  # this round's learning rate (cosine over rounds)
     seed: int  # derived from (run seed, round, client): same inputs, same update
     budget: LocalBudget = field(default_factory=LocalBudget)
+    params: MethodParams = field(default_factory=MethodParams)
 
-    def train_kwargs(self) -> dict:
+    def train_kwargs(self, *, seed_offset: int = 0, synthetic: bool = False) -> dict:
+        """Arguments for :meth:`Engine.train`. ``synthetic=True``: ``params.synthetic_epochs`` passes instead of
+        the local step budget (a synthetic set is small; cycling it for many steps only memorizes it)."""
         b = self.budget
-        return dict(lr=self.lr, epochs=b.epochs, steps=b.steps, batch_size=b.batch_size, grad_accum=b.grad_accum,
-                    weight_decay=b.weight_decay, max_grad_norm=b.max_grad_norm, seed=self.seed,
+        epochs, steps = (self.params.synthetic_epochs, 0) if synthetic else (b.epochs, b.steps)
+        return dict(lr=self.lr, epochs=epochs, steps=steps, batch_size=b.batch_size, grad_accum=b.grad_accum,
+                    weight_decay=b.weight_decay, max_grad_norm=b.max_grad_norm, seed=self.seed + seed_offset,
                     group_by_length=b.group_by_length)
 
 
@@ -50,16 +70,49 @@ class RoundContext:
 class ClientReply:
     """Everything a client sends back: the upload and public bookkeeping, nothing private."""
 
-    adapter: StateDict
+    adapter: StateDict  # empty for local-only methods
     num_examples: int  # aggregation weight (real local examples)
     metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class ClientResult:
+    reply: ClientReply  # goes to the server
+    state: ClientState  # stays on the client, for its next round
+    artifacts: dict = field(default_factory=dict)  # stays on the client's disk: synthetic data, filter counts
 
 
 class Method(Protocol):
     NAME: str
     DESCRIPTION: str
+    FEDERATED: bool  # False: clients never share anything (locit, locit-sa)
+    CENTRALIZED: bool  # True: one virtual client holding the pooled data (cenit)
 
     def client_update(self, engine, global_adapter: StateDict, examples: list, state: ClientState,
-                      ctx: RoundContext, on_step=None) -> tuple[ClientReply, ClientState]: ...
+                      ctx: RoundContext, on_step=None) -> ClientResult: ...
 
     def server_aggregate(self, global_adapter: StateDict, replies: list[ClientReply]) -> StateDict: ...
+
+
+def split_state(state: ClientState, prefix: str = LOCAL_PREFIX) -> StateDict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def join_state(adapter: StateDict, prefix: str = LOCAL_PREFIX) -> ClientState:
+    return {prefix + k: v for k, v in adapter.items()}
+
+
+def fedavg(global_adapter: StateDict, replies: list[ClientReply]) -> StateDict:
+    """Example-weighted mean of the uploads (the server side of FedIT, FedPIT, FedMIT, FedProx, CenIT)."""
+    from ..adapters import weighted_average
+
+    return weighted_average([r.adapter for r in replies], [r.num_examples for r in replies])
+
+
+def keep_global(global_adapter: StateDict, replies: list[ClientReply]) -> StateDict:
+    """Local-only methods: nothing is aggregated."""
+    return global_adapter
+
+
+def train_stats(prefix: str, stats) -> dict:
+    return {f"{prefix}{k}": v for k, v in stats.as_dict().items()}

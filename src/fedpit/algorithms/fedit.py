@@ -6,20 +6,20 @@ averages the uploads weighted by the clients' example counts (LoRA A and B avera
 
 from __future__ import annotations
 
-from ..adapters import StateDict, weighted_average
-from .base import ClientReply, ClientState, RoundContext
+from ..adapters import StateDict
+from .base import ClientReply, ClientResult, ClientState, RoundContext, fedavg
 
 NAME = "fedit"
 DESCRIPTION = "FedAvg over LoRA adapters trained on each client's own data (Zhang et al. 2023)"
+FEDERATED = True
+CENTRALIZED = False
 
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
-                  on_step=None) -> tuple[ClientReply, ClientState]:
+                  on_step=None) -> ClientResult:
     engine.load_adapter(global_adapter)
     stats = engine.train(examples, on_step=on_step, **ctx.train_kwargs())
-    reply = ClientReply(adapter=engine.adapter_state(), num_examples=len(examples), metrics=stats.as_dict())
-    return reply, state
+    return ClientResult(ClientReply(engine.adapter_state(), len(examples), stats.as_dict()), state)
 
 
-def server_aggregate(global_adapter: StateDict, replies: list[ClientReply]) -> StateDict:
-    return weighted_average([r.adapter for r in replies], [r.num_examples for r in replies])
+server_aggregate = fedavg

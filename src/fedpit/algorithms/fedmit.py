@@ -1,0 +1,31 @@
+"""FedMIT (the journal's privacy baseline): FedIT on local + self-generated data mixed, no parameter isolation.
+
+The shared adapter is trained on private and synthetic examples together, so it can memorize private text; comparing
+its extraction risk with FedPIT's shows what isolation buys.
+"""
+
+from __future__ import annotations
+
+from ..adapters import StateDict
+from ..selfgen import self_generate
+from .base import ClientReply, ClientResult, ClientState, RoundContext, fedavg
+
+NAME = "fedmit"
+DESCRIPTION = "FedIT on local + self-generated data mixed in one adapter (no isolation; privacy baseline)"
+FEDERATED = True
+CENTRALIZED = False
+
+
+def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
+                  on_step=None) -> ClientResult:
+    engine.load_adapter(global_adapter)
+    synthetic, report = self_generate(engine.model, engine.tokenizer, examples, ctx.params.selfgen, seed=ctx.seed,
+                                      template=engine.template)
+    engine.load_adapter(global_adapter)
+    stats = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs())
+    metrics = {**stats.as_dict(), "synthetic": len(synthetic), "selfgen": report.as_dict()}
+    return ClientResult(ClientReply(engine.adapter_state(), len(examples), metrics), state,
+                        {"synthetic": synthetic, "selfgen": report.as_dict()})
+
+
+server_aggregate = fedavg

@@ -1,0 +1,29 @@
+"""LocIT+SA (the seed article's local baseline): each client alone, with self-generation from its *own* model.
+
+Without federation the client's local model writes its synthetic data, then is trained on local + synthetic data.
+"""
+
+from __future__ import annotations
+
+from ..adapters import StateDict
+from ..selfgen import self_generate
+from .base import ClientReply, ClientResult, ClientState, RoundContext, join_state, keep_global, split_state
+
+NAME = "locit-sa"
+DESCRIPTION = "each client alone, augmented with data its own local model self-generates"
+FEDERATED = False
+CENTRALIZED = False
+
+
+def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
+                  on_step=None) -> ClientResult:
+    engine.load_adapter(split_state(state) or global_adapter)
+    synthetic, report = self_generate(engine.model, engine.tokenizer, examples, ctx.params.selfgen, seed=ctx.seed,
+                                      template=engine.template)
+    stats = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs())
+    metrics = {**stats.as_dict(), "synthetic": len(synthetic), "selfgen": report.as_dict()}
+    return ClientResult(ClientReply({}, len(examples), metrics), join_state(engine.adapter_state()),
+                        {"synthetic": synthetic, "selfgen": report.as_dict()})
+
+
+server_aggregate = keep_global
