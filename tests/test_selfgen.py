@@ -37,6 +37,7 @@ def test_parse_instruction(raw, parsed):
     ("Sorry, but that request is not possible.", "refusal"),
     ("I cannot write about this topic at all.", "refusal"),
     ("I'm sorry, I do not know this one.", "refusal"),
+    ("Describe the stages of wound healing and what a patient should", "truncated"),
     ("1. Describe the stages of wound healing.", "bad_start"),
     ("- Describe the stages of wound healing.", "bad_start"),
     ("Explain condition number alpha in plain words for a patient.", "similar"),
@@ -47,13 +48,14 @@ def test_instruction_filters(text, reason):
 
 
 def test_rouge_threshold_is_strictly_greater_than():
-    ref = "a1 b1 c1 d1 e1 f1 g1 h1 i1 j1"
-    seven = "a1 b1 c1 d1 e1 f1 g1 x y z"  # LCS 7 of 10 on both sides: F = 0.7 exactly
-    eight = "a1 b1 c1 d1 e1 f1 g1 h1 y z"
+    ref = "Alpha b1 c1 d1 e1 f1 g1 h1 i1 j1."
+    seven = "Alpha b1 c1 d1 e1 f1 g1 x y z."  # LCS 7 of 10 on both sides: F = 0.7 exactly
+    eight = "Alpha b1 c1 d1 e1 f1 g1 h1 y z."
     assert max_rouge_l(seven, [ref]) == pytest.approx(0.7)
-    assert instruction_filter("Q " + seven, ["Q " + ref], SelfGenSettings(rouge_threshold=0.8)) is None
-    assert instruction_filter(seven, [ref], S) is None  # 0.7 is kept
+    assert max_rouge_l(eight, [ref]) == pytest.approx(0.8)
+    assert instruction_filter(seven, [ref], S) is None  # 0.7 is kept: the rule is "> 0.7"
     assert instruction_filter(eight, [ref], S) == "similar"
+    assert instruction_filter(eight, [ref], SelfGenSettings(rouge_threshold=0.8)) is None
     assert max_rouge_l("anything", []) == 0.0
 
 
@@ -139,8 +141,9 @@ def test_self_generate_on_the_tiny_model_is_deterministic(tiny_model_path):
     b = self_generate(bb.model, bb.tokenizer, LOCAL, s, seed=3)
     assert a[0] == b[0] and a[1].as_dict() == b[1].as_dict()
     rep = a[1]
-    accepted = rep.generated_instructions - sum(rep.dropped[k] for k in selfgen.FILTERS[:5])
+    n_instr_filters = selfgen.FILTERS.index("response_empty")
+    accepted = rep.generated_instructions - sum(rep.dropped[k] for k in selfgen.FILTERS[:n_instr_filters])
     assert 2 <= rep.generated_instructions <= 6  # 2 slots, at most 3 attempts each
     assert rep.kept == len(a[0]) <= accepted <= 2
     assert rep.generated_responses >= accepted
-    assert rep.generated_responses - rep.kept == sum(rep.dropped[k] for k in selfgen.FILTERS[5:])
+    assert rep.generated_responses - rep.kept == sum(rep.dropped[k] for k in selfgen.FILTERS[n_instr_filters:])

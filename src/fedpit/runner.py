@@ -208,7 +208,7 @@ class Runner:
             raise
 
         self._save_global(rd, rd.path / "final", global_state, engine)
-        personal = []
+        personal, personal_losses = [], []
         for k in range(cfg.partition.num_clients):
             f = rd.latest_client_state(k, R)
             local = split_state(load_state(f)) if f is not None else {}
@@ -216,6 +216,9 @@ class Runner:
                 folder = rd.path / "clients" / f"client_{k}" / "final"
                 self._save_global(rd, folder, local, engine)
                 personal.append(str(folder))
+                if test_enc:
+                    engine.load_adapter(local)
+                    personal_losses.append(engine.mean_loss(test_enc))
         rounds = [m for m in rd.read_metrics() if m.get("kind") == "round"]
         summary = {
             "run_dir": str(rd.path),
@@ -227,6 +230,7 @@ class Runner:
             "personal_adapters": personal,
             "train_loss_per_round": [m["train_loss"] for m in rounds if m["round"] > 0],
             "test_loss_per_round": [m.get("test_loss") for m in rounds],
+            "personal_test_loss": personal_losses,  # each client's private adapter on the held-out set
             "seconds_this_process": round(time.perf_counter() - t_start, 2),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "bytes_up_total": sum(m["bytes_up"] for m in rounds if m["round"] > 0),

@@ -2,7 +2,7 @@
 
 Phase A writes new *instructions*: a prompt lists k instructions sampled from the client's own data as numbered tasks
 and ends with an open task number; the model completes it. Candidates are filtered (unparseable, too short or long,
-refusals, a non-letter start, Rouge-L F > 0.7 against any local instruction or any instruction already accepted this
+cut off mid-sentence by the token cap, refusals, a non-letter start, Rouge-L F > 0.7 against any local instruction or any instruction already accepted this
 round); a failed slot is retried with freshly sampled demonstrations, at most ``max_attempts`` times.
 
 Phase B writes *responses*: an in-context prompt with sampled local examples (instruction, input, response) in the
@@ -30,7 +30,7 @@ from .prompts import build_prompt
 SYNTHETIC = "synthetic"
 REFUSAL_PREFIXES = ("as a", "as an", "sorry", "i'm sorry", "i am sorry", "i cannot", "i can't", "i can not",
                     "i apologize", "i'm unable", "i am unable", "unfortunately", "i do not", "i don't")
-FILTERS = ("unparseable", "length", "refusal", "bad_start", "similar", "response_empty", "response_short",
+FILTERS = ("unparseable", "length", "truncated", "refusal", "bad_start", "similar", "response_empty", "response_short",
            "response_degenerate", "response_copy")
 
 
@@ -108,12 +108,14 @@ def instruction_filter(text: str | None, references, s: SelfGenSettings) -> str 
     n = len(text.split())
     if n < s.min_words or n > s.max_words:
         return "length"
+    if not text.rstrip().endswith((".", "?", "!", ":", '"', ")")):
+        return "truncated"  # cut off by the token cap mid-sentence
     low = text.lower()
     if low.startswith(REFUSAL_PREFIXES):
         return "refusal"
     if not text[0].isalpha():
         return "bad_start"
-    if max_rouge_l(text, references) > s.rouge_threshold:
+    if max_rouge_l(text, references) > s.rouge_threshold + 1e-9:  # tolerance: F1 of exactly 0.7 is kept
         return "similar"
     return None
 
@@ -138,7 +140,7 @@ def response_filter(text: str, local_responses, s: SelfGenSettings) -> str | Non
         return "response_short"
     if repeated_ngram_ratio(text) > s.max_repeat_ratio:
         return "response_degenerate"
-    if max_rouge_l(text, local_responses) > s.rouge_threshold:
+    if max_rouge_l(text, local_responses) > s.rouge_threshold + 1e-9:
         return "response_copy"
     return None
 
