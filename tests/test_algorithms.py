@@ -12,6 +12,7 @@ from fedpit.algorithms import REGISTRY, LocalBudget, MethodParams, RoundContext
 from fedpit.algorithms import fedit, fedmit, fedpit, fedpit_mix, fedprox, fewfedweight, locit, locit_sa
 from fedpit.algorithms.base import LOCAL_PREFIX, split_state
 from fedpit.backbone import load_backbone
+from fedpit.config import FedPITConfig, FedProxConfig
 from fedpit.data import Example, load_demo
 from fedpit.engine import Engine, LoraSpec
 from fedpit.runner import Runner
@@ -42,9 +43,10 @@ def fixed_synthetic(monkeypatch):
     return calls
 
 
-def ctx(seed=5, **params):
+def ctx(seed=5, beta=0.5, candidates=8, keep=4, mu=0.01):
+    params = MethodParams(fedpit=FedPITConfig(beta=beta, candidates=candidates, keep=keep), fedprox=FedProxConfig(mu=mu))
     return RoundContext(round=1, num_rounds=2, client_id=0, lr=5e-3, seed=seed,
-                        budget=LocalBudget(steps=3, batch_size=2), params=MethodParams(**params))
+                        budget=LocalBudget(steps=3, batch_size=2), params=params)
 
 
 def _perturbed(engine):

@@ -103,10 +103,7 @@ def budget_of(cfg: Config) -> LocalBudget:
 
 
 def params_of(cfg: Config) -> MethodParams:
-    f, w = cfg.fedpit, cfg.fewfedweight
-    return MethodParams(selfgen=cfg.selfgen, beta=f.beta, candidates=f.candidates, keep=f.keep,
-                        synthetic_epochs=f.synthetic_epochs, mu=cfg.fedprox.mu,
-                        energy_temperature=w.energy_temperature, pseudo_samples=w.pseudo_samples)
+    return MethodParams(selfgen=cfg.selfgen, fedpit=cfg.fedpit, fedprox=cfg.fedprox, fewfedweight=cfg.fewfedweight)
 
 
 def centralized_budget(cfg: Config) -> LocalBudget:

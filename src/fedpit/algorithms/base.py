@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 
 from ..adapters import StateDict
+from ..config import FedPITConfig, FedProxConfig, FewFedWeightConfig
 from ..selfgen import SelfGenSettings
 
 ClientState = dict[str, torch.Tensor]  # private per-client tensors, persisted on the client between rounds
@@ -34,16 +35,12 @@ class LocalBudget:
 
 @dataclass(frozen=True)
 class MethodParams:
-    """Method-specific settings (from the config's [selfgen], [fedpit], [fedprox], [fewfedweight] sections)."""
+    """Method-specific settings: the config's [selfgen], [fedpit], [fedprox] and [fewfedweight] sections."""
 
     selfgen: SelfGenSettings = field(default_factory=SelfGenSettings)
-    beta: float = 0.5  # fedpit-mix: upload = beta * private + (1 - beta) * public
-    candidates: int = 32  # fedpit-mix: synthetic candidates generated per round
-    keep: int = 16  # fedpit-mix: candidates kept by the instruction-following score
-    synthetic_epochs: int = 1  # passes over the synthetic set when an adapter is trained on synthetic data only
-    mu: float = 0.01  # fedprox proximal weight
-    energy_temperature: float = 1.0  # fewfedweight: T in E = -T logsumexp(logits / T)
-    pseudo_samples: int = 8  # fewfedweight: local instructions answered by the global model per round
+    fedpit: FedPITConfig = field(default_factory=FedPITConfig)
+    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
+    fewfedweight: FewFedWeightConfig = field(default_factory=FewFedWeightConfig)
 
 
 @dataclass(frozen=True)
@@ -57,10 +54,10 @@ class RoundContext:
     params: MethodParams = field(default_factory=MethodParams)
 
     def train_kwargs(self, *, seed_offset: int = 0, synthetic: bool = False) -> dict:
-        """Arguments for :meth:`Engine.train`. ``synthetic=True``: ``params.synthetic_epochs`` passes instead of
+        """Arguments for :meth:`Engine.train`. ``synthetic=True``: ``fedpit.synthetic_epochs`` passes instead of
         the local step budget (a synthetic set is small; cycling it for many steps only memorizes it)."""
         b = self.budget
-        epochs, steps = (self.params.synthetic_epochs, 0) if synthetic else (b.epochs, b.steps)
+        epochs, steps = (self.params.fedpit.synthetic_epochs, 0) if synthetic else (b.epochs, b.steps)
         return dict(lr=self.lr, epochs=epochs, steps=steps, batch_size=b.batch_size, grad_accum=b.grad_accum,
                     weight_decay=b.weight_decay, max_grad_norm=b.max_grad_norm, seed=self.seed + seed_offset,
                     group_by_length=b.group_by_length)

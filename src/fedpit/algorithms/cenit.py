@@ -8,7 +8,8 @@ adapter with the whole federation's step budget (``num_clients x train.local_ste
 from __future__ import annotations
 
 from ..adapters import StateDict
-from .base import ClientReply, ClientResult, ClientState, RoundContext
+from . import fedit
+from .base import ClientReply
 
 NAME = "cenit"
 DESCRIPTION = "all data pooled, centralized training (no privacy; the ceiling)"
@@ -16,11 +17,8 @@ FEDERATED = True
 CENTRALIZED = True
 
 
-def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
-                  on_step=None) -> ClientResult:
-    engine.load_adapter(global_adapter)
-    stats = engine.train(examples, on_step=on_step, **ctx.train_kwargs())
-    return ClientResult(ClientReply(engine.adapter_state(), len(examples), stats.as_dict()), state)
+# The update itself is FedIT's (train the global adapter on the examples given); only the data and budget differ.
+client_update = fedit.client_update
 
 
 def server_aggregate(global_adapter: StateDict, replies: list[ClientReply]) -> StateDict:

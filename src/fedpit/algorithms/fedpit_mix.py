@@ -40,9 +40,9 @@ def select_by_ifs(examples: list, scores: list[float], keep: int) -> list:
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
                   on_step=None) -> ClientResult:
-    p = ctx.params
+    p = ctx.params.fedpit
     engine.load_adapter(global_adapter)
-    candidates, report = self_generate(engine.model, engine.tokenizer, examples, p.selfgen, seed=ctx.seed,
+    candidates, report = self_generate(engine.model, engine.tokenizer, examples, ctx.params.selfgen, seed=ctx.seed,
                                        template=engine.template, num=p.candidates)
 
     engine.load_adapter(global_adapter)

@@ -43,7 +43,7 @@ def energy_weights(energies: list[float]) -> list[float]:
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
                   on_step=None) -> ClientResult:
-    p, s = ctx.params, ctx.params.selfgen
+    p, s = ctx.params.fewfedweight, ctx.params.selfgen
     engine.load_adapter(global_adapter)
     rng = np.random.default_rng(ctx.seed)
     picked = [examples[i] for i in sorted(rng.choice(len(examples), min(p.pseudo_samples, len(examples)),
