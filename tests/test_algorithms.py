@@ -203,3 +203,18 @@ def test_fedpit_client_state_survives_resume(tiny_cfg, fixed_synthetic):
         from fedpit.adapters import load_state
 
         assert max_abs_diff(load_state(a), load_state(b)) == 0.0
+
+
+def test_extraction_attack_every_round_and_on_every_final_model(tiny_cfg, fixed_synthetic):
+    cfg = replace(tiny_cfg, algorithm="fedpit", run_name="attack",
+                  eval=replace(tiny_cfg.eval, extraction_every_round=True, extraction_n=3, extraction_max_new_tokens=4))
+    summary = Runner(cfg, show_progress=False).run()
+    rd = Path(summary["run_dir"])
+    rounds = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
+    attacked = [r for r in rounds if r["kind"] == "round" and r["round"] > 0]
+    assert all(set(r["extraction"]) == {"n", "rouge_l", "exact", "prefix_exact"} and r["extraction"]["n"] == 3
+               for r in attacked)
+    assert set(summary["extraction"]) == {"backbone", "shared", "private_client_0", "private_client_1",
+                                          "private_client_2"}
+    rows = (rd / "extraction" / "shared_round_002.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and {"continuation", "rouge_l", "exact", "prefix_exact"} <= set(json.loads(rows[0]))

@@ -82,6 +82,9 @@ class FederationConfig:
 class EvalConfig:
     test_loss: bool = True  # held-out response loss of the global adapter after every round
     max_examples: int = 24
+    extraction_every_round: bool = False  # training-data extraction attack on the shared adapter after each round
+    extraction_n: int = 100  # private training examples attacked (0 = all)
+    extraction_max_new_tokens: int = 128
 
 
 @dataclass
@@ -322,6 +325,8 @@ def validate(cfg: Config) -> None:
     _check(1 <= f.min_clients <= p.num_clients, "federation.min_clients",
            f"must be between 1 and partition.num_clients ({p.num_clients})")
     _check(cfg.eval.max_examples >= 0, "eval.max_examples", "must be >= 0")
+    _check(cfg.eval.extraction_n >= 0, "eval.extraction_n", "must be >= 0 (0 = all)")
+    _check(cfg.eval.extraction_max_new_tokens >= 1, "eval.extraction_max_new_tokens", "must be >= 1")
     g = cfg.selfgen
     _check(g.num_instructions >= 0, "selfgen.num_instructions", "must be >= 0")
     _check(g.demos >= 1, "selfgen.demos", "must be >= 1")

@@ -8,6 +8,7 @@ written to the run folder at the end of every round, so ``--resume`` reproduces 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import resource
 import time
@@ -30,6 +31,7 @@ from .data import Example, check_enough, load_demo, load_examples, save_jsonl
 from .engine import Engine, LoraSpec, cosine_lr
 from .errors import ConfigError
 from .partition import Partition, make_partition
+from .privacy import extraction_attack, sample_targets
 from .rundir import RunDir, read_json, write_json
 
 log = logging.getLogger("fedpit.runner")
@@ -162,6 +164,21 @@ class Runner:
         f = rd.latest_client_state(k, r)
         return load_state(f) if f is not None else {}
 
+    def _attack(self, rd: RunDir, engine: Engine, prep: Prepared, adapter: StateDict | None, name: str) -> dict:
+        """Extraction attack on one adapter (None: the bare backbone); per-example rows go to extraction/NAME.jsonl."""
+        cfg = self.cfg
+        targets = sample_targets(prep.train, cfg.eval.extraction_n, cfg.seed)
+        if adapter is not None:
+            engine.load_adapter(adapter)
+        with engine.model.disable_adapter() if adapter is None else nullcontext():
+            res = extraction_attack(engine.model, engine.tokenizer, targets, template=engine.template,
+                                    max_new_tokens=cfg.eval.extraction_max_new_tokens, max_len=engine.max_seq_len)
+        folder = rd.path / "extraction"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in res.per_example),
+                                              encoding="utf-8")
+        return res.summary()
+
     # ------------------------------------------------------------------------------------------------ run
     def run(self, *, resume: str | Path | None = None, stop_after: int | None = None) -> dict:
         cfg = self.cfg
@@ -216,6 +233,14 @@ class Runner:
                 if test_enc:
                     engine.load_adapter(local)
                     personal_losses.append(engine.mean_loss(test_enc))
+        extraction = {}
+        if cfg.eval.extraction_every_round:
+            extraction["backbone"] = self._attack(rd, engine, prep, None, "backbone")
+            if self.method.FEDERATED:
+                extraction["shared"] = self._attack(rd, engine, prep, global_state, "shared_final")
+            for folder in map(Path, personal):  # clients/client_K/final
+                name = f"private_{folder.parent.name}"
+                extraction[name] = self._attack(rd, engine, prep, load_state(folder / "adapter_model.safetensors"), name)
         rounds = [m for m in rd.read_metrics() if m.get("kind") == "round"]
         summary = {
             "run_dir": str(rd.path),
@@ -228,6 +253,7 @@ class Runner:
             "train_loss_per_round": [m["train_loss"] for m in rounds if m["round"] > 0],
             "test_loss_per_round": [m.get("test_loss") for m in rounds],
             "personal_test_loss": personal_losses,  # each client's private adapter on the held-out set
+            "extraction": extraction,  # attack on the final shared, private and bare models (eval.extraction_every_round)
             "seconds_this_process": round(time.perf_counter() - t_start, 2),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "bytes_up_total": sum(m["bytes_up"] for m in rounds if m["round"] > 0),
@@ -292,12 +318,15 @@ class Runner:
                     engine.load_adapter(split_state(load_state(f)))
                     losses.append(engine.mean_loss(test_enc))
             test_loss = sum(losses) / len(losses) if losses else None
+        extraction = None
+        if cfg.eval.extraction_every_round and federated:
+            extraction = self._attack(rd, engine, prep, new_global, f"shared_round_{r:03d}")
         tokens = sum(row.get("target_tokens", 0) for row in rows)
         train_loss = (sum(row.get("loss", 0.0) * row.get("target_tokens", 0) for row in rows) / tokens) if tokens else None
         rows.append({"kind": "round", "round": r, "clients": chosen, "lr": lr, "train_loss": train_loss,
                      "test_loss": test_loss, "seconds": round(time.perf_counter() - t0, 3),
                      "bytes_up": sum(row["bytes_sent"] for row in rows), "bytes_down": down * len(chosen),
-                     "synthetic": sum(row.get("synthetic", 0) for row in rows),
+                     "synthetic": sum(row.get("synthetic", 0) for row in rows), "extraction": extraction,
                      "peak_rss_mb": round(peak_rss_mb(), 1)})
         # Commit order: adapter, metrics, then progress. A crash before progress is written means the round re-runs.
         self._save_global(rd, rd.round_dir(r), new_global, engine)
