@@ -90,6 +90,35 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .data import load_demo, load_examples
+    from .evaluate import engine_for, evaluate
+
+    if args.test == "demo":
+        examples = load_demo("test")
+    else:
+        examples = load_examples(args.test, format=args.format, output_field=args.reference)
+    if args.limit:
+        examples = examples[: args.limit]
+    judge = None
+    if args.judge_url:
+        from .judge import Judge, JudgeConfig
+
+        judge = Judge(JudgeConfig(base_url=args.judge_url, model=args.judge_model, protocol=args.judge_protocol,
+                                  api_key_env=args.judge_key_env))
+    engine = engine_for(args.adapter, model=args.model, dtype=args.dtype)
+    result = evaluate(engine, args.adapter, examples, max_new_tokens=args.max_new_tokens,
+                      batch_size=args.batch_size, judge=judge)
+    out = Path(args.out or (Path(args.adapter) / "eval" if args.adapter else "eval-backbone"))
+    result.save(out)
+    print(json.dumps(result.metrics, indent=2))
+    print(f"answers and metrics in {out}")
+    return 0
+
+
 def cmd_config(args) -> int:
     from .config import load_config, to_toml, valid_keys
 
@@ -127,6 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--repetition-penalty", type=float, default=1.1)
         p.add_argument("--dtype", default="auto")
         p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("evaluate", help="answer a test set with an adapter (or the bare backbone) and score it")
+    p.add_argument("--adapter", "-a", metavar="PATH", help="adapter folder; omit for the bare backbone")
+    p.add_argument("--model", help="backbone (default: the one the adapter was trained on)")
+    p.add_argument("--test", default="demo", help="'demo', or an Alpaca/JSONL/MedInstruct file")
+    p.add_argument("--format", default="auto", help="auto | alpaca | jsonl | medinstruct")
+    p.add_argument("--reference", default=None,
+                   help="which answer is the reference (MedInstruct: gpt-4, gpt-3.5-turbo, text-davinci-003, claude-2)")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--out", help="output folder (default: ADAPTER/eval)")
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8011/v1) to run the judge")
+    p.add_argument("--judge-model", default="gpt-4-0613")
+    p.add_argument("--judge-protocol", default="fedpit", choices=["fedpit", "alpacare"])
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("config", help="print the resolved config as TOML (or --keys: every valid key)")
     _add_config_args(p)

@@ -1,0 +1,89 @@
+"""Evaluate any model on a test set: answers, offline metrics, and (optionally) the pairwise LLM judge.
+
+Models: a trained adapter folder (a run's ``final/``, a client's ``clients/client_K/final``, any ``rounds/round_NNN``)
+or the bare backbone. Answers are generated in a fixed, length-sorted batch order (greedy), so two runs of the same
+model give the same answers. Offline metrics against the reference: Rouge-L F, MiniLM embedding cosine, and the
+model's mean token loss on the reference answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .adapters import load_state
+from .backbone import load_backbone
+from .data import Example
+from .engine import Engine, LoraSpec
+from .errors import ConfigError
+from .generate import generate
+from .metrics import embedding_cosine, rouge_l
+from .prompts import build_prompt
+from .rundir import read_json, write_json
+
+
+@dataclass
+class EvalResult:
+    metrics: dict  # n, rouge_l, cosine, reference_loss (+ judge)
+    rows: list[dict]  # per item: instruction, input, reference, answer, rouge_l, cosine
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows),
+                                              encoding="utf-8")
+        write_json(folder / "metrics.json", self.metrics)
+
+
+def adapter_meta(folder: str | Path) -> tuple[dict, dict]:
+    """(adapter_config.json, fedpit.json) of an adapter folder; one-line errors for anything else."""
+    folder = Path(folder)
+    if not (folder / "adapter_model.safetensors").is_file() or not (folder / "adapter_config.json").is_file():
+        raise ConfigError(f"{folder}: not an adapter folder (needs adapter_model.safetensors and adapter_config.json)")
+    meta = read_json(folder / "fedpit.json") if (folder / "fedpit.json").is_file() else {}
+    return read_json(folder / "adapter_config.json"), meta
+
+
+def engine_for(adapter: str | Path | None, *, model: str | None = None, dtype: str = "auto",
+               max_seq_len: int = 512, template: str | None = None) -> Engine:
+    """An engine whose LoRA shape matches the adapter (or a default one for the bare backbone)."""
+    lora, meta = LoraSpec(), {}
+    if adapter is not None:
+        pc, meta = adapter_meta(adapter)
+        lora = LoraSpec(r=pc["r"], alpha=pc["lora_alpha"], dropout=0.0, target_modules=tuple(pc["target_modules"]))
+        model = model or meta.get("model") or pc.get("base_model_name_or_path")
+    from .backbone import DEFAULT_MODEL
+
+    bb = load_backbone(model or DEFAULT_MODEL, dtype=dtype)
+    return Engine(bb, lora, template=template or meta.get("template", "alpaca"), max_seq_len=max_seq_len)
+
+
+def evaluate(engine: Engine, adapter: str | Path | dict | None, examples: list[Example], *,
+             max_new_tokens: int = 256, batch_size: int = 8, judge=None, embed=None) -> EvalResult:
+    """Answer every example with ``adapter`` loaded (None: the bare backbone) and score the answers."""
+    import contextlib
+
+    if isinstance(adapter, (str, Path)):
+        adapter = load_state(Path(adapter) / "adapter_model.safetensors")
+    if adapter is not None:
+        engine.load_adapter(adapter)
+    scope = engine.model.disable_adapter() if adapter is None else contextlib.nullcontext()
+    with scope:
+        prompts = [build_prompt(e.instruction, e.input, template=engine.template, tokenizer=engine.tokenizer)
+                   for e in examples]
+        answers = generate(engine.model, engine.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size)
+        ref_loss = engine.mean_loss(engine.encode(examples))
+    cos = embedding_cosine(answers, [e.output for e in examples], embed=embed)
+    rows = [{"instruction": e.instruction, "input": e.input, "reference": e.output, "answer": a,
+             "rouge_l": rouge_l(a, e.output), "cosine": c} for e, a, c in zip(examples, answers, cos)]
+    metrics = {"n": len(rows), "rouge_l": float(np.mean([r["rouge_l"] for r in rows])) if rows else float("nan"),
+               "cosine": float(np.mean(cos)) if rows else float("nan"), "reference_loss": ref_loss}
+    if judge is not None:
+        items = [{"instruction": e.instruction, "input": e.input, "model_output": a, "reference_output": e.output}
+                 for e, a in zip(examples, answers)]
+        metrics["judge"] = judge.compare(items).as_dict()
+    return EvalResult(metrics, rows)
