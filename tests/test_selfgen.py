@@ -1,5 +1,7 @@
 """Self-generation: parsing, every filter, the Rouge-L threshold, retries and the counts."""
 
+import json
+
 import pytest
 
 from fedpit import selfgen
@@ -147,3 +149,23 @@ def test_self_generate_on_the_tiny_model_is_deterministic(tiny_model_path):
     assert rep.kept == len(a[0]) <= accepted <= 2
     assert rep.generated_responses >= accepted
     assert rep.generated_responses - rep.kept == sum(rep.dropped[k] for k in selfgen.FILTERS[n_instr_filters:])
+
+
+def test_public_data_replaces_generation_with_the_same_number_of_public_examples(tmp_path):
+    f = tmp_path / "public.jsonl"
+    f.write_text("\n".join(json.dumps({"instruction": f"Public question {i}?", "output": f"Public answer {i}."})
+                           for i in range(20)))
+    s = SelfGenSettings(num_instructions=5, public_data=str(f))
+    a, rep = self_generate(None, None, LOCAL, s, seed=1)
+    b, _ = self_generate(None, None, LOCAL, s, seed=1)
+    assert a == b and len(a) == 5 == rep.kept and all(e.category == "public" for e in a)
+    assert len({e.instruction for e in a}) == 5
+    c, _ = self_generate(None, None, LOCAL, s, seed=2)
+    assert c != a
+
+
+def test_a_missing_public_file_fails_before_the_run_starts(tmp_path, capsys):
+    from fedpit.cli import main
+
+    code = main(["run", "--set", f"selfgen.public_data={tmp_path / 'none.json'}", "--set", f"output_dir={tmp_path / 'r'}"])
+    assert code == 2 and "none.json" in capsys.readouterr().err and not (tmp_path / "r").exists()

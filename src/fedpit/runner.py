@@ -72,6 +72,10 @@ def prepare(cfg: Config) -> Prepared:
     p = cfg.partition
     check_enough(train, p.num_clients, p.min_per_client, cfg.data.train)
     test = load_split(cfg, "test")
+    if cfg.selfgen.public_data:  # validate the ablation's public file before anything is written
+        from .selfgen import public_pool
+
+        public_pool(cfg.selfgen.public_data)
     part = make_partition(train, num_clients=p.num_clients, method=p.method, alpha=p.alpha, label=p.label,
                           num_clusters=p.num_clusters, min_per_client=p.min_per_client, seed=cfg.seed)
     return Prepared(cfg, train, test, part)

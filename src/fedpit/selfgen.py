@@ -16,6 +16,8 @@ callers load the *global* adapter, never a private one.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ class SelfGenSettings:
     min_response_words: int = 8
     max_repeat_ratio: float = 0.3  # share of repeated word 3-grams above which a response is degenerate
     batch_size: int = 8
+    public_data: str = ""  # ablation: a .json/.jsonl file whose examples replace self-generated ones, same count
 
 
 @dataclass
@@ -158,18 +161,32 @@ def _gen(model, tok, prompts, s: SelfGenSettings, max_new_tokens: int, stop: lis
                     repetition_penalty=s.repetition_penalty, stop_strings=stop, seed=seed)
 
 
+@functools.lru_cache(maxsize=4)
+def public_pool(path: str) -> tuple[Example, ...]:
+    from .data import load_examples
+
+    return tuple(load_examples(path, on_duplicate="drop"))
+
+
 def self_generate(model, tokenizer, local: list[Example], s: SelfGenSettings, *, seed: int,
                   template: str = "alpaca", num: int | None = None) -> tuple[list[Example], SelfGenReport]:
     """Write up to ``num`` (default ``s.num_instructions``) new synthetic examples from ``local`` demonstrations.
 
     ``model`` must carry the shared global adapter. Deterministic for a given seed (demonstrations are drawn from a
-    seeded generator; decoding is greedy unless ``s.do_sample``).
+    seeded generator; decoding is greedy unless ``s.do_sample``). With ``s.public_data`` set, the same number of
+    examples is drawn from that public file instead (the paper's synthetic-vs-public ablation).
     """
     num = s.num_instructions if num is None else num
     rng = np.random.default_rng(seed)
     report = SelfGenReport()
     if num <= 0 or not local:
         return [], report
+    if s.public_data:
+        pool = public_pool(s.public_data)
+        picked = [dataclasses.replace(pool[i], category="public")
+                  for i in sorted(rng.choice(len(pool), size=min(num, len(pool)), replace=False))]
+        report.kept = len(picked)
+        return picked, report
     local_instr = [e.instruction for e in local]
     local_resp = [e.output for e in local]
     k = min(s.demos, len(local))
