@@ -97,25 +97,59 @@ def cmd_evaluate(args) -> int:
     from .data import load_demo, load_examples
     from .evaluate import engine_for, evaluate
 
-    if args.test == "demo":
-        examples = load_demo("test")
-    else:
-        examples = load_examples(args.test, format=args.format, output_field=args.reference)
-    if args.limit:
-        examples = examples[: args.limit]
+    ev = _eval_options(args)
+    examples = load_demo("test") if ev.test == "demo" else load_examples(ev.test, format=ev.format,
+                                                                         output_field=ev.reference)
+    if ev.limit:
+        examples = examples[: ev.limit]
+    engine = engine_for(args.adapter, model=args.model, dtype=args.dtype)
+    result = evaluate(engine, args.adapter, examples, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                      judge=ev.judge)
+    out = Path(args.out or (Path(args.adapter) / "eval" if args.adapter else "eval-backbone"))
+    result.save(out)
+    print(json.dumps(result.metrics, indent=2))
+    print(f"answers and metrics in {out}")
+    return 0
+
+
+def _eval_options(args):
+    from .compare import EvalOptions
+
     judge = None
     if args.judge_url:
         from .judge import Judge, JudgeConfig
 
         judge = Judge(JudgeConfig(base_url=args.judge_url, model=args.judge_model, protocol=args.judge_protocol,
                                   api_key_env=args.judge_key_env))
-    engine = engine_for(args.adapter, model=args.model, dtype=args.dtype)
-    result = evaluate(engine, args.adapter, examples, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, judge=judge)
-    out = Path(args.out or (Path(args.adapter) / "eval" if args.adapter else "eval-backbone"))
-    result.save(out)
-    print(json.dumps(result.metrics, indent=2))
-    print(f"answers and metrics in {out}")
+    return EvalOptions(test=args.test, format=args.format, reference=args.reference, limit=args.limit,
+                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judge=judge)
+
+
+def cmd_compare(args) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from .compare import grid, run_experiment
+    from .config import load_config
+
+    base = load_config(args.config, args.overrides)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise FedpitError(f"--seeds expects integers like 1,2,3, got '{args.seeds}'") from None
+    cells = grid(base, algorithms, seeds, getattr(args, "set_values", None))
+    out = Path(args.out or f"experiments/{datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.command}")
+    results = run_experiment(cells, out, _eval_options(args), name=out.name)
+    print(f"fedpit: {args.command} done: {len(cells)} runs; results in {results}, report in {out / 'report.md'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    files = write_report(args.results)
+    print(f"report written: {files['md']} and {files['html']}")
     return 0
 
 
@@ -127,6 +161,22 @@ def cmd_config(args) -> int:
         return 0
     print(to_toml(load_config(args.config, args.overrides)), end="")
     return 0
+
+
+def _add_eval_args(p: argparse.ArgumentParser, test_default: str) -> None:
+    p.add_argument("--test", default=test_default,
+                   help="test set: 'demo', or an Alpaca/JSONL/MedInstruct file" + (" (default: each run's data.test)"
+                                                                                    if not test_default else ""))
+    p.add_argument("--format", default="auto", help="auto | alpaca | jsonl | medinstruct")
+    p.add_argument("--reference", default=None,
+                   help="which answer is the reference (MedInstruct: gpt-4, gpt-3.5-turbo, text-davinci-003, claude-2)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N test items (0 = all)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8011/v1) to run the judge")
+    p.add_argument("--judge-model", default="gpt-4-0613")
+    p.add_argument("--judge-protocol", default="fedpit", choices=["fedpit", "alpacare"])
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,22 +207,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default="auto")
         p.set_defaults(func=cmd_chat)
 
+    for name, helptext in (("compare", "run methods x seeds on the same partition and budget, evaluate, report"),
+                           ("sweep", "like compare, over the values of one setting (--set-values key=v1,v2,...)")):
+        p = sub.add_parser(name, help=helptext)
+        _add_config_args(p)
+        p.add_argument("--algorithms", default="fedpit,fedit,locit,cenit")
+        p.add_argument("--seeds", default="1,2,3")
+        if name == "sweep":
+            p.add_argument("--set-values", required=True, metavar="KEY=V1,V2,...")
+        p.add_argument("--out", help="experiment folder (default: experiments/<time>-<command>)")
+        _add_eval_args(p, test_default="")
+        p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="rebuild report.md/.html and plots from a results.json")
+    p.add_argument("results")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("evaluate", help="answer a test set with an adapter (or the bare backbone) and score it")
     p.add_argument("--adapter", "-a", metavar="PATH", help="adapter folder; omit for the bare backbone")
     p.add_argument("--model", help="backbone (default: the one the adapter was trained on)")
-    p.add_argument("--test", default="demo", help="'demo', or an Alpaca/JSONL/MedInstruct file")
-    p.add_argument("--format", default="auto", help="auto | alpaca | jsonl | medinstruct")
-    p.add_argument("--reference", default=None,
-                   help="which answer is the reference (MedInstruct: gpt-4, gpt-3.5-turbo, text-davinci-003, claude-2)")
-    p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", help="output folder (default: ADAPTER/eval)")
-    p.add_argument("--judge-url", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8011/v1) to run the judge")
-    p.add_argument("--judge-model", default="gpt-4-0613")
-    p.add_argument("--judge-protocol", default="fedpit", choices=["fedpit", "alpacare"])
-    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    _add_eval_args(p, test_default="demo")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("config", help="print the resolved config as TOML (or --keys: every valid key)")

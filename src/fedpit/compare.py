@@ -1,0 +1,157 @@
+"""Experiment suite: every method on the same partition, seeds and budget; evaluated; one report.
+
+``fedpit compare`` runs methods x seeds; ``fedpit sweep`` adds a setting axis (e.g. ``partition.alpha`` values for
+the non-IID analysis, or ``selfgen.public_data`` for synthetic-vs-public). Each run lives in ``OUT/runs/NAME`` and is
+resumed if interrupted and skipped if complete, so a stopped experiment continues where it left off.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from .algorithms import get_method
+from .config import Config, set_value
+from .errors import ConfigError
+from .evaluate import engine_for, evaluate
+from .rundir import RunDir, read_json, write_json
+from .runner import Runner, load_split
+
+
+@dataclass
+class EvalOptions:
+    test: str = ""  # "" = the run's data.test
+    format: str = "auto"
+    reference: str | None = None
+    limit: int = 0
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    judge: object | None = None
+
+
+def _parse_set_values(spec: str) -> tuple[str, list[str]]:
+    if "=" not in spec:
+        raise ConfigError(f"--set-values expects key=v1,v2,..., got '{spec}'")
+    key, values = spec.split("=", 1)
+    vals = [v.strip() for v in values.split(",") if v.strip()]
+    if not vals:
+        raise ConfigError(f"--set-values {key}: no values")
+    return key.strip(), vals
+
+
+def grid(base: Config, algorithms: list[str], seeds: list[int], sweep: str | None = None) -> list[tuple[str, Config]]:
+    """(setting label, config) for every cell; every config is validated before anything runs."""
+    settings: list[tuple[str, list[tuple[str, str]]]] = [("", [])]
+    if sweep:
+        key, vals = _parse_set_values(sweep)
+        settings = [(f"{key}={v}", [(key, v)]) for v in vals]
+    cells = []
+    for label, sets in settings:
+        for seed in seeds:
+            for algo in algorithms:
+                get_method(algo)
+                cfg = copy.deepcopy(replace(base, algorithm=algo, seed=seed))
+                for k, v in sets:
+                    set_value(cfg, k, v)
+                cfg.validate()
+                tag = label.replace("=", "-").replace("/", "_").replace(".", "_")
+                name = "-".join(x for x in (algo, f"s{seed}", tag) if x)
+                cells.append((label, replace(cfg, run_name=name)))
+    return cells
+
+
+def _run_or_resume(cfg: Config) -> dict:
+    rd = RunDir(Path(cfg.output_dir) / cfg.run_name)
+    if rd.is_complete():
+        return read_json(rd.path / "summary.json")
+    if rd.config_file.is_file():
+        return Runner(cfg, show_progress=False).run(resume=rd.path)
+    return Runner(cfg, show_progress=False).run()
+
+
+def _leakage(summary: dict) -> dict:
+    shared = (summary.get("extraction") or {}).get("shared") or {}
+    return {f"leak_{k}": shared[k] for k in ("rouge_l", "exact", "prefix_exact") if k in shared}
+
+
+def _judge_fields(metrics: dict) -> dict:
+    j = metrics.get("judge") or {}
+    return {f"judge_{k}": j[k] for k in ("win", "tie", "loss", "wt", "score") if j.get(k) is not None}
+
+
+def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOptions, *, name: str = "",
+                   console: Console | None = None) -> Path:
+    """Run, evaluate and report every cell; returns the path of results.json."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    console = console or Console(stderr=True)
+    records, curves = [], []
+    t_all = time.perf_counter()
+    for i, (label, cfg) in enumerate(cells, 1):
+        cfg = replace(cfg, output_dir=str(out / "runs"))
+        console.log(f"[{i}/{len(cells)}] {cfg.algorithm} seed {cfg.seed}" + (f" ({label})" if label else ""))
+        t0 = time.perf_counter()
+        summary = _run_or_resume(cfg)
+        wall = summary.get("seconds_this_process", time.perf_counter() - t0)
+        method = get_method(cfg.algorithm)
+        if ev.test:
+            from .data import load_examples
+
+            tests = load_examples(ev.test, format=ev.format, output_field=ev.reference)
+        else:
+            tests = load_split(cfg, "test")
+        if ev.limit:
+            tests = tests[: ev.limit]
+        models = []
+        if method.FEDERATED:
+            models.append(("shared", [summary["final_adapter"]]))
+        if summary.get("personal_adapters"):
+            models.append(("private", summary["personal_adapters"]))
+        for kind, folders in models:
+            per = []
+            for folder in folders:
+                engine = engine_for(folder, max_seq_len=cfg.model.max_seq_len, dtype=cfg.model.dtype)
+                res = evaluate(engine, folder, tests, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                               judge=ev.judge)
+                res.save(Path(folder) / "eval")
+                per.append(res.metrics)
+            rec = {"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label, "model": kind,
+                   "run_dir": summary["run_dir"], "wall_s": wall, "n_test": len(tests)}
+            for key in ("rouge_l", "cosine", "reference_loss"):
+                vals = [m[key] for m in per]
+                rec[key] = sum(vals) / len(vals)
+            judged = [_judge_fields(m) for m in per if m.get("judge")]
+            for key in judged[0] if judged else []:
+                rec[key] = sum(j[key] for j in judged) / len(judged)
+            if kind == "shared":
+                rec.update(_leakage(summary))
+            records.append(rec)
+        rounds = [m for m in RunDir(summary["run_dir"]).read_metrics() if m.get("kind") == "round"]
+        curves.append({"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label,
+                       "train_loss": [m.get("train_loss") for m in rounds if m["round"] > 0],
+                       "test_loss": [m.get("test_loss") for m in rounds],
+                       "leak_rouge_l": [(m.get("extraction") or {}).get("rouge_l") for m in rounds if m["round"] > 0]})
+        write_json(out / "results.json", {"meta": _meta(name, out, t_all, ev), "records": records, "curves": curves})
+    from .report import write_report
+
+    write_report(out / "results.json")
+    return out / "results.json"
+
+
+def _meta(name: str, out: Path, t0: float, ev: EvalOptions) -> dict:
+    return {"name": name or out.name, "command": " ".join(shlex.quote(a) for a in ["fedpit", *sys.argv[1:]]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+            "started": datetime.now().isoformat(timespec="seconds"), "wall_s": round(time.perf_counter() - t0, 1),
+            "test_set": ev.test or "the runs' data.test", "note": None}
+
+
+__all__ = ["EvalOptions", "grid", "run_experiment"]
