@@ -183,6 +183,31 @@ class Runner:
                                               encoding="utf-8")
         return res.summary()
 
+    def _finish_clients(self, rd: RunDir, prep: Prepared, engine: Engine, test_enc: list):
+        """Save each client's private adapter as a peft folder, score it on the held-out set and, when asked,
+        attack it, the bare backbone and (from the last round's attack) the shared model."""
+        cfg = self.cfg
+        personal, losses, extraction = [], [], {}
+        if cfg.eval.extraction_every_round:
+            extraction["backbone"] = self._attack(rd, engine, prep, None, "backbone")
+            last = [m for m in rd.read_metrics() if m.get("kind") == "round" and m.get("extraction")]
+            if last:
+                extraction["shared"] = last[-1]["extraction"]
+        for k in range(cfg.partition.num_clients):
+            f = rd.latest_client_state(k, cfg.federation.rounds)
+            local = split_state(load_state(f)) if f is not None else {}
+            if not local:
+                continue
+            folder = rd.path / "clients" / f"client_{k}" / "final"
+            self._save_global(rd, folder, local, engine)
+            personal.append(str(folder))
+            if test_enc:
+                engine.load_adapter(local)
+                losses.append(engine.mean_loss(test_enc))
+            if cfg.eval.extraction_every_round:
+                extraction[f"private_client_{k}"] = self._attack(rd, engine, prep, local, f"private_client_{k}")
+        return personal, losses, extraction
+
     # ------------------------------------------------------------------------------------------------ run
     def run(self, *, resume: str | Path | None = None, stop_after: int | None = None) -> dict:
         cfg = self.cfg
@@ -226,25 +251,7 @@ class Runner:
             raise
 
         self._save_global(rd, rd.path / "final", global_state, engine)
-        personal, personal_losses = [], []
-        for k in range(cfg.partition.num_clients):
-            f = rd.latest_client_state(k, R)
-            local = split_state(load_state(f)) if f is not None else {}
-            if local:
-                folder = rd.path / "clients" / f"client_{k}" / "final"
-                self._save_global(rd, folder, local, engine)
-                personal.append(str(folder))
-                if test_enc:
-                    engine.load_adapter(local)
-                    personal_losses.append(engine.mean_loss(test_enc))
-        extraction = {}
-        if cfg.eval.extraction_every_round:
-            extraction["backbone"] = self._attack(rd, engine, prep, None, "backbone")
-            if self.method.FEDERATED:
-                extraction["shared"] = self._attack(rd, engine, prep, global_state, "shared_final")
-            for folder in map(Path, personal):  # clients/client_K/final
-                name = f"private_{folder.parent.name}"
-                extraction[name] = self._attack(rd, engine, prep, load_state(folder / "adapter_model.safetensors"), name)
+        personal, personal_losses, extraction = self._finish_clients(rd, prep, engine, test_enc)
         rounds = [m for m in rd.read_metrics() if m.get("kind") == "round"]
         summary = {
             "run_dir": str(rd.path),
