@@ -45,7 +45,7 @@ def main() -> None:
         pers = s.get("personal_test_loss") or []
         pm = f"{sum(pers) / len(pers):.3f}" if pers else "-"
         shared = f"{tl[0]:.3f} -> {tl[-1]:.3f}" if s["shares_global_adapter"] else "(not shared)"
-        print(f"{name:>13} {wall / 60:6.2f} m {rss_mb / 1024:7.2f} GB {shared:>22} {pm:>15}", flush=True)
+        print(f"{name:>13} {wall / 60:6.2f} m {rss_mb / 1024:7.2f} GiB {shared:>22} {pm:>15}", flush=True)
     print(f"runs in {out}")
 
 
