@@ -72,8 +72,15 @@ def test_compare_one_round_on_the_tiny_model(tiny_cfg, tmp_path):
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert len(data["curves"]) == 2
     before = (out / "runs" / "fedit-s1" / "summary.json").stat().st_mtime
-    run_experiment(cells, out, EvalOptions(limit=2, max_new_tokens=3))  # complete runs are not re-trained
-    assert (out / "runs" / "fedit-s1" / "summary.json").stat().st_mtime == before
+    answers = out / "runs" / "fedit-s1" / "final" / "eval" / "answers.jsonl"
+    answered = answers.stat().st_mtime_ns
+    again = json.loads(run_experiment(cells, out, EvalOptions(limit=2, max_new_tokens=3)).read_text())
+    assert (out / "runs" / "fedit-s1" / "summary.json").stat().st_mtime == before  # complete runs are not re-trained
+    assert answers.stat().st_mtime_ns == answered  # ... nor re-evaluated with the same settings
+    assert again["records"] == data["records"]
+    third = json.loads(run_experiment(cells, out, EvalOptions(limit=1, max_new_tokens=3)).read_text())
+    assert answers.stat().st_mtime_ns != answered  # other settings: evaluated again
+    assert {r["n_test"] for r in third["records"]} == {1}
 
 
 def test_compare_cli_rejects_bad_seeds(capsys):

@@ -78,6 +78,28 @@ def _run_or_resume(cfg: Config) -> dict:
     return Runner(cfg, show_progress=False).run()
 
 
+def _eval_settings(tests: list, ev: EvalOptions) -> dict:
+    judge = ev.judge
+    return {"test": ev.test or "data.test", "format": ev.format, "reference": ev.reference, "n": len(tests),
+            "first": tests[0].instruction if tests else "", "max_new_tokens": ev.max_new_tokens,
+            "judge": None if judge is None else [judge.cfg.base_url, judge.cfg.model, judge.cfg.protocol]}
+
+
+def _evaluate_once(folder: str, cfg: Config, tests: list, ev: EvalOptions) -> dict:
+    """Evaluate one adapter folder, or reuse its saved evaluation when it was made with the same settings, so a
+    resumed or extended experiment (more seeds, more methods) does not re-answer the test set."""
+    out = Path(folder) / "eval"
+    settings = _eval_settings(tests, ev)
+    if (out / "metrics.json").is_file() and (out / "settings.json").is_file() \
+            and read_json(out / "settings.json") == settings:
+        return read_json(out / "metrics.json")
+    engine = engine_for(folder, max_seq_len=cfg.model.max_seq_len, dtype=cfg.model.dtype)
+    res = evaluate(engine, folder, tests, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, judge=ev.judge)
+    res.save(out)
+    write_json(out / "settings.json", settings)
+    return res.metrics
+
+
 def _leakage(summary: dict) -> dict:
     shared = (summary.get("extraction") or {}).get("shared") or {}
     return {f"leak_{k}": shared[k] for k in ("rouge_l", "exact", "prefix_exact") if k in shared}
@@ -119,11 +141,7 @@ def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOpt
         for kind, folders in models:
             per = []
             for folder in folders:
-                engine = engine_for(folder, max_seq_len=cfg.model.max_seq_len, dtype=cfg.model.dtype)
-                res = evaluate(engine, folder, tests, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
-                               judge=ev.judge)
-                res.save(Path(folder) / "eval")
-                per.append(res.metrics)
+                per.append(_evaluate_once(folder, cfg, tests, ev))
             rec = {"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label, "model": kind,
                    "run_dir": summary["run_dir"], "wall_s": wall, "n_test": len(tests)}
             for key in ("rouge_l", "cosine", "reference_loss"):
