@@ -179,6 +179,58 @@ def _add_eval_args(p: argparse.ArgumentParser, test_default: str) -> None:
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
 
 
+def cmd_flower(args) -> int:
+    """fedpit on Flower: simulate, make certificates or node keys, or run on a localhost deployment."""
+    from pathlib import Path
+
+    if args.action == "certs":
+        from .flower.deploy import make_certificates
+
+        files = make_certificates(args.out, args.host)
+        print(f"CA {files['ca']} (copy to every SuperNode), SuperLink certificate {files['cert']} and key "
+              f"{files['key']}; keep {files['ca_key']} offline")
+        return 0
+    if args.action == "keys":
+        from .flower.deploy import make_node_key
+
+        for name in args.names:
+            priv, pub = make_node_key(args.out, name)
+            print(f"{name}: private key {priv} (stays on that SuperNode), public key {pub} (register it on the SuperLink)")
+        return 0
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.action == "simulate":
+        from .flower.simulation import simulate
+
+        s = simulate(cfg)
+        print(f"fedpit: done on Flower simulation: {s['algorithm']}, {s['rounds']} rounds; results in {s['run_dir']}")
+        return 0
+    # local: a SuperLink and SuperNodes on 127.0.0.1 (TLS and node keys unless --insecure), the job, then stop.
+    from datetime import datetime
+
+    from .config import to_toml
+    from .flower.deploy import LocalCluster, repo_app_dir
+
+    work = Path(args.workdir or f"flower-local-{datetime.now().strftime('%Y%m%d-%H%M%S')}").absolute()
+    if not cfg.run_name:
+        cfg.run_name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}-flower"
+    cfg.output_dir = str(Path(cfg.output_dir).absolute())
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_file = work / "fedpit.toml"
+    cfg_file.write_text(to_toml(cfg), encoding="utf-8")
+    app = Path(args.app) if args.app else repo_app_dir()
+    with LocalCluster(work, nodes=cfg.partition.num_clients, tls=not args.insecure, auth=not args.insecure) as c:
+        print(f"SuperLink 127.0.0.1:{c.port} and {c.nodes} SuperNodes up ({'insecure' if args.insecure else 'TLS, node keys'}); "
+              f"logs in {c.logs}", file=sys.stderr)
+        run_id = c.submit(app, {"config": str(cfg_file)})
+        st = c.wait_run(run_id, timeout=args.timeout)
+    if st.get("status") != "finished:completed":
+        raise FedpitError(f"Flower run {run_id} {st.get('status')}: {st.get('status-details', '')} (logs in {work / 'logs'})")
+    print(f"fedpit: done on Flower deployment (run {run_id}); results in {Path(cfg.output_dir) / cfg.run_name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fedpit {__version__}")
@@ -230,6 +282,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: ADAPTER/eval)")
     _add_eval_args(p, test_default="demo")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("flower", help="run on Flower: simulate | local (SuperLink + SuperNodes here) | certs | keys")
+    fl = p.add_subparsers(dest="action", required=True)
+    q = fl.add_parser("simulate", help="the job in Flower's simulation runtime (one virtual SuperNode per client)")
+    _add_config_args(q)
+    q = fl.add_parser("local", help="start a SuperLink and one SuperNode per client on 127.0.0.1, run the job, stop them")
+    _add_config_args(q)
+    q.add_argument("--workdir", help="certificates, keys, logs and Flower home (default: ./flower-local-<time>)")
+    q.add_argument("--app", help="folder with the Flower app's pyproject.toml (default: this source checkout)")
+    q.add_argument("--insecure", action="store_true", help="no TLS and no node keys (testing only)")
+    q.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
+    q = fl.add_parser("certs", help="make a CA and a SuperLink certificate")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--host", action="append", default=[],
+                   help="the SuperLink's DNS name or IP as SuperNodes reach it (repeatable; 127.0.0.1 and localhost always)")
+    q = fl.add_parser("keys", help="make SuperNode authentication key pairs (ECDSA P-384, OpenSSH format)")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("names", nargs="+", help="one name per SuperNode, e.g. hospital-a hospital-b")
+    p.set_defaults(func=cmd_flower)
 
     p = sub.add_parser("config", help="print the resolved config as TOML (or --keys: every valid key)")
     _add_config_args(p)

@@ -112,6 +112,17 @@ class CenITConfig:
 
 
 @dataclass
+class FlowerConfig:
+    """Only for runs on Flower (``fedpit flower ...``); the in-process runner ignores this section."""
+
+    wait_for_nodes_s: float = 120.0  # at start: wait this long for partition.num_clients nodes to connect
+    round_timeout_s: float = 900.0  # a sampled node that has not replied by then is recorded as dropped
+    min_replies: int = 1  # a round with fewer successful replies fails the run (it can be resumed)
+    dp_noise_multiplier: float = 0.0  # > 0 with dp_clipping_norm > 0: Flower's server-side fixed-clipping DP
+    dp_clipping_norm: float = 0.0
+
+
+@dataclass
 class Config:
     algorithm: str = "fedpit"
     seed: int = 42
@@ -129,6 +140,7 @@ class Config:
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     fewfedweight: FewFedWeightConfig = field(default_factory=FewFedWeightConfig)
     cenit: CenITConfig = field(default_factory=CenITConfig)
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -347,3 +359,12 @@ def validate(cfg: Config) -> None:
     _check(cfg.fewfedweight.energy_temperature > 0, "fewfedweight.energy_temperature", "must be > 0")
     _check(cfg.fewfedweight.pseudo_samples >= 0, "fewfedweight.pseudo_samples", "must be >= 0")
     _check(cfg.cenit.budget_multiplier >= 1, "cenit.budget_multiplier", "must be >= 1")
+    fl = cfg.flower
+    _check(fl.wait_for_nodes_s >= 0, "flower.wait_for_nodes_s", "must be >= 0")
+    _check(fl.round_timeout_s > 0, "flower.round_timeout_s", "must be > 0")
+    _check(1 <= fl.min_replies <= p.num_clients, "flower.min_replies",
+           f"must be between 1 and partition.num_clients ({p.num_clients})")
+    _check(fl.dp_noise_multiplier >= 0, "flower.dp_noise_multiplier", "must be >= 0")
+    _check(fl.dp_clipping_norm >= 0, "flower.dp_clipping_norm", "must be >= 0 (0 = no DP)")
+    _check(fl.dp_noise_multiplier == 0 or fl.dp_clipping_norm > 0, "flower.dp_noise_multiplier",
+           "needs flower.dp_clipping_norm > 0")

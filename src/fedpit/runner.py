@@ -121,6 +121,24 @@ def centralized_budget(cfg: Config) -> LocalBudget:
     return dataclasses.replace(b, epochs=b.epochs * cfg.cenit.budget_multiplier)
 
 
+def round_plan(cfg: Config, method, r: int) -> tuple[list[int], float]:
+    """Which clients train in round ``r`` and at which learning rate (cosine over rounds). Every transport (this
+    runner, Flower simulation, Flower deployment) asks this function, so they sample the same clients."""
+    lr = cosine_lr(r - 1, cfg.federation.rounds, cfg.train.lr, cfg.train.lr_min)
+    if method.CENTRALIZED:
+        return [0], lr
+    return sample_clients(cfg.seed, r, cfg.partition.num_clients, cfg.federation.fraction,
+                          cfg.federation.min_clients), lr
+
+
+def client_context(cfg: Config, method, r: int, k: int) -> RoundContext:
+    """Everything client ``k`` needs to know about round ``r``, derived from the config alone."""
+    _, lr = round_plan(cfg, method, r)
+    budget = centralized_budget(cfg) if method.CENTRALIZED else budget_of(cfg)
+    return RoundContext(round=r, num_rounds=cfg.federation.rounds, client_id=k, lr=lr,
+                        seed=client_seed(cfg.seed, r, k), budget=budget, params=params_of(cfg))
+
+
 def write_artifacts(folder: Path, artifacts: dict) -> None:
     """A client's local outputs of one round (synthetic data as JSONL, the rest as JSON), on its own disk."""
     if not artifacts:
@@ -140,7 +158,14 @@ def peft_config_dict(engine: Engine) -> dict:
     return d
 
 
-def _new_run_dir(cfg: Config) -> RunDir:
+def save_adapter_folder(cfg: Config, rd: RunDir, folder: Path, state: StateDict, engine: Engine) -> None:
+    """A peft folder (loadable by ``PeftModel.from_pretrained``) plus fedpit.json: backbone, template, method."""
+    rd.save_adapter(folder, state, peft_config_dict(engine),
+                    {"model": cfg.model.name, "template": cfg.model.template, "algorithm": cfg.algorithm,
+                     "fedpit_version": __version__})
+
+
+def new_run_dir(cfg: Config) -> RunDir:
     name = cfg.run_name or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}"
     path = Path(cfg.output_dir) / name
     if path.exists() and any(path.iterdir()):
@@ -160,9 +185,7 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _save_global(self, rd: RunDir, folder: Path, state: StateDict, engine: Engine) -> None:
-        rd.save_adapter(folder, state, peft_config_dict(engine),
-                        {"model": self.cfg.model.name, "template": self.cfg.model.template,
-                         "algorithm": self.cfg.algorithm, "fedpit_version": __version__})
+        save_adapter_folder(self.cfg, rd, folder, state, engine)
 
     def _client_state(self, rd: RunDir, k: int, r: int) -> dict:
         f = rd.latest_client_state(k, r)
@@ -221,7 +244,7 @@ class Runner:
             rd.truncate_metrics(start - 1)
             global_state = rd.load_global(start - 1)
         else:
-            rd = _new_run_dir(cfg)
+            rd = new_run_dir(cfg)
             rd.config_file.write_text(to_toml(cfg), encoding="utf-8")
             write_json(rd.path / "partition.json", prep.partition.to_dict())
             global_state = engine.initial_adapter
@@ -279,21 +302,13 @@ class Runner:
                test_enc: list, progress: Progress) -> StateDict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        lr = cosine_lr(r - 1, cfg.federation.rounds, cfg.train.lr, cfg.train.lr_min)
-        chosen = sample_clients(cfg.seed, r, cfg.partition.num_clients, cfg.federation.fraction,
-                                cfg.federation.min_clients)
+        chosen, lr = round_plan(cfg, self.method, r)
         federated = self.method.FEDERATED
-        if self.method.CENTRALIZED:
-            chosen, budget = [0], centralized_budget(cfg)
-        else:
-            budget = budget_of(cfg)
         down = nbytes(global_state) if federated else 0
-        params = params_of(cfg)
         replies, rows = [], []
         for k in chosen:
             examples = prep.train if self.method.CENTRALIZED else prep.client_examples(k)
-            ctx = RoundContext(round=r, num_rounds=cfg.federation.rounds, client_id=k, lr=lr,
-                               seed=client_seed(cfg.seed, r, k), budget=budget, params=params)
+            ctx = client_context(cfg, self.method, r, k)
             task = progress.add_task(f"round {r} client {k}", total=None)
 
             def on_step(step, total, loss, task=task):

@@ -1,0 +1,139 @@
+"""The Flower ClientApp: one data owner's side of every fedpit method.
+
+Node config (``flower-supernode --node-config "..."``; Flower's simulation sets the first two itself):
+
+- ``partition-id``: this client's index (0 .. partition.num_clients-1); seeds and sampling use it;
+- ``num-partitions``: informational;
+- ``data-file``: this site's own training data (JSON/JSONL; ``data-format``, ``output-field`` optional). Without it,
+  the node takes its share of the config's ``data.train`` by the run's partition (the demo / simulation case);
+- ``state-dir``: where this node keeps private state (local adapters, synthetic data). Default: the run folder.
+
+Messages: ``query`` returns the client id and its number of examples; ``train`` runs the method's ``client_update``
+(the same function the in-process runner calls) and replies with the upload and numeric metrics, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..adapters import load_state, nbytes, save_state
+from ..algorithms import get_method
+from ..algorithms.base import split_state
+from ..config import Config
+from ..data import Example, load_examples
+from ..errors import ConfigError
+from ..rundir import RunDir
+from ..runner import client_context, make_engine, peft_config_dict, prepare, write_artifacts
+from .common import ARRAYS, CONFIG, METRICS, config_of, fingerprint, from_record, informative, metric_record, node_root, to_record
+
+log = logging.getLogger("fedpit.flower.client")
+
+_ENGINES: dict[str, object] = {}  # one backbone per process (a Ray actor keeps it across messages)
+_DATA: dict[tuple, list[Example]] = {}
+_PRIVATE: set[bytes] = set()  # fingerprints of this process's private tensors, for private_guard
+
+
+def client_id(node_config: Mapping) -> int:
+    if "partition-id" not in node_config:
+        raise ConfigError("node config: 'partition-id' is missing (start the SuperNode with "
+                          "--node-config \"partition-id=K\")")
+    try:
+        return int(node_config["partition-id"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"node config: partition-id '{node_config['partition-id']}' is not an integer") from None
+
+
+def engine_for(cfg: Config):
+    key = repr((cfg.model, cfg.lora, cfg.seed))  # backbone, LoRA shape, initial-adapter seed
+    if key not in _ENGINES:
+        _ENGINES.clear()
+        _ENGINES[key] = make_engine(cfg)
+    return _ENGINES[key]
+
+
+def local_examples(cfg: Config, node_config: Mapping, k: int) -> list[Example]:
+    """This node's private training examples: its own ``data-file``, or its share of the run's partition."""
+    data_file = str(node_config.get("data-file") or "")
+    key = (data_file, str(node_config.get("data-format", "auto")), str(node_config.get("output-field", "")),
+           repr((cfg.data, cfg.partition, cfg.seed)), k)
+    if key not in _DATA:
+        if data_file:
+            _DATA[key] = load_examples(data_file, format=str(node_config.get("data-format", "auto")),
+                                       output_field=str(node_config.get("output-field", "")) or cfg.data.output_field or None,
+                                       on_duplicate=cfg.data.on_duplicate)
+        else:
+            if not 0 <= k < cfg.partition.num_clients:
+                raise ConfigError(f"node config: partition-id {k} is outside 0..{cfg.partition.num_clients - 1} "
+                                  f"(partition.num_clients = {cfg.partition.num_clients})")
+            _DATA[key] = prepare(cfg).client_examples(k)
+    return _DATA[key]
+
+
+def _register_private(state: Mapping) -> None:
+    _PRIVATE.update(fingerprint(t) for t in state.values() if informative(t))
+
+
+def private_guard(msg: Message, context: Context, call_next) -> Message:
+    """Client mod: fail any outgoing message that carries a private tensor (this node's local adapter, before or
+    after this round's training) or a private state key. Fitted to every fedpit ClientApp."""
+    reply = call_next(msg, context)
+    if reply.has_content():
+        for name, record in reply.content.array_records.items():
+            for key, arr in record.items():
+                if key.startswith("local."):
+                    raise RuntimeError(f"private_guard: outgoing record '{name}' carries private key '{key}'")
+                a = arr.numpy()
+                if informative(a) and fingerprint(a) in _PRIVATE:
+                    raise RuntimeError(f"private_guard: outgoing tensor '{key}' equals a private adapter tensor")
+    return reply
+
+
+app = ClientApp(mods=[private_guard])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    cfg, _ = config_of(msg.content[CONFIG])
+    k = client_id(context.node_config)
+    n = len(local_examples(cfg, context.node_config, k))
+    return Message(RecordDict({METRICS: MetricRecord({"client-id": k, "num-examples": n})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
+    cfg, r = config_of(msg.content[CONFIG])
+    k = client_id(context.node_config)
+    method = get_method(cfg.algorithm)
+    examples = local_examples(cfg, context.node_config, k)
+    engine = engine_for(cfg)
+    global_state = from_record(msg.content.array_records.get(ARRAYS))
+    rd = RunDir(node_root(cfg, context.node_config))
+    f = rd.latest_client_state(k, r - 1)
+    state = load_state(f) if f is not None else {}
+    _register_private(split_state(state))
+
+    result = method.client_update(engine, global_state, examples, state, client_context(cfg, method, r, k))
+
+    if result.state:
+        save_state(result.state, rd.client_state_file(k, r))
+        _register_private(split_state(result.state))
+        if r == cfg.federation.rounds:  # the personalized model stays here, as a peft folder
+            rd.save_adapter(rd.path / "clients" / f"client_{k}" / "final", split_state(result.state),
+                            peft_config_dict(engine), {"model": cfg.model.name, "template": cfg.model.template,
+                                                       "algorithm": cfg.algorithm, "client": k})
+    write_artifacts(rd.path / "clients" / f"client_{k}" / f"round_{r:03d}", result.artifacts)
+    reply = result.reply
+    metrics = {**reply.metrics, "client-id": k, "num-examples": reply.num_examples,
+               "bytes-sent": nbytes(reply.adapter), "bytes-received": nbytes(global_state),
+               "client-seconds": round(time.perf_counter() - t0, 3)}
+    log.info("client %d round %d: %d examples, upload %d bytes", k, r, len(examples), nbytes(reply.adapter))
+    return Message(RecordDict({ARRAYS: to_record(reply.adapter), METRICS: metric_record(metrics)}), reply_to=msg)
+
+
+__all__ = ["app", "client_id", "local_examples", "private_guard"]

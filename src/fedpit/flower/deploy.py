@@ -1,0 +1,356 @@
+"""Deployment helpers: TLS certificates, SuperNode keys, and a SuperLink + SuperNodes launcher for one machine.
+
+Flower 1.41 facts this module relies on (checked on this platform):
+- the SuperLink serves Fleet, Control and Runtime APIs on one port (``--host``/``--port``); each SuperNode on one
+  host needs its own ``--port``; connections are named in ``$FLWR_HOME/config.toml``;
+- TLS: ``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`` (PKCS8 PEM key) on the SuperLink, ``--root-certificates``
+  on SuperNodes, an absolute ``root-certificates`` path in config.toml. The certificate must name 127.0.0.1 because
+  the SuperLink's own helper connects back to it;
+- node authentication: ``--enable-supernode-auth`` on the SuperLink; ECDSA P-384 keys in OpenSSH format; a key is
+  registered with ``flwr supernode register KEY.pub CONNECTION`` *before* the node starts. A node with an unknown
+  key is refused at activation ("code: 2004") and exits;
+- ``flwr`` CLI commands exit 0 even on failure: read ``--format json`` output instead;
+- stopping: SIGTERM the roots, then whatever they spawned (serverapp/clientapp processes outlive their parents).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import FedpitError
+
+DEFAULT_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+# ---------------------------------------------------------------------------------------------------------- keys
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    path.write_bytes(data)
+    if private:
+        os.chmod(path, 0o600)
+
+
+def make_certificates(out: str | Path, hosts: list[str] | tuple[str, ...] = (), days: int = 365) -> dict[str, Path]:
+    """A private CA and a SuperLink certificate for ``hosts`` (plus 127.0.0.1, localhost, ::1).
+
+    Writes ca.crt (give it to every SuperNode and to ``flwr``), ca.key (keep offline), server.pem and server.key
+    (the SuperLink's)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
+
+    def pem_key(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    def san(name: str):
+        try:
+            return x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            return x509.DNSName(name)
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedpit deployment CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    names = list(dict.fromkeys([*DEFAULT_HOSTS, *hosts]))
+    srv_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    srv = (x509.CertificateBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[3] if len(names) > 3 else "localhost")]))
+           .issuer_name(ca_name).public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
+           .not_valid_before(start).not_valid_after(end)
+           .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+           .add_extension(x509.SubjectAlternativeName([san(n) for n in names]), critical=False)
+           .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+           .sign(ca_key, hashes.SHA256()))
+    files = {"ca_key": out / "ca.key", "ca": out / "ca.crt", "key": out / "server.key", "cert": out / "server.pem"}
+    _write(files["ca_key"], pem_key(ca_key), private=True)
+    _write(files["ca"], ca.public_bytes(serialization.Encoding.PEM))
+    _write(files["key"], pem_key(srv_key), private=True)
+    _write(files["cert"], srv.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def make_node_key(out: str | Path, name: str) -> tuple[Path, Path]:
+    """An ECDSA P-384 key pair for SuperNode authentication: (private key, public key), OpenSSH format."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    _write(out / name, priv, private=True)
+    _write(out / f"{name}.pub", pub + b"\n")
+    return out / name, out / f"{name}.pub"
+
+
+# ---------------------------------------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_tree(pids: list[int], grace: float = 10.0) -> None:
+    """SIGTERM ``pids`` and, after they exit (SIGINT/SIGKILL if they will not), everything they had spawned."""
+    import psutil
+
+    roots, desc = [], []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            continue
+        roots.append(p)
+        desc.extend(p.children(recursive=True))  # before signalling: children are re-parented afterwards
+    for p in roots:
+        _signal(p, signal.SIGTERM)
+    _, alive = psutil.wait_procs(roots, timeout=grace)
+    for p in alive:  # uvicorn waits for attached clients; SIGINT after SIGTERM forces it
+        _signal(p, signal.SIGINT)
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for p in alive:
+        _signal(p, signal.SIGKILL)
+    live = [p for p in desc if _alive(p)]
+    for p in live:
+        _signal(p, signal.SIGTERM)
+    _, still = psutil.wait_procs(live, timeout=8)
+    for p in still:
+        _signal(p, signal.SIGKILL)
+
+
+def _signal(p, sig) -> None:
+    import psutil
+
+    try:
+        p.send_signal(sig)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _alive(p) -> bool:
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+@dataclass
+class LocalCluster:
+    """A SuperLink and N SuperNodes on 127.0.0.1, with TLS and node authentication by default.
+
+    ``workdir`` receives certs/, keys/, logs/ and the Flower home (FLWR_HOME). Use as a context manager, or call
+    :meth:`start` and :meth:`stop`. ``node_config`` adds keys to every node's ``--node-config``."""
+
+    workdir: Path
+    nodes: int = 3
+    tls: bool = True
+    auth: bool = True
+    node_config: dict = field(default_factory=dict)
+    connection: str = "fedpit-local"
+    env: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.workdir = Path(self.workdir).absolute()
+        self.port = free_port()
+        self.node_ports = [free_port() for _ in range(self.nodes + 1)]
+        self.superlink: subprocess.Popen | None = None
+        self.node_procs: dict[int, subprocess.Popen] = {}
+        self.home = self.workdir / "flwr-home"
+        self.logs = self.workdir / "logs"
+
+    # ------------------------------------------------------------------ setup
+    def _env(self) -> dict:
+        env = dict(os.environ)
+        env.update({"FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **self.env})
+        return env
+
+    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
+        fh = open(self.logs / log, "ab")
+        return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=self._env(), cwd=self.workdir,
+                                start_new_session=True)
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> dict:
+        """A ``flwr`` CLI call with ``--format json``; its parsed output (the CLI's exit code is always 0)."""
+        out = subprocess.run([_bin("flwr"), *args, "--format", "json"], capture_output=True, text=True,
+                             env=self._env(), cwd=self.workdir, timeout=timeout)
+        try:
+            return json.loads(out.stdout[out.stdout.index("{"):])
+        except ValueError:
+            return {"success": False, "error-message": (out.stdout + out.stderr).strip()[-500:]}
+
+    def start(self) -> LocalCluster:
+        for d in (self.workdir, self.home, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        conn = [f'[superlink]\ndefault = "{self.connection}"\n', f"[superlink.{self.connection}]",
+                f'address = "127.0.0.1:{self.port}"']
+        link = [_bin("flower-superlink"), "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
+                "--port", str(self.port), "--database", str(self.workdir / "superlink.db")]
+        if self.tls:
+            self.certs = make_certificates(self.workdir / "certs")
+            link += ["--ssl-ca-certfile", str(self.certs["ca"]), "--ssl-certfile", str(self.certs["cert"]),
+                     "--ssl-keyfile", str(self.certs["key"])]
+            conn.append(f'root-certificates = "{self.certs["ca"]}"')
+            if self.auth:
+                link.append("--enable-supernode-auth")
+        else:
+            if self.auth:
+                raise FedpitError("SuperNode authentication needs TLS (Flower refuses it with --insecure)")
+            link.append("--insecure")
+            conn.append("insecure = true")
+        (self.home / "config.toml").write_text("\n".join(conn) + "\n", encoding="utf-8")
+        self.superlink = self._spawn(link, "superlink.log")
+        self._wait(lambda: self.flwr("supernode", "list", self.connection, timeout=30).get("success"), 90,
+                   "the SuperLink did not come up (see logs/superlink.log)")
+        for i in range(self.nodes):
+            if self.auth:
+                self.register(i)
+            self.start_node(i)
+        self.wait_online(self.nodes)
+        return self
+
+    def key(self, i: int, name: str | None = None) -> tuple[Path, Path]:
+        priv = self.workdir / "keys" / (name or f"node{i}")
+        return (priv, priv.with_suffix(".pub")) if priv.exists() else make_node_key(self.workdir / "keys", name or f"node{i}")
+
+    def register(self, i: int) -> dict:
+        res = self.flwr("supernode", "register", str(self.key(i)[1]), self.connection)
+        if not res.get("success"):
+            raise FedpitError(f"registering node {i} failed: {res}")
+        return res
+
+    def node_args(self, i: int, key_name: str | None = None) -> list[str]:
+        cfg = {"partition-id": i, "num-partitions": self.nodes, **self.node_config}
+        args = [_bin("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}", "--port",
+                str(self.node_ports[i] if i < len(self.node_ports) else free_port()),
+                "--node-config", " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in cfg.items())]
+        args += ["--root-certificates", str(self.certs["ca"])] if self.tls else ["--insecure"]
+        if self.auth:
+            args += ["--auth-supernode-private-key", str(self.key(i, key_name)[0])]
+        return args
+
+    def start_node(self, i: int, key_name: str | None = None) -> subprocess.Popen:
+        p = self._spawn(self.node_args(i, key_name), f"supernode{i}{'-' + key_name if key_name else ''}.log")
+        if key_name is None:
+            self.node_procs[i] = p
+        return p
+
+    def kill_node(self, i: int) -> None:
+        """SIGKILL a SuperNode and its ClientApp processes: a site that loses power mid-round."""
+        import psutil
+
+        p = self.node_procs.pop(i)
+        try:
+            kids = psutil.Process(p.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            kids = []
+        for q in [psutil.Process(p.pid), *kids] if p.poll() is None else kids:
+            _signal(q, signal.SIGKILL)
+        p.wait(timeout=30)
+
+    def online(self) -> int:
+        res = self.flwr("supernode", "list", self.connection, timeout=30)
+        return sum(n.get("status") == "online" for n in res.get("nodes", []))
+
+    def wait_online(self, n: int, timeout: float = 180) -> None:
+        self._wait(lambda: self.online() >= n, timeout, f"fewer than {n} SuperNodes came online (see {self.logs})")
+
+    @staticmethod
+    def _wait(cond, timeout: float, message: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.5)
+        raise FedpitError(message)
+
+    # ------------------------------------------------------------------ runs
+    def submit(self, app_dir: str | Path, run_config: dict | None = None) -> int:
+        """Start the app in ``app_dir`` (a folder whose pyproject has [tool.flwr.app]); returns the run id."""
+        args = ["run", str(app_dir), self.connection]
+        for k, v in (run_config or {}).items():
+            args += ["--run-config", f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"]
+        res = self.flwr(*args, timeout=300)
+        if not res.get("success") or "run-id" not in res:
+            raise FedpitError(f"flwr run failed: {res}")
+        return int(res["run-id"])
+
+    def status(self, run_id: int) -> dict:
+        res = self.flwr("list", "--run-id", str(run_id), self.connection, timeout=60)
+        runs = res.get("runs") or [{}]
+        return runs[0]
+
+    def wait_run(self, run_id: int, timeout: float = 1800) -> dict:
+        """Block until the run finishes; its ``flwr list`` record (``status``: finished:completed/failed/...)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status(run_id)
+            if str(st.get("status", "")).startswith("finished"):
+                return st
+            time.sleep(2.0)
+        raise FedpitError(f"run {run_id} did not finish within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        pids = [p.pid for p in self.node_procs.values() if p.poll() is None]
+        if self.superlink is not None and self.superlink.poll() is None:
+            pids.append(self.superlink.pid)
+        stop_tree(pids)
+        self.node_procs.clear()
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def repo_app_dir() -> Path:
+    """The folder whose pyproject.toml declares the fedpit Flower app (the source checkout)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        pp = parent / "pyproject.toml"
+        if pp.is_file() and "[tool.flwr.app]" in pp.read_text(encoding="utf-8"):
+            return parent
+    raise FedpitError("no pyproject.toml with [tool.flwr.app] above the fedpit package; "
+                      "run from a source checkout or pass --app DIR")
+
+
+__all__ = ["LocalCluster", "free_port", "make_certificates", "make_node_key", "repo_app_dir", "stop_tree"]

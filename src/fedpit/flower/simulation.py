@@ -1,0 +1,64 @@
+"""Flower's simulation runtime: the fedpit ServerApp and ClientApp with Ray-driven virtual SuperNodes.
+
+One client at a time by default (``num_cpus`` = all cores per client): on a 2-core CPU, parallel actors only add
+memory (``platform-measurements.md`` section 3). Each virtual SuperNode gets ``partition-id`` from Flower.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..config import Config, to_toml
+from ..errors import FedpitError
+from ..rundir import RunDir, read_json
+
+
+def simulate(cfg: Config, *, resume: bool = False, num_cpus_per_client: float | None = None,
+             verbose: bool = False) -> dict:
+    """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run's summary (raises if it failed)."""
+    import tomllib
+
+    import torch
+    from flwr.simulation import run_simulation
+
+    from .client_app import app as client_app
+    from .server_app import make_server_app
+
+    if not cfg.run_name:
+        from dataclasses import replace
+        from datetime import datetime
+
+        cfg = replace(cfg, run_name=f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}-flowersim")
+    cfg = cfg.validate()
+    cfg_file = Path(cfg.output_dir).absolute() / f".{cfg.run_name}.flower-config.toml"
+    cfg_file.parent.mkdir(parents=True, exist_ok=True)
+    # The ServerApp reads a config file, exactly as in a deployment; output_dir is made absolute for Ray's workers.
+    data = tomllib.loads(to_toml(cfg))
+    data["output_dir"] = str(Path(cfg.output_dir).absolute())
+    from ..config import config_from_dict
+
+    cfg_file.write_text(to_toml(config_from_dict(data)), encoding="utf-8")
+    # Ray starts its workers at nice 15; the simulation is the job here, so it should not yield to everything else.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    cpus = os.cpu_count() or 1
+    per_client = num_cpus_per_client or cpus
+    gpus = 1.0 if torch.cuda.is_available() else 0.0
+    backend = {"client_resources": {"num_cpus": per_client, "num_gpus": gpus},
+               "init_args": {"num_cpus": cpus, "num_gpus": int(gpus), "include_dashboard": False,
+                             "logging_level": "ERROR", "log_to_driver": verbose}}
+    try:
+        run_simulation(make_server_app({"config": str(cfg_file), "resume": resume}), client_app,
+                       num_supernodes=cfg.partition.num_clients, backend_name="ray", backend_config=backend,
+                       verbose_logging=verbose)
+    finally:
+        cfg_file.unlink(missing_ok=True)
+    rd = RunDir(Path(data["output_dir"]) / cfg.run_name)
+    if not rd.is_complete():
+        p = rd.progress()
+        raise FedpitError(f"Flower simulation did not complete: {rd.path} status {p.get('status')}"
+                          + (f" ({p['error']})" if p.get("error") else ""))
+    return read_json(rd.path / "summary.json")
+
+
+__all__ = ["simulate"]

@@ -1,0 +1,268 @@
+"""fedpit on Flower: the same algorithm functions in the in-process runner, Flower simulation and a real localhost
+deployment (SuperLink + 3 SuperNodes, TLS and node keys), parity of the global adapter, private-tensor guard, node
+authentication, a node killed mid-round, and resume after a failed round."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedpit.adapters import load_state
+from fedpit.config import to_toml
+from fedpit.errors import ConfigError
+from fedpit.runner import Runner
+
+FLOWER_OVERRIDES = ["selfgen.num_instructions=2", "selfgen.max_instruction_tokens=8", "selfgen.max_response_tokens=8",
+                    "flower.wait_for_nodes_s=60", "flower.round_timeout_s=120"]
+
+
+def _cfg(tiny_cfg, algorithm: str, name: str, **federation):
+    from fedpit.config import set_value
+
+    cfg = replace(tiny_cfg, algorithm=algorithm, run_name=name,
+                  federation=replace(tiny_cfg.federation, **federation) if federation else tiny_cfg.federation)
+    for item in FLOWER_OVERRIDES:
+        k, v = item.split("=")
+        set_value(cfg, k, v)
+    return cfg.validate()
+
+
+def _final(summary_or_dir) -> dict:
+    d = summary_or_dir["final_adapter"] if isinstance(summary_or_dir, dict) else Path(summary_or_dir) / "final"
+    return load_state(Path(d) / "adapter_model.safetensors")
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+# ------------------------------------------------------------------------------------------------ unit
+def test_run_config_set_string_and_declared_keys(tmp_path):
+    from fedpit.flower.common import config_from_run_config
+
+    f = tmp_path / "c.toml"
+    f.write_text('algorithm = "fedit"\n[federation]\nrounds = 7\n')
+    cfg, resume = config_from_run_config({"config": str(f), "set": "train.lr=0.01; run_name=x", "resume": True})
+    assert (cfg.algorithm, cfg.federation.rounds, cfg.train.lr, cfg.run_name, resume) == ("fedit", 7, 0.01, "x", True)
+    cfg, _ = config_from_run_config({"config": "", "set": ""}, base={"federation.rounds": 2})
+    assert cfg.federation.rounds == 2 and cfg.algorithm == "fedpit"
+    with pytest.raises(ConfigError, match="not key=value"):
+        config_from_run_config({"set": "federation.rounds"})
+    with pytest.raises(ConfigError, match="federation.rounds"):
+        config_from_run_config({"set": "federation.rounds=0"})
+
+
+def test_config_travels_in_messages_unchanged(tiny_cfg):
+    from fedpit.flower.common import config_of, config_record
+
+    cfg, r = config_of(config_record(tiny_cfg, 3))
+    assert r == 3 and to_toml(cfg) == to_toml(tiny_cfg)
+
+
+@pytest.fixture
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # what a runtime sets for messages
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def test_private_guard_blocks_a_private_tensor_and_passes_the_upload(task_identity):
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+    from fedpit.flower import client_app
+
+    private = {"a.lora_A.weight": torch.randn(4, 8), "a.lora_B.weight": torch.zeros(8, 4)}
+    upload = {"a.lora_A.weight": torch.randn(4, 8), "a.lora_B.weight": torch.zeros(8, 4)}
+    client_app._register_private(private)
+    incoming = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=0, message_type="train")
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+
+    def replying(state):
+        return lambda msg, c: Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=state)}), reply_to=msg)
+
+    assert client_app.private_guard(incoming, ctx, replying(upload)).has_content()  # zeros leak nothing
+    with pytest.raises(RuntimeError, match="a.lora_A.weight"):
+        client_app.private_guard(incoming, ctx, replying({**upload, "a.lora_A.weight": private["a.lora_A.weight"].clone()}))
+    with pytest.raises(RuntimeError, match="private key"):
+        client_app.private_guard(incoming, ctx, replying({"local.a": torch.randn(2, 2)}))
+
+
+def test_strategy_aggregates_like_the_method_in_client_order(task_identity):
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+    from fedpit.algorithms import ClientReply, get_method
+    from fedpit.flower.common import to_record
+    from fedpit.flower.server_app import FedpitStrategy
+
+    states = [{"w": torch.randn(3, 3, dtype=torch.float32)} for _ in range(3)]
+    counts = [5, 9, 2]
+    asked = Message(RecordDict({}), dst_node_id=0, message_type="train")
+    replies = [Message(RecordDict({"arrays": to_record(s), "metrics": MetricRecord({"client-id": k, "num-examples": n})}),
+                       reply_to=asked) for k, (s, n) in enumerate(zip(states, counts))]
+    method = get_method("fedit")
+    strategy = FedpitStrategy(method)
+    strategy.global_state = {"w": torch.zeros(3, 3)}
+    arrays, _ = strategy.aggregate_train(1, list(reversed(replies)))
+    want = method.server_aggregate({}, [ClientReply(s, n) for s, n in zip(states, counts)])
+    assert torch.equal(dict(arrays.to_torch_state_dict())["w"], want["w"])
+    assert isinstance(arrays, ArrayRecord)
+
+
+def test_cenit_is_refused_on_flower(tiny_cfg):
+    from fedpit.flower.server_app import FlowerServer
+
+    with pytest.raises(ConfigError, match="cenit"):
+        FlowerServer(replace(tiny_cfg, algorithm="cenit"), grid=None)
+
+
+def test_certificates_name_the_hosts_and_keys_are_openssh(tmp_path):
+    from cryptography import x509
+
+    from fedpit.flower.deploy import make_certificates, make_node_key
+
+    files = make_certificates(tmp_path / "certs", ["hospital-a.example", "10.0.0.5"])
+    cert = x509.load_pem_x509_certificate(files["cert"].read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "hospital-a.example" in sans.get_values_for_type(x509.DNSName)
+    assert {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)} >= {"127.0.0.1", "10.0.0.5"}
+    assert (files["key"].stat().st_mode & 0o777) == 0o600
+    priv, pub = make_node_key(tmp_path / "keys", "site1")
+    assert pub.read_text().startswith("ecdsa-sha2-nistp384 ") and b"OPENSSH PRIVATE KEY" in priv.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------ simulation
+@pytest.mark.parametrize("algorithm", ["fedit", "fedpit"])
+def test_simulation_matches_the_in_process_runner(tiny_cfg, algorithm):
+    from fedpit.flower.simulation import simulate
+
+    ref = Runner(_cfg(tiny_cfg, algorithm, f"{algorithm}-inproc"), show_progress=False).run()
+    sim = simulate(_cfg(tiny_cfg, algorithm, f"{algorithm}-sim"))
+    assert _max_diff(_final(ref), _final(sim)) <= 1e-5
+    rows = [json.loads(x) for x in (Path(sim["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    clients = [r for r in rows if r["kind"] == "client"]
+    assert len(clients) == 6 and all(r["bytes_sent"] > 0 and r["bytes_received"] > 0 for r in clients)
+    if algorithm == "fedpit":  # private state stayed with the (virtual) nodes, on their disk
+        assert len(sim["personal_adapters"]) == 3
+        assert list((Path(sim["run_dir"]) / "clients" / "client_0").glob("round_001/synthetic.jsonl"))
+
+
+# ------------------------------------------------------------------------------------------------ deployment
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from fedpit.flower.deploy import LocalCluster
+
+    with LocalCluster(tmp_path_factory.mktemp("flower"), nodes=3, tls=True, auth=True) as c:
+        yield c
+
+
+def _deploy(cluster, cfg, *, resume: bool = False) -> tuple[dict, Path]:
+    from fedpit.flower.deploy import repo_app_dir
+
+    f = cluster.workdir / f"{cfg.run_name}.toml"
+    f.write_text(to_toml(cfg), encoding="utf-8")
+    st = cluster.wait_run(cluster.submit(repo_app_dir(), {"config": str(f), "resume": resume}), timeout=600)
+    return st, Path(cfg.output_dir) / cfg.run_name
+
+
+def _round_rows(run_dir: Path) -> dict[int, dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["round"]: r for r in rows if r["kind"] == "round" and r["round"] > 0}
+
+
+@pytest.mark.parametrize("algorithm", ["fedit", "fedpit"])
+def test_deployment_with_tls_matches_the_in_process_runner(cluster, tiny_cfg, algorithm):
+    ref = Runner(_cfg(tiny_cfg, algorithm, f"{algorithm}-ref"), show_progress=False).run()
+    st, run_dir = _deploy(cluster, _cfg(tiny_cfg, algorithm, f"{algorithm}-deployed"))
+    assert st["status"] == "finished:completed", st
+    assert _max_diff(_final(ref), _final(run_dir)) <= 1e-5
+    assert all(r["trained"] == [0, 1, 2] and r["bytes_up"] > 0 for r in _round_rows(run_dir).values())
+
+
+def test_unregistered_supernode_is_refused(cluster):
+    p = cluster.start_node(3, key_name="unregistered")  # a valid key pair the SuperLink has never seen
+    rc = p.wait(timeout=120)
+    log = (cluster.logs / "supernode3-unregistered.log").read_text(errors="replace")
+    assert rc != 0 and "2004" in log
+    assert cluster.online() == 3
+
+
+def test_node_killed_mid_round_is_dropped_and_rejoins(cluster, tiny_cfg):
+    cfg = _cfg(tiny_cfg, "fedit", "killed", rounds=3)
+    cfg.flower.round_timeout_s = 45.0
+    cfg.flower.min_replies = 2
+    from fedpit.flower.deploy import repo_app_dir
+
+    f = cluster.workdir / "killed.toml"
+    f.write_text(to_toml(cfg), encoding="utf-8")
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    run_id = cluster.submit(repo_app_dir(), {"config": str(f)})
+    deadline = time.monotonic() + 300
+    while not (run_dir / "rounds" / "round_000").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    cluster.kill_node(2)  # round 1's messages are out: client 2 dies with its work
+    while not (run_dir / "rounds" / "round_001").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    cluster.start_node(2)  # the site comes back
+    st = cluster.wait_run(run_id, timeout=600)
+    assert st["status"] == "finished:completed", st
+    rounds = _round_rows(run_dir)
+    assert rounds[1]["dropped"] == [2] and rounds[1]["trained"] == [0, 1]
+    assert any(2 in rounds[r]["trained"] for r in (2, 3)), rounds
+    cluster.wait_online(3)
+
+
+def test_failed_round_resumes_to_the_uninterrupted_result(cluster, tiny_cfg):
+    """Two of three clients per round; client 2 is down, so the first round that samples it fails the run
+    (flower.min_replies = 2). After the node returns, resume = true finishes the run, and the final adapter is the
+    in-process runner's."""
+    from fedpit.runner import sample_clients
+
+    seed = next(s for s in range(1, 200) if 2 not in sample_clients(s, 1, 3, 0.67, 1)
+                and 2 in sample_clients(s, 2, 3, 0.67, 1))
+    cfg = _cfg(replace(tiny_cfg, seed=seed), "fedit", "resumed", fraction=0.67)
+    cfg.flower.min_replies, cfg.flower.round_timeout_s, cfg.flower.wait_for_nodes_s = 2, 30.0, 5.0
+    ref = Runner(replace(cfg, run_name="resumed-ref"), show_progress=False).run()
+    cluster.kill_node(2)
+    st, run_dir = _deploy(cluster, cfg)
+    assert st["status"] == "finished:failed"
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["completed_rounds"] == 1 and "min_replies" in progress["error"]
+    cluster.start_node(2)
+    cluster.wait_online(3)
+    st, run_dir = _deploy(cluster, cfg, resume=True)
+    assert st["status"] == "finished:completed", st
+    assert _max_diff(_final(ref), _final(run_dir)) <= 1e-5
+
+
+def test_dp_wrapper_clips_each_update_around_the_global_adapter(tiny_cfg, task_identity):
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    from fedpit.algorithms import get_method
+    from fedpit.flower.common import config_record, from_record, to_record
+    from fedpit.flower.server_app import FedpitStrategy, _dp_wrap
+
+    cfg = replace(tiny_cfg, flower=replace(tiny_cfg.flower, dp_clipping_norm=0.5, dp_noise_multiplier=0.0))
+    method = get_method("fedit")
+    strategy = FedpitStrategy(method)
+    wrapped = _dp_wrap(cfg, strategy, method)
+    assert wrapped is not strategy
+    current = {"w": torch.zeros(4, 4)}
+    strategy.global_state, strategy.targets = current, {0: 10, 1: 11, 2: 12}
+    sent = list(wrapped.configure_train(1, to_record(current), config_record(cfg, 1), grid=None))
+    assert len(sent) == 3
+    replies = [Message(RecordDict({"arrays": to_record({"w": torch.full((4, 4), 3.0)}),
+                                   "metrics": MetricRecord({"client-id": k, "num-examples": 10})}), reply_to=m)
+               for k, m in enumerate(sent)]
+    arrays, _ = wrapped.aggregate_train(1, replies)
+    assert abs(from_record(arrays)["w"].norm().item() - 0.5) < 1e-4  # each update clipped to norm 0.5
+    with pytest.raises(ConfigError, match="shares nothing"):
+        _dp_wrap(replace(cfg, algorithm="locit"), FedpitStrategy(get_method("locit")), get_method("locit"))
