@@ -266,3 +266,33 @@ def test_dp_wrapper_clips_each_update_around_the_global_adapter(tiny_cfg, task_i
     assert abs(from_record(arrays)["w"].norm().item() - 0.5) < 1e-4  # each update clipped to norm 0.5
     with pytest.raises(ConfigError, match="shares nothing"):
         _dp_wrap(replace(cfg, algorithm="locit"), FedpitStrategy(get_method("locit")), get_method("locit"))
+
+
+def test_a_site_trains_on_its_own_data_file(tiny_cfg, tmp_path):
+    from fedpit.flower.client_app import client_id, local_examples
+
+    f = tmp_path / "site.jsonl"
+    f.write_text("".join(json.dumps({"instruction": f"Question {i} about dosing?", "input": "",
+                                     "output": f"Answer {i}."}) + "\n" for i in range(5)))
+    own = local_examples(tiny_cfg, {"data-file": str(f)}, 0)
+    assert [e.instruction for e in own] == [f"Question {i} about dosing?" for i in range(5)]
+    share = local_examples(tiny_cfg, {}, 1)  # no data-file: this client's share of the run's partition
+    assert share and all(e.instruction.startswith("Question") is False for e in share)
+    with pytest.raises(ConfigError, match="partition-id"):
+        client_id({})
+    with pytest.raises(ConfigError, match="outside"):
+        local_examples(tiny_cfg, {}, 9)
+    from fedpit.errors import DataError
+
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "x"}\n')
+    with pytest.raises(DataError, match="bad.jsonl"):
+        local_examples(tiny_cfg, {"data-file": str(tmp_path / "bad.jsonl")}, 0)
+
+
+def test_cli_makes_certificates_and_node_keys(tmp_path, capsys):
+    from fedpit.cli import main
+
+    assert main(["flower", "certs", "--out", str(tmp_path / "c"), "--host", "fl.example.org"]) == 0
+    assert main(["flower", "keys", "--out", str(tmp_path / "k"), "site-a", "site-b"]) == 0
+    assert {p.name for p in (tmp_path / "k").iterdir()} == {"site-a", "site-a.pub", "site-b", "site-b.pub"}
+    assert (tmp_path / "c" / "ca.crt").is_file() and "register" in capsys.readouterr().out
