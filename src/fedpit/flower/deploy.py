@@ -195,6 +195,9 @@ class LocalCluster:
     # ------------------------------------------------------------------ setup
     def _env(self) -> dict:
         env = dict(os.environ)
+        # Flower's processes start helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name: put this
+        # environment's scripts first on PATH, so an unactivated virtualenv works too.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update({"FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **self.env})
         return env
