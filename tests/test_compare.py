@@ -69,6 +69,11 @@ def test_compare_one_round_on_the_tiny_model(tiny_cfg, tmp_path):
     assert kinds == {("fedit", "shared"), ("locit", "private")}
     fedit = next(r for r in data["records"] if r["algorithm"] == "fedit")
     assert fedit["n_test"] == 2 and {"rouge_l", "cosine", "reference_loss", "leak_rouge_l"} <= set(fedit)
+    locit = next(r for r in data["records"] if r["algorithm"] == "locit")
+    ext = json.loads((out / "runs" / "locit-s1" / "summary.json").read_text())["extraction"]
+    private = [v["rouge_l"] for k, v in ext.items() if k.startswith("private_client_")]
+    assert locit["leak_rouge_l"] == pytest.approx(sum(private) / len(private))  # what stays home, attacked
+    assert locit["leak_floor_rouge_l"] == ext["backbone"]["rouge_l"]
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert len(data["curves"]) == 2
     before = (out / "runs" / "fedit-s1" / "summary.json").stat().st_mtime

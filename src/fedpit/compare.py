@@ -100,9 +100,13 @@ def _evaluate_once(folder: str, cfg: Config, tests: list, ev: EvalOptions) -> di
     return res.metrics
 
 
-def _leakage(summary: dict) -> dict:
-    shared = (summary.get("extraction") or {}).get("shared") or {}
-    return {f"leak_{k}": shared[k] for k in ("rouge_l", "exact", "prefix_exact") if k in shared}
+def _leakage(summary: dict, kind: str) -> dict:
+    """The extraction attack's means: on the shared model, or averaged over the clients' private adapters."""
+    ext = summary.get("extraction") or {}
+    found = [ext["shared"]] if kind == "shared" and ext.get("shared") else \
+        [v for k, v in ext.items() if kind == "private" and k.startswith("private_client_")]
+    keys = ("rouge_l", "exact", "prefix_exact")
+    return {f"leak_{k}": sum(f[k] for f in found) / len(found) for k in keys if found and all(k in f for f in found)}
 
 
 def _judge_fields(metrics: dict) -> dict:
@@ -118,6 +122,7 @@ def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOpt
     console = console or Console(stderr=True)
     records, curves = [], []
     t_all = time.perf_counter()
+    started = datetime.now().isoformat(timespec="seconds")
     for i, (label, cfg) in enumerate(cells, 1):
         cfg = replace(cfg, output_dir=str(out / "runs"))
         console.log(f"[{i}/{len(cells)}] {cfg.algorithm} seed {cfg.seed}" + (f" ({label})" if label else ""))
@@ -150,25 +155,26 @@ def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOpt
             judged = [_judge_fields(m) for m in per if m.get("judge")]
             for key in judged[0] if judged else []:
                 rec[key] = sum(j[key] for j in judged) / len(judged)
-            if kind == "shared":
-                rec.update(_leakage(summary))
+            rec.update(_leakage(summary, kind))
+            if (summary.get("extraction") or {}).get("backbone"):
+                rec["leak_floor_rouge_l"] = summary["extraction"]["backbone"]["rouge_l"]  # the bare backbone
             records.append(rec)
         rounds = [m for m in RunDir(summary["run_dir"]).read_metrics() if m.get("kind") == "round"]
         curves.append({"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label,
                        "train_loss": [m.get("train_loss") for m in rounds if m["round"] > 0],
                        "test_loss": [m.get("test_loss") for m in rounds],
                        "leak_rouge_l": [(m.get("extraction") or {}).get("rouge_l") for m in rounds if m["round"] > 0]})
-        write_json(out / "results.json", {"meta": _meta(name, out, t_all, ev), "records": records, "curves": curves})
+        write_json(out / "results.json", {"meta": _meta(name, out, t_all, ev, started), "records": records, "curves": curves})
     from .report import write_report
 
     write_report(out / "results.json")
     return out / "results.json"
 
 
-def _meta(name: str, out: Path, t0: float, ev: EvalOptions) -> dict:
+def _meta(name: str, out: Path, t0: float, ev: EvalOptions, started: str) -> dict:
     return {"name": name or out.name, "command": " ".join(shlex.quote(a) for a in ["fedpit", *sys.argv[1:]]),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "started": datetime.now().isoformat(timespec="seconds"), "wall_s": round(time.perf_counter() - t0, 1),
+            "started": started, "wall_s": round(time.perf_counter() - t0, 1),
             "test_set": ev.test or "the runs' data.test", "note": None}
 
 

@@ -27,6 +27,7 @@ METRICS = [  # (key, column title, higher is better)
     ("leak_rouge_l", "leakage Rouge-L", False),
     ("leak_exact", "leakage exact", False),
     ("leak_prefix_exact", "leakage 50-token", False),
+    ("leak_floor_rouge_l", "backbone leakage Rouge-L", False),
     ("wall_s", "wall s", False),
 ]
 
@@ -166,8 +167,9 @@ def write_report(results_file: str | Path, out_dir: str | Path | None = None) ->
             md.append(f"- {k}: {meta[k]}")
     md += ["", markdown_table(rows), ""]
     md += ["Models: `shared` is the final global adapter; `private` is the mean over the clients' own adapters "
-           "(methods that keep them). Leakage: training-data extraction attack on the shared model after the last "
-           "round (higher = more leakage).", ""]
+           "(methods that keep them). Leakage: training-data extraction attack on that model after the last round "
+           "(higher = more leakage); for `private`, the mean over the clients' adapters; the bare backbone's "
+           "score on the same targets is the floor.", ""]
     md += [f"![{t}]({f})" for t, f in plots.items()]
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     body = [f"<h1>{html.escape(md[0][2:])}</h1>"]
