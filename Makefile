@@ -16,7 +16,7 @@ install:
 	$(BIN)/fedpit --version
 
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 test-fast:
 	$(BIN)/python -m pytest -q -m "not integration"
