@@ -17,7 +17,8 @@ from ..rundir import RunDir, read_json
 def simulate(cfg: Config, *, resume: bool = False, num_cpus_per_client: float | None = None,
              verbose: bool = False) -> dict:
     """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run's summary (raises if it failed)."""
-    import tomllib
+    from dataclasses import replace
+    from datetime import datetime
 
     import torch
     from flwr.simulation import run_simulation
@@ -25,20 +26,13 @@ def simulate(cfg: Config, *, resume: bool = False, num_cpus_per_client: float | 
     from .client_app import app as client_app
     from .server_app import make_server_app
 
-    if not cfg.run_name:
-        from dataclasses import replace
-        from datetime import datetime
-
-        cfg = replace(cfg, run_name=f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}-flowersim")
+    # output_dir is made absolute for Ray's workers; the ServerApp reads a config file, exactly as in a deployment.
+    cfg = replace(cfg, output_dir=str(Path(cfg.output_dir).absolute()),
+                  run_name=cfg.run_name or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}-flowersim")
     cfg = cfg.validate()
-    cfg_file = Path(cfg.output_dir).absolute() / f".{cfg.run_name}.flower-config.toml"
+    cfg_file = Path(cfg.output_dir) / f".{cfg.run_name}.flower-config.toml"
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
-    # The ServerApp reads a config file, exactly as in a deployment; output_dir is made absolute for Ray's workers.
-    data = tomllib.loads(to_toml(cfg))
-    data["output_dir"] = str(Path(cfg.output_dir).absolute())
-    from ..config import config_from_dict
-
-    cfg_file.write_text(to_toml(config_from_dict(data)), encoding="utf-8")
+    cfg_file.write_text(to_toml(cfg), encoding="utf-8")
     # Ray starts its workers at nice 15; the simulation is the job here, so it should not yield to everything else.
     os.environ.setdefault("RAY_worker_niceness", "0")
     cpus = os.cpu_count() or 1
@@ -53,7 +47,7 @@ def simulate(cfg: Config, *, resume: bool = False, num_cpus_per_client: float | 
                        verbose_logging=verbose)
     finally:
         cfg_file.unlink(missing_ok=True)
-    rd = RunDir(Path(data["output_dir"]) / cfg.run_name)
+    rd = RunDir(Path(cfg.output_dir) / cfg.run_name)
     if not rd.is_complete():
         p = rd.progress()
         raise FedpitError(f"Flower simulation did not complete: {rd.path} status {p.get('status')}"
