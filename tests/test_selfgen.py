@@ -169,3 +169,37 @@ def test_a_missing_public_file_fails_before_the_run_starts(tmp_path, capsys):
 
     code = main(["run", "--set", f"selfgen.public_data={tmp_path / 'none.json'}", "--set", f"output_dir={tmp_path / 'r'}"])
     assert code == 2 and "none.json" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+TEMPLATED = [Example(instruction="Answer this question truthfully", input=f"What are the symptoms of disease {w}?",
+                     output=f"Disease {w} causes fever, fatigue and aches that last several days in most adults.")
+             for w in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")]
+
+
+def test_task_text_shows_the_input_when_the_instruction_is_a_template(monkeypatch):
+    # a template instruction with the question in the input: the demonstrations carry the questions...
+    assert selfgen.task_texts(TEMPLATED) == [f"Answer this question truthfully {e.input}" for e in TEMPLATED]
+    new = "Answer this question truthfully What causes chronic kidney disease in adults?"
+    fake = Scripted([new], ["Diabetes and high blood pressure are the two leading causes in most adults."])
+    monkeypatch.setattr(selfgen, "_gen", fake)
+    out, report = self_generate(None, None, TEMPLATED, SelfGenSettings(num_instructions=1), seed=0)
+    assert "What are the symptoms of disease" in fake.prompts[0][0]
+    assert [e.instruction for e in out] == [new] and report.dropped["similar"] == 0
+    # ...whereas the instruction alone would make every new question "similar" to the template
+    with pytest.raises(ValueError, match="task_text"):
+        selfgen.task_texts(TEMPLATED, "question")
+    only = selfgen.task_texts(TEMPLATED, "instruction")
+    assert set(only) == {"Answer this question truthfully"}
+    # distinct instructions keep the paper's instruction-only prompt, inputs or not
+    assert selfgen.task_texts(LOCAL) == [e.instruction for e in LOCAL]
+    mixed = [Example(instruction=e.instruction, input="Age 40", output=e.output) for e in LOCAL]
+    assert selfgen.task_texts(mixed) == [e.instruction for e in LOCAL]
+    assert selfgen.task_texts(mixed, "instruction+input")[0] == f"{LOCAL[0].instruction} Age 40"
+
+
+def test_task_text_is_validated_in_the_config():
+    from fedpit.config import load_config
+    from fedpit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="selfgen.task_text"):
+        load_config(overrides=["selfgen.task_text=question"])

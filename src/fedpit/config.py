@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .selfgen import SelfGenSettings
+from .selfgen import TASK_TEXTS, SelfGenSettings
 
 
 
@@ -350,6 +350,7 @@ def validate(cfg: Config) -> None:
     _check(g.max_attempts >= 1, "selfgen.max_attempts", "must be >= 1")
     _check(1 <= g.min_words <= g.max_words, "selfgen.min_words", "must be >= 1 and <= selfgen.max_words")
     _check(g.batch_size >= 1, "selfgen.batch_size", "must be >= 1")
+    _check(g.task_text in TASK_TEXTS, "selfgen.task_text", f"must be one of {', '.join(TASK_TEXTS)}")
     _check(0 < g.temperature and 0 < g.top_p <= 1, "selfgen.temperature", "temperature > 0 and top_p in (0, 1]")
     _check(0.0 <= cfg.fedpit.beta <= 1.0, "fedpit.beta", "must be in [0, 1]")
     _check(cfg.fedpit.candidates >= 1, "fedpit.candidates", "must be >= 1")

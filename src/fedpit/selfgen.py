@@ -1,9 +1,12 @@
 """Self-generation (FedPIT step 1): the shared global model writes new tasks and answers from local demonstrations.
 
-Phase A writes new *instructions*: a prompt lists k instructions sampled from the client's own data as numbered tasks
-and ends with an open task number; the model completes it. Candidates are filtered (unparseable, too short or long,
-cut off mid-sentence by the token cap, refusals, a non-letter start, Rouge-L F > 0.7 against any local instruction or any instruction already accepted this
-round); a failed slot is retried with freshly sampled demonstrations, at most ``max_attempts`` times.
+Phase A writes new *instructions*: a prompt lists k tasks sampled from the client's own data as numbered tasks
+and ends with an open task number; the model completes it. A task is the example's instruction, or its instruction
+and input on one line when the instructions are a fixed template such as "Answer this question truthfully" with the
+question in the input (``task_text = "auto"``; medical QA sets look like that). Candidates are filtered (unparseable,
+too short or long, cut off mid-sentence by the token cap, refusals, a non-letter start, Rouge-L F > 0.7 against any
+local task or any task already accepted this round); a failed slot is retried with freshly sampled demonstrations,
+at most ``max_attempts`` times.
 
 Phase B writes *responses*: an in-context prompt with sampled local examples (instruction, input, response) in the
 training template, then the new instruction. Decoding is greedy with a repetition penalty (the seed article's
@@ -55,6 +58,27 @@ class SelfGenSettings:
     max_repeat_ratio: float = 0.3  # share of repeated word 3-grams above which a response is degenerate
     batch_size: int = 8
     public_data: str = ""  # ablation: a .json/.jsonl file whose examples replace self-generated ones, same count
+    task_text: str = "auto"  # what a Phase A demonstration shows: "instruction", "instruction+input" or "auto"
+
+
+TASK_TEXTS = ("auto", "instruction", "instruction+input")
+
+
+def task_texts(local: list[Example], mode: str = "auto") -> list[str]:
+    """One line per local example, the task as Phase A shows it and as new tasks are compared against.
+
+    ``auto`` shows instruction and input when fewer than half of the local instructions are distinct (a template
+    instruction carries no task of its own), else the instruction alone (the paper's Self-Instruct prompt).
+    """
+    if mode not in TASK_TEXTS:
+        raise ValueError(f"selfgen.task_text must be one of {', '.join(TASK_TEXTS)}, not {mode!r}")
+    if mode == "auto":
+        distinct = len({e.instruction.strip().lower() for e in local})
+        mode = "instruction+input" if local and distinct < 0.5 * len(local) else "instruction"
+    if mode == "instruction":
+        return [e.instruction for e in local]
+    return [" ".join(f"{e.instruction.strip()} {e.input.strip()}".split()) if e.input.strip() else e.instruction
+            for e in local]
 
 
 @dataclass
@@ -187,7 +211,7 @@ def self_generate(model, tokenizer, local: list[Example], s: SelfGenSettings, *,
                   for i in sorted(rng.choice(len(pool), size=min(num, len(pool)), replace=False))]
         report.kept = len(picked)
         return picked, report
-    local_instr = [e.instruction for e in local]
+    local_instr = task_texts(local, s.task_text)
     local_resp = [e.output for e in local]
     k = min(s.demos, len(local))
 
