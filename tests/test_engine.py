@@ -111,3 +111,18 @@ def test_length_grouped_batches_cover_everything_once_and_cut_padding():
         return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
 
     assert pad(batches) < 0.5 * pad(plain)
+
+
+def test_gguf_fingerprint_follows_content_not_install_time(tmp_path):
+    """A reinstalled model package (same file, new mtime) reuses the cached conversion; other bytes do not."""
+    import os
+
+    from fedpit.backbone import _fingerprint
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(bytes(range(256)) * 10000)
+    fp = _fingerprint(f)
+    os.utime(f, (1, 1))
+    assert _fingerprint(f) == fp
+    f.write_bytes(bytes(range(256)) * 9999 + bytes(255) + b"x")
+    assert _fingerprint(f) != fp

@@ -74,8 +74,13 @@ def packaged_gguf(alias: str = DEFAULT_MODEL) -> Path:
 
 
 def _fingerprint(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha256(f"{path.name}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    """Content-based (name, size, first and last MiB), so reinstalling the same package reuses the conversion."""
+    h = hashlib.sha256(f"{path.name}:{path.stat().st_size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        h.update(f.read())
+    return h.hexdigest()[:12]
 
 
 def convert_gguf(gguf: Path, dest: Path) -> Path:
