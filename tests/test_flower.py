@@ -236,6 +236,7 @@ def test_failed_round_resumes_to_the_uninterrupted_result(cluster, tiny_cfg):
     assert st["status"] == "finished:failed"
     progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["completed_rounds"] == 1 and "min_replies" in progress["error"]
+    assert "are connected" in progress["error"]  # failed at once: the round could not reach quorum
     cluster.start_node(2)
     cluster.wait_online(3)
     st, run_dir = _deploy(cluster, cfg, resume=True)

@@ -192,6 +192,9 @@ class FlowerServer:
         chosen, lr = round_plan(cfg, self.method, r)
         self.discover()
         strategy.targets = {k: self.nodes[k] for k in chosen if k in self.nodes}
+        if len(strategy.targets) < cfg.flower.min_replies:  # cannot reach quorum: fail now, not after the timeout
+            raise FedpitError(f"round {r}: only {len(strategy.targets)} of the sampled clients {chosen} are connected, "
+                              f"fewer than flower.min_replies = {cfg.flower.min_replies}")
         strategy.global_state = global_state
         messages = list(wrapped.configure_train(r, to_record(global_state), config_record(cfg, r), self.grid))
         replies = self._send(messages, cfg.flower.round_timeout_s)
