@@ -126,3 +126,29 @@ def test_gguf_fingerprint_follows_content_not_install_time(tmp_path):
     assert _fingerprint(f) == fp
     f.write_bytes(bytes(range(256)) * 9999 + bytes(255) + b"x")
     assert _fingerprint(f) != fp
+
+
+def test_generation_folds_lora_in_and_restores_the_backbone_bit_for_bit(engine):
+    from fedpit.generate import generate, lora_merged
+
+    engine.load_adapter(engine.initial_adapter)
+    engine.train(load_demo("train")[:8], lr=5e-2, steps=2, batch_size=4, seed=0)  # B != 0: a real delta
+    model = engine.model
+    base = {k: v.clone() for k, v in engine.backbone.model.state_dict().items() if "lora_" not in k}
+    ids = engine.tokenizer(["### Instruction:\nName a vitamin.\n\n### Response:\n"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with lora_merged(model):
+            assert any(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))
+            merged = model(input_ids=ids).logits
+        with model.disable_adapter(), lora_merged(model):  # adapters off: nothing is folded in
+            plain = model(input_ids=ids).logits
+    assert torch.allclose(merged, unmerged, atol=1e-4) and not torch.allclose(plain, unmerged, atol=1e-4)
+    with pytest.raises(RuntimeError), lora_merged(model):
+        raise RuntimeError("a failure while decoding")
+    prompts = ["### Instruction:\nName a vitamin.\n\n### Response:\n", "### Instruction:\nSay hi.\n\n### Response:\n"]
+    assert generate(model, engine.tokenizer, prompts, max_new_tokens=6) == \
+        generate(model, engine.tokenizer, prompts, max_new_tokens=6, merge_lora=False)
+    after = engine.backbone.model.state_dict()
+    assert all(torch.equal(base[k], after[k]) for k in base)  # no rounding drift left in the frozen weights
+    assert not any(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))

@@ -1,8 +1,10 @@
-"""Batched generation: left padding, KV cache, per-sequence stop at EOS, deterministic batch order."""
+"""Batched generation: left padding, KV cache, per-sequence stop at EOS, deterministic batch order, LoRA folded into
+the base weights while decoding."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -11,21 +13,55 @@ from .errors import ConfigError
 from .prompts import build_prompt
 
 
+@contextlib.contextmanager
+def lora_merged(model) -> Iterator[None]:
+    """Fold a peft model's active LoRA deltas into its base weights for the duration, then restore them bit for bit.
+
+    Decoding calls every layer once per token; unmerged, each LoRA module adds several small kernels per call. The
+    base weights are copied (to CPU) before merging and copied back after, because unmerging by subtraction in bf16
+    would leave rounding drift in the frozen backbone. Anything that is not a peft model passes through unchanged.
+    """
+    try:
+        from peft import PeftModel
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        yield
+        return
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged] \
+        if isinstance(model, PeftModel) else []
+    if not layers or any(m.disable_adapters for m in layers):  # inside model.disable_adapter(): nothing to fold
+        yield
+        return
+    saved = [(m.get_base_layer().weight, m.get_base_layer().weight.detach().to("cpu", copy=True)) for m in layers]
+    model.base_model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.base_model.unmerge_adapter()
+        with torch.no_grad():
+            for weight, original in saved:
+                weight.copy_(original)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 256, batch_size: int = 8,
              do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
-             repetition_penalty: float = 1.0, seed: int = 0, stop_strings: Sequence[str] | None = None) -> list[str]:
+             repetition_penalty: float = 1.0, seed: int = 0, stop_strings: Sequence[str] | None = None,
+             merge_lora: bool = True) -> list[str]:
     """Complete each prompt; batches are formed from length-sorted prompts (a fixed order, so reruns agree).
 
     Each sequence stops at EOS or at any of ``stop_strings`` (which are cut from the returned text), independently of
-    the rest of its batch.
+    the rest of its batch. With ``merge_lora`` a peft model decodes with its adapter folded in (:func:`lora_merged`).
     """
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     out: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(setattr, tokenizer, "padding_side", old_side)
+        if merge_lora:
+            stack.enter_context(lora_merged(model))
         model.eval()
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
@@ -47,8 +83,6 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
                 for stop in stop_strings or ():
                     text = text.split(stop)[0]
                 out[i] = text.strip()
-    finally:
-        tokenizer.padding_side = old_side
     return out
 
 
