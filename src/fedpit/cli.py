@@ -211,10 +211,11 @@ def cmd_flower(args) -> int:
 
     from .config import to_toml
     from .flower.deploy import LocalCluster, repo_app_dir
+    from .runner import default_run_name
 
     work = Path(args.workdir or f"flower-local-{datetime.now().strftime('%Y%m%d-%H%M%S')}").absolute()
     if not cfg.run_name:
-        cfg.run_name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}-flower"
+        cfg.run_name = default_run_name(cfg, "flower")
     cfg.output_dir = str(Path(cfg.output_dir).absolute())
     work.mkdir(parents=True, exist_ok=True)
     cfg_file = work / "fedpit.toml"

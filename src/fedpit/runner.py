@@ -165,8 +165,13 @@ def save_adapter_folder(cfg: Config, rd: RunDir, folder: Path, state: StateDict,
                      "fedpit_version": __version__})
 
 
+def default_run_name(cfg: Config, suffix: str = "") -> str:
+    """``<time>-<algorithm>[-suffix]``: a run folder's name when the config names none."""
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}{'-' + suffix if suffix else ''}"
+
+
 def new_run_dir(cfg: Config) -> RunDir:
-    name = cfg.run_name or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}"
+    name = cfg.run_name or default_run_name(cfg)
     path = Path(cfg.output_dir) / name
     if path.exists() and any(path.iterdir()):
         raise ConfigError(f"run_name: {path} already exists and is not empty; choose another name or --resume it")

@@ -27,7 +27,7 @@ from ..algorithms import ClientReply, get_method
 from ..config import Config, to_toml
 from ..errors import ConfigError, FedpitError
 from ..rundir import RunDir, write_json
-from ..runner import load_split, make_engine, new_run_dir, peak_rss_mb, round_plan, save_adapter_folder
+from ..runner import default_run_name, load_split, make_engine, new_run_dir, peak_rss_mb, round_plan, save_adapter_folder
 from .common import ARRAYS, CONFIG, METRICS, config_from_run_config, config_record, from_record, to_record
 
 log = logging.getLogger("fedpit.flower.server")
@@ -143,9 +143,8 @@ class FlowerServer:
         else:
             if not cfg.run_name:
                 from dataclasses import replace
-                from datetime import datetime
 
-                cfg = self.cfg = replace(cfg, run_name=f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}-flower")
+                cfg = self.cfg = replace(cfg, run_name=default_run_name(cfg, "flower"))
             rd = new_run_dir(cfg)
             rd.config_file.write_text(to_toml(cfg), encoding="utf-8")
             global_state = engine.initial_adapter

@@ -18,17 +18,17 @@ def simulate(cfg: Config, *, resume: bool = False, num_cpus_per_client: float | 
              verbose: bool = False) -> dict:
     """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run's summary (raises if it failed)."""
     from dataclasses import replace
-    from datetime import datetime
 
     import torch
     from flwr.simulation import run_simulation
 
+    from ..runner import default_run_name
     from .client_app import app as client_app
     from .server_app import make_server_app
 
     # output_dir is made absolute for Ray's workers; the ServerApp reads a config file, exactly as in a deployment.
     cfg = replace(cfg, output_dir=str(Path(cfg.output_dir).absolute()),
-                  run_name=cfg.run_name or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}-flowersim")
+                  run_name=cfg.run_name or default_run_name(cfg, "flowersim"))
     cfg = cfg.validate()
     cfg_file = Path(cfg.output_dir) / f".{cfg.run_name}.flower-config.toml"
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
