@@ -63,8 +63,9 @@ def test_compare_one_round_on_the_tiny_model(tiny_cfg, tmp_path):
                   eval=replace(tiny_cfg.eval, extraction_every_round=True, extraction_n=2, extraction_max_new_tokens=3))
     cells = grid(cfg, ["fedit", "locit"], [1])
     out = tmp_path / "exp"
-    results = run_experiment(cells, out, EvalOptions(limit=2, max_new_tokens=3))
+    results = run_experiment(cells, out, EvalOptions(limit=2, max_new_tokens=3), command="fedpit compare --seeds 1")
     data = json.loads(results.read_text())
+    assert data["meta"]["command"] == "fedpit compare --seeds 1"  # as given, e.g. by a benchmark script
     kinds = {(r["algorithm"], r["model"]) for r in data["records"]}
     assert kinds == {("fedit", "shared"), ("locit", "private")}
     fedit = next(r for r in data["records"] if r["algorithm"] == "fedit")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 
 from . import __version__
@@ -140,7 +141,8 @@ def cmd_compare(args) -> int:
         raise FedpitError(f"--seeds expects integers like 1,2,3, got '{args.seeds}'") from None
     cells = grid(base, algorithms, seeds, getattr(args, "set_values", None))
     out = Path(args.out or f"experiments/{datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.command}")
-    results = run_experiment(cells, out, _eval_options(args), name=out.name)
+    command = " ".join(shlex.quote(a) for a in ["fedpit", *args.argv])
+    results = run_experiment(cells, out, _eval_options(args), name=out.name, command=command)
     print(f"fedpit: {args.command} done: {len(cells)} runs; results in {results}, report in {out / 'report.md'}")
     return 0
 
@@ -312,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the report records as its command
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     quiet_libraries()
     try:

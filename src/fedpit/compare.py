@@ -115,8 +115,9 @@ def _judge_fields(metrics: dict) -> dict:
 
 
 def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOptions, *, name: str = "",
-                   console: Console | None = None) -> Path:
-    """Run, evaluate and report every cell; returns the path of results.json."""
+                   console: Console | None = None, command: str = "") -> Path:
+    """Run, evaluate and report every cell; returns the path of results.json. ``command`` is recorded in the
+    report as the command that produced it (default: this process's command line)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = console or Console(stderr=True)
@@ -164,15 +165,16 @@ def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOpt
                        "train_loss": [m.get("train_loss") for m in rounds if m["round"] > 0],
                        "test_loss": [m.get("test_loss") for m in rounds],
                        "leak_rouge_l": [(m.get("extraction") or {}).get("rouge_l") for m in rounds if m["round"] > 0]})
-        write_json(out / "results.json", {"meta": _meta(name, out, t_all, ev, started), "records": records, "curves": curves})
+        write_json(out / "results.json", {"meta": _meta(name, out, t_all, ev, started, command), "records": records, "curves": curves})
     from .report import write_report
 
     write_report(out / "results.json")
     return out / "results.json"
 
 
-def _meta(name: str, out: Path, t0: float, ev: EvalOptions, started: str) -> dict:
-    return {"name": name or out.name, "command": " ".join(shlex.quote(a) for a in ["fedpit", *sys.argv[1:]]),
+def _meta(name: str, out: Path, t0: float, ev: EvalOptions, started: str, command: str = "") -> dict:
+    return {"name": name or out.name,
+            "command": command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "started": started, "wall_s": round(time.perf_counter() - t0, 1),
             "test_set": ev.test or "the runs' data.test", "note": None}
