@@ -79,7 +79,7 @@ def main() -> None:
                         repetition_penalty=s.repetition_penalty, stop_strings=stop, merge_lora=merge)
 
     sides = {"HF generate, batch 1": hf_batch1, f"fedpit generate, batch {s.batch_size}": ours,
-             f"  same, LoRA not merged": lambda p, c, st: ours(p, c, st, merge=False)}
+             "  same, LoRA not merged": lambda p, c, st: ours(p, c, st, merge=False)}
     llama = None
     try:
         from llama_cpp import Llama

@@ -75,10 +75,11 @@ def packaged_gguf(alias: str = DEFAULT_MODEL) -> Path:
 
 def _fingerprint(path: Path) -> str:
     """Content-based (name, size, first and last MiB), so reinstalling the same package reuses the conversion."""
-    h = hashlib.sha256(f"{path.name}:{path.stat().st_size}".encode())
+    size = path.stat().st_size
+    h = hashlib.sha256(f"{path.name}:{size}".encode())
     with open(path, "rb") as f:
         h.update(f.read(1 << 20))
-        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        f.seek(max(0, size - (1 << 20)))
         h.update(f.read())
     return h.hexdigest()[:12]
 

@@ -21,12 +21,9 @@ def lora_merged(model) -> Iterator[None]:
     base weights are copied (to CPU) before merging and copied back after, because unmerging by subtraction in bf16
     would leave rounding drift in the frozen backbone. Anything that is not a peft model passes through unchanged.
     """
-    try:
-        from peft import PeftModel
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        yield
-        return
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
     layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged] \
         if isinstance(model, PeftModel) else []
     if not layers or any(m.disable_adapters for m in layers):  # inside model.disable_adapter(): nothing to fold
