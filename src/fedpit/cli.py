@@ -92,6 +92,10 @@ def cmd_chat(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if args.benchmarks:  # multiple-choice accuracy through lm-evaluation-harness (fedpit.mcq)
+        from .mcq import cli_evaluate
+
+        return cli_evaluate(args)
     import json
     from pathlib import Path
 
@@ -179,6 +183,15 @@ def _add_eval_args(p: argparse.ArgumentParser, test_default: str) -> None:
     p.add_argument("--judge-model", default="gpt-4-0613")
     p.add_argument("--judge-protocol", default="fedpit", choices=["fedpit", "alpacare"])
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+
+
+def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmarks", metavar="LIST",
+                   help="multiple-choice accuracy instead of --test: any of pubmedqa,medqa,medmcqa (lm-eval tasks)")
+    p.add_argument("--benchmark-data", metavar="DIR",
+                   help="folder with pubmedqa/ and medagents-benchmark/ (default: ../shared/data beside the checkout)")
+    p.add_argument("--protocol", default="lm-eval", choices=["lm-eval", "flowertune-style"],
+                   help="lm-eval log-likelihood scoring (default) or FlowerTune-style generation")
 
 
 def cmd_flower(args) -> int:
@@ -284,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", help="output folder (default: ADAPTER/eval)")
     _add_eval_args(p, test_default="demo")
+    _add_benchmark_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("flower", help="run on Flower: simulate | local (SuperLink + SuperNodes here) | certs | keys")

@@ -1,0 +1,269 @@
+"""Medical multiple-choice benchmarks: PubMedQA, MedQA and MedMCQA accuracy of the backbone and trained adapters.
+
+Two protocols:
+
+- ``lm-eval`` (default): lm-evaluation-harness's own tasks and log-likelihood scoring, on local copies of the test
+  sets (:mod:`fedpit.mcq.harness`); acc and acc_norm with lm-eval's standard errors.
+- ``flowertune-style``: greedy generation and first-character parsing in the shape of FlowerTune's medical
+  evaluation (:mod:`fedpit.mcq.flowertune`); unquantized and not leaderboard-eligible.
+
+Every result (metrics and one row per item: log-likelihoods or generated answers) is cached under the fedpit cache,
+keyed by the model's and adapter's content, the benchmark data, the protocol, the limit, dtype and batch size, so a
+re-run with the same settings reuses it. :func:`evaluate_models` also writes ``results.json``, ``table.md`` and the
+per-item rows into an output folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+from ..errors import ConfigError
+from .data import BENCHMARKS, gold_index, parse_benchmarks, prepare
+
+PROTOCOLS = ("lm-eval", "flowertune-style")
+CACHE_VERSION = 1
+Z95 = 1.959964
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model_path: str) -> str:
+    """A model folder's content key: config.json plus (name, size, first and last MiB) of each weights file."""
+    from ..backbone import _fingerprint
+
+    p = Path(model_path)
+    if not p.is_dir():
+        return hashlib.sha256(model_path.encode()).hexdigest()[:16]
+    h = hashlib.sha256((p / "config.json").read_bytes() if (p / "config.json").is_file() else b"")
+    for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
+        h.update(_fingerprint(f).encode())
+    return h.hexdigest()[:16]
+
+
+def adapter_fingerprint(adapter: str | Path | None) -> str | None:
+    if adapter is None:
+        return None
+    a = Path(adapter)
+    return _file_digest(a / "adapter_model.safetensors") + _file_digest(a / "adapter_config.json")[:4]
+
+
+def resolve_models(adapters: list[tuple[str, str | Path]], model: str | None) -> tuple[str, list[tuple[str, Path | None]]]:
+    """(backbone folder, [(label, adapter or None)]): the bare backbone first, then each adapter.
+
+    The backbone is ``model``, else the one the (first) adapter was trained on, else the packaged SmolLM2.
+    """
+    from ..backbone import DEFAULT_MODEL, resolve_model_path
+    from ..evaluate import adapter_meta
+
+    names = set()
+    for _, a in adapters:
+        pc, meta = adapter_meta(a)
+        names.add(model or meta.get("model") or pc.get("base_model_name_or_path"))
+    if len(names) > 1:
+        raise ConfigError(f"--adapter: the adapters were trained on different backbones ({', '.join(map(str, names))}); "
+                          "evaluate them separately")
+    name = model or (names.pop() if names else None) or DEFAULT_MODEL
+    return resolve_model_path(name), [("backbone", None)] + [(label, Path(a)) for label, a in adapters]
+
+
+def dtype_name(dtype: str) -> str:
+    import torch
+
+    from ..backbone import resolve_dtype
+
+    return str(resolve_dtype(dtype, torch.device("cpu"))).removeprefix("torch.")
+
+
+def _cache_key(**kw) -> str:
+    return hashlib.sha256(json.dumps(kw, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def run_one(name: str, *, data_file: Path, records: list[dict], model_path: str, model_fp: str,
+            adapter: Path | None, protocol: str, dtype: str, batch_size: int, limit: int | None,
+            cache_dir: str | None = None, progress: bool = True) -> dict:
+    """One (model, benchmark) cell, from the cache when the same settings ran before."""
+    from ..backbone import cache_root
+    from ..rundir import write_json
+
+    key = _cache_key(v=CACHE_VERSION, task=name, protocol=protocol, limit=limit or 0, dtype=dtype,
+                     batch_size=batch_size if protocol == "lm-eval" else None, model=model_fp,
+                     adapter=adapter_fingerprint(adapter), data=data_file.name, lm_eval=_lm_eval_version())
+    f = cache_root(cache_dir) / "mcq" / f"{name}-{key}.json"
+    if f.is_file():
+        try:
+            cached = json.loads(f.read_text(encoding="utf-8"))
+            cached["cached"] = True
+            return cached
+        except (OSError, json.JSONDecodeError):
+            pass  # a damaged cache file: evaluate again
+    t0 = time.perf_counter()
+    if protocol == "lm-eval":
+        from .harness import run_lm_eval
+
+        res = run_lm_eval(name, data_file, model_path=model_path, adapter=adapter, dtype=dtype,
+                          batch_size=batch_size, limit=limit)
+    else:
+        from .flowertune import run_flowertune
+
+        res = run_flowertune(name, records, model_path=model_path, adapter=adapter, dtype=dtype, limit=limit,
+                             progress=progress)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["key"] = key
+    f.parent.mkdir(parents=True, exist_ok=True)
+    write_json(f, res)  # atomic
+    res["cached"] = False
+    return res
+
+
+def _lm_eval_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("lm_eval")
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def baselines(name: str, records: list[dict]) -> dict:
+    """Chance (uniform guess) and majority-class accuracy on the evaluated items."""
+    golds = [gold_index(name, r) for r in records]
+    k = len(BENCHMARKS[name].choices)
+    top, count = Counter(golds).most_common(1)[0]
+    n = len(golds)
+    return {"chance": 1.0 / k, "majority": count / n, "majority_class": BENCHMARKS[name].choices[top], "n": n}
+
+
+def evaluate_models(benchmarks: str | list[str], adapters: list[tuple[str, str | Path]] | None = None, *,
+                    model: str | None = None, data_dir: str | None = None, protocol: str = "lm-eval",
+                    limit: int | None = None, dtype: str = "auto", batch_size: int = 8, out: str | Path | None = None,
+                    cache_dir: str | None = None, progress: bool = True) -> dict:
+    """Score the bare backbone and each adapter on each benchmark; returns (and, with ``out``, writes) the results."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol: '{protocol}' is not one of {', '.join(PROTOCOLS)}")
+    names = parse_benchmarks(benchmarks) if isinstance(benchmarks, str) else list(benchmarks)
+    prepared = {n: prepare(n, data_dir, cache_dir) for n in names}  # every data error before any model loads
+    model_path, models = resolve_models(adapters or [], model)
+    model_fp, dt = model_fingerprint(model_path), dtype_name(dtype)
+    results: dict = {"protocol": protocol, "label": protocol_label(protocol), "model": model_path, "dtype": dt,
+                     "limit": limit or 0, "batch_size": batch_size, "benchmarks": {}, "models": {}}
+    for n in names:
+        recs = prepared[n][1][:limit] if limit else prepared[n][1]
+        results["benchmarks"][n] = {**baselines(n, recs), "lm_eval_task": BENCHMARKS[n].task,
+                                    "note": BENCHMARKS[n].note, "data": str(prepared[n][0])}
+    samples: dict = {}
+    for label, adapter in models:
+        results["models"][label] = {"adapter": str(adapter) if adapter else None, "scores": {}}
+        for n in names:
+            data_file, recs = prepared[n]
+            res = run_one(n, data_file=data_file, records=recs, model_path=model_path, model_fp=model_fp,
+                          adapter=adapter, protocol=protocol, dtype=dt, batch_size=batch_size, limit=limit,
+                          cache_dir=cache_dir, progress=progress)
+            results["models"][label]["scores"][n] = {**res["metrics"], "seconds": res.get("seconds"),
+                                                    "cached": res["cached"]}
+            samples[(label, n)] = res["samples"]
+    if out is not None:
+        write_results(Path(out), results, samples)
+    return results
+
+
+def protocol_label(protocol: str) -> str:
+    if protocol == "flowertune-style":
+        from .flowertune import LABEL
+
+        return LABEL
+    return "lm-evaluation-harness, log-likelihood multiple choice, zero-shot"
+
+
+def ci95(acc: float, n: int) -> tuple[float, float]:
+    """Wilson score interval for a proportion (well-behaved at 0 %, 100 % and small n, unlike acc ± 1.96 se)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z2 = Z95 * Z95
+    centre = (acc + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(acc * (1 - acc) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _cell(score: dict) -> str:
+    acc = score["acc"]
+    lo, hi = ci95(acc, score["n"])
+    s = f"{100 * acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    if "acc_norm" in score:
+        s += f" (norm {100 * score['acc_norm']:.1f})"
+    return s
+
+
+def format_table(results: dict) -> str:
+    """A Markdown table: chance, majority class, then each model; accuracy % with 95% CI (acc_norm in brackets)."""
+    names = list(results["benchmarks"])
+    bm = results["benchmarks"]
+    head = "| model | " + " | ".join(f"{n} (n={bm[n]['n']})" for n in names) + " | mean of " + str(len(names)) + " |"
+    lines = [head, "|" + "---|" * (len(names) + 2)]
+    lines.append("| chance | " + " | ".join(f"{100 * bm[n]['chance']:.1f}" for n in names) +
+                 f" | {100 * sum(bm[n]['chance'] for n in names) / len(names):.1f} |")
+    lines.append("| majority class | " + " | ".join(f"{100 * bm[n]['majority']:.1f} ({bm[n]['majority_class']})"
+                                                  for n in names) +
+                 f" | {100 * sum(bm[n]['majority'] for n in names) / len(names):.1f} |")
+    for label, m in results["models"].items():
+        sc = m["scores"]
+        mean = sum(sc[n]["acc"] for n in names) / len(names)
+        lines.append(f"| {label} | " + " | ".join(_cell(sc[n]) for n in names) + f" | {100 * mean:.1f} |")
+    return "\n".join(lines)
+
+
+def notes(results: dict) -> list[str]:
+    bm = results["benchmarks"]
+    out = [f"Protocol: {results['label']}. Model: {results['model']} ({results['dtype']})."
+           + (f" First {results['limit']} items of each set only." if results["limit"] else "")]
+    hw = ", ".join(f"{n} ±{100 * Z95 * math.sqrt(0.25 / bm[n]['n']):.1f}" for n in bm)
+    out.append(f"Accuracy in % with its 95% confidence interval (Wilson; lm-eval's standard errors are in results.json); "
+               f"a difference smaller than the interval's half-width (at most {hw} points) is noise.")
+    for n, b in bm.items():
+        out.append(f"{n}: {b['note']}.")
+    out.append("CareQA, the FlowerTune medical leaderboard's fourth set, is not available here, so the leaderboard's "
+               "4-set mean cannot be computed; the mean column is over these sets only.")
+    return out
+
+
+def write_results(out: Path, results: dict, samples: dict) -> None:
+    from ..rundir import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    for (label, n), rows in samples.items():
+        d = out / "samples" / label
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{n}.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, d / f"{n}.jsonl")
+    write_json(out / "results.json", results)
+    (out / "table.md").write_text(format_table(results) + "\n\n" + "\n".join(f"- {x}" for x in notes(results)) + "\n",
+                                  encoding="utf-8")
+
+
+def cli_evaluate(args) -> int:
+    """``fedpit evaluate --benchmarks ...``: the bare backbone and (with --adapter) the adapter, side by side."""
+    adapters = [(Path(args.adapter).name if Path(args.adapter).name != "final" else "adapter", args.adapter)] \
+        if args.adapter else []
+    out = Path(args.out or (Path(args.adapter) / "eval-benchmarks" if args.adapter else "eval-benchmarks-backbone"))
+    t0 = time.perf_counter()
+    res = evaluate_models(args.benchmarks, adapters, model=args.model, data_dir=args.benchmark_data,
+                          protocol=args.protocol, limit=args.limit or None, dtype=args.dtype,
+                          batch_size=args.batch_size, out=out)
+    print(format_table(res))
+    print()
+    for line in notes(res):
+        print(line)
+    print(f"{time.perf_counter() - t0:.0f} s; results, table and per-item rows in {out}")
+    return 0
