@@ -90,41 +90,47 @@ def _cache_key(**kw) -> str:
     return hashlib.sha256(json.dumps(kw, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def run_one(name: str, *, data_file: Path, records: list[dict], model_path: str, model_fp: str,
-            adapter: Path | None, protocol: str, dtype: str, batch_size: int, limit: int | None,
-            cache_dir: str | None = None, progress: bool = True) -> dict:
-    """One (model, benchmark) cell, from the cache when the same settings ran before."""
+def run_model(names: list[str], prepared: dict, *, model_path: str, model_fp: str, adapter: Path | None,
+              protocol: str, dtype: str, batch_size: int, limit: int | None, cache_dir: str | None = None,
+              progress: bool = True) -> dict[str, dict]:
+    """One model on several benchmarks: cached cells are read back, the rest run (lm-eval: in one call)."""
     from ..backbone import cache_root
     from ..rundir import write_json
 
-    key = _cache_key(v=CACHE_VERSION, task=name, protocol=protocol, limit=limit or 0, dtype=dtype,
-                     batch_size=batch_size if protocol == "lm-eval" else None, model=model_fp,
-                     adapter=adapter_fingerprint(adapter), data=data_file.name, lm_eval=_lm_eval_version())
-    f = cache_root(cache_dir) / "mcq" / f"{name}-{key}.json"
-    if f.is_file():
+    files, out, todo = {}, {}, []
+    for n in names:
+        key = _cache_key(v=CACHE_VERSION, task=n, protocol=protocol, limit=limit or 0, dtype=dtype,
+                         batch_size=batch_size if protocol == "lm-eval" else None, model=model_fp,
+                         adapter=adapter_fingerprint(adapter), data=prepared[n][0].name, lm_eval=_lm_eval_version())
+        files[n] = cache_root(cache_dir) / "mcq" / f"{n}-{key}.json"
         try:
-            cached = json.loads(f.read_text(encoding="utf-8"))
-            cached["cached"] = True
-            return cached
-        except (OSError, json.JSONDecodeError):
-            pass  # a damaged cache file: evaluate again
+            out[n] = json.loads(files[n].read_text(encoding="utf-8")) | {"cached": True}
+        except (OSError, json.JSONDecodeError):  # not run yet, or a damaged cache file: evaluate again
+            todo.append(n)
+    if not todo:
+        return out
     t0 = time.perf_counter()
     if protocol == "lm-eval":
         from .harness import run_lm_eval
 
-        res = run_lm_eval(name, data_file, model_path=model_path, adapter=adapter, dtype=dtype,
-                          batch_size=batch_size, limit=limit)
+        fresh = run_lm_eval({n: prepared[n][0] for n in todo}, model_path=model_path, adapter=adapter, dtype=dtype,
+                            batch_size=batch_size, limit=limit)
+        secs = {n: (time.perf_counter() - t0) / len(todo) for n in todo}  # one call: the time is shared
     else:
         from .flowertune import run_flowertune
 
-        res = run_flowertune(name, records, model_path=model_path, adapter=adapter, dtype=dtype, limit=limit,
-                             progress=progress)
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    res["key"] = key
-    f.parent.mkdir(parents=True, exist_ok=True)
-    write_json(f, res)  # atomic
-    res["cached"] = False
-    return res
+        fresh, secs = {}, {}
+        for n in todo:
+            t1 = time.perf_counter()
+            fresh[n] = run_flowertune(n, prepared[n][1], model_path=model_path, adapter=adapter, dtype=dtype,
+                                      limit=limit, progress=progress)
+            secs[n] = time.perf_counter() - t1
+    for n in todo:
+        res = fresh[n] | {"seconds": round(secs[n], 1)}
+        files[n].parent.mkdir(parents=True, exist_ok=True)
+        write_json(files[n], res)  # atomic
+        out[n] = res | {"cached": False}
+    return out
 
 
 def _lm_eval_version() -> str:
@@ -165,11 +171,11 @@ def evaluate_models(benchmarks: str | list[str], adapters: list[tuple[str, str |
     samples: dict = {}
     for label, adapter in models:
         results["models"][label] = {"adapter": str(adapter) if adapter else None, "scores": {}}
+        cells = run_model(names, prepared, model_path=model_path, model_fp=model_fp, adapter=adapter,
+                          protocol=protocol, dtype=dt, batch_size=batch_size, limit=limit, cache_dir=cache_dir,
+                          progress=progress)
         for n in names:
-            data_file, recs = prepared[n]
-            res = run_one(n, data_file=data_file, records=recs, model_path=model_path, model_fp=model_fp,
-                          adapter=adapter, protocol=protocol, dtype=dt, batch_size=batch_size, limit=limit,
-                          cache_dir=cache_dir, progress=progress)
+            res = cells[n]
             results["models"][label]["scores"][n] = {**res["metrics"], "seconds": res.get("seconds"),
                                                     "cached": res["cached"]}
             samples[(label, n)] = res["samples"]

@@ -34,16 +34,25 @@ def model_args(model_path: str, adapter: str | Path | None, dtype: str) -> dict:
     return args
 
 
-def run_lm_eval(name: str, data_file: str | Path, *, model_path: str, adapter: str | Path | None, dtype: str,
-                batch_size: int = 8, limit: int | None = None, device: str = "cpu") -> dict:
-    """One benchmark through ``lm_eval.simple_evaluate``; returns {"metrics": {...}, "samples": [...]}."""
+def run_lm_eval(data_files: dict[str, str | Path], *, model_path: str, adapter: str | Path | None, dtype: str,
+                batch_size: int = 8, limit: int | None = None, device: str = "cpu") -> dict[str, dict]:
+    """Benchmarks {name: converted file} in one ``lm_eval.simple_evaluate`` call (the model loads once).
+
+    Returns {name: {"metrics": {n, acc, acc_stderr, acc_norm, acc_norm_stderr}, "samples": [one row per item]}}.
+    """
     import lm_eval
+    from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # e.g. "chat template is not applied": by design
     out = lm_eval.simple_evaluate(model="hf", model_args=model_args(model_path, adapter, dtype),
-                                  tasks=[task_config(name, data_file)], batch_size=batch_size, device=device,
-                                  limit=limit or None, log_samples=True)
-    task = f"fedpit_{name}"
+                                  tasks=[task_config(n, f) for n, f in data_files.items()],
+                                  task_manager=TaskManager(include_defaults=False),  # indexing all tasks: ~1 min
+                                  batch_size=batch_size, device=device, limit=limit or None, log_samples=True)
+    return {n: task_result(out, f"fedpit_{n}") for n in data_files}
+
+
+def task_result(out: dict, task: str) -> dict:
+    """Metrics and per-item rows of one task from a ``simple_evaluate`` result."""
     res = out["results"][task]
     metrics = {"n": len(out["samples"][task])}
     for m in ("acc", "acc_norm"):
@@ -51,8 +60,7 @@ def run_lm_eval(name: str, data_file: str | Path, *, model_path: str, adapter: s
             metrics[m] = float(res[f"{m},none"])
             se = res.get(f"{m}_stderr,none")
             metrics[f"{m}_stderr"] = float(se) if isinstance(se, (int, float)) else None
-    samples = [sample_row(s) for s in out["samples"][task]]
-    return {"metrics": metrics, "samples": samples, "lm_eval_version": getattr(lm_eval, "__version__", "?")}
+    return {"metrics": metrics, "samples": [sample_row(s) for s in out["samples"][task]]}
 
 
 def sample_row(s: dict) -> dict:
