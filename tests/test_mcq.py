@@ -238,3 +238,33 @@ def test_flowertune_style_cli(tiny_model_path, bench_data, tmp_path, monkeypatch
     res = json.loads((tmp_path / "out/results.json").read_text())
     assert res["models"]["backbone"]["scores"]["medqa"]["acc"] == sum(r["acc"] for r in rows) / 4
     assert res["benchmarks"]["medqa"]["majority"] == 0.25 and res["benchmarks"]["pubmedqa"]["chance"] == 1 / 3
+
+
+# ------------------------------------------------------------------------------------------------- compare
+def test_compare_scores_shared_and_private_adapters(tiny_model_path, bench_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FEDPIT_CACHE_DIR", str(tmp_path / "cache"))
+    sets = ["algorithm=fedit", f"model.name={tiny_model_path}", "model.dtype=fp32", "model.max_seq_len=128",
+            "federation.rounds=1", "train.local_steps=1", "train.batch_size=2", "eval.max_examples=2", "lora.r=4",
+            "lora.alpha=8", "partition.num_clients=2"]
+    out = tmp_path / "exp"
+    argv = ["compare", "--algorithms", "fedit,locit", "--seeds", "1", "--out", str(out), "--limit", "3",
+            "--max-new-tokens", "2", "--benchmarks", "medqa", "--benchmark-data", str(bench_data)]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "benchmarks" / "results.json").read_text())
+    assert list(res["models"]) == ["backbone", "fedit shared", "locit private"]
+    private = res["models"]["locit private"]
+    assert len(private["adapters"]) == 2 and all("client_" in a for a in private["adapters"])
+    sc = private["scores"]["medqa"]
+    assert sc["acc"] == pytest.approx(sum(sc["per_adapter_acc"]) / 2)
+    assert "| locit private (mean of 2) |" in printed and "| majority class |" in printed
+    assert (out / "benchmarks" / "samples" / "locit private" / "1" / "medqa.jsonl").is_file()
+
+
+def test_compare_checks_benchmark_data_before_training(tmp_path, capsys):
+    code = main(["compare", "--algorithms", "fedit", "--seeds", "1", "--out", str(tmp_path / "exp"),
+                 "--benchmarks", "medqa", "--benchmark-data", str(tmp_path)])
+    assert code == 2 and "medqa/test.jsonl: missing" in capsys.readouterr().err
+    assert not (tmp_path / "exp" / "runs").exists()

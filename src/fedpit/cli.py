@@ -146,8 +146,16 @@ def cmd_compare(args) -> int:
     cells = grid(base, algorithms, seeds, getattr(args, "set_values", None))
     out = Path(args.out or f"experiments/{datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.command}")
     command = " ".join(shlex.quote(a) for a in ["fedpit", *args.argv])
+    if args.benchmarks:  # check the benchmark data before hours of training
+        from .mcq import check_data
+
+        check_data(args.benchmarks, args.benchmark_data)
     results = run_experiment(cells, out, _eval_options(args), name=out.name, command=command)
     print(f"fedpit: {args.command} done: {len(cells)} runs; results in {results}, report in {out / 'report.md'}")
+    if args.benchmarks:
+        from .mcq import cli_experiment
+
+        cli_experiment(args, results)
     return 0
 
 
@@ -285,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--set-values", required=True, metavar="KEY=V1,V2,...")
         p.add_argument("--out", help="experiment folder (default: experiments/<time>-<command>)")
         _add_eval_args(p, test_default="")
+        _add_benchmark_args(p)
         p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="rebuild report.md/.html and plots from a results.json")

@@ -59,23 +59,26 @@ def adapter_fingerprint(adapter: str | Path | None) -> str | None:
     return _file_digest(a / "adapter_model.safetensors") + _file_digest(a / "adapter_config.json")[:4]
 
 
-def resolve_models(adapters: list[tuple[str, str | Path]], model: str | None) -> tuple[str, list[tuple[str, Path | None]]]:
-    """(backbone folder, [(label, adapter or None)]): the bare backbone first, then each adapter.
+def resolve_models(adapters: list[tuple[str, str | Path | list]], model: str | None
+                   ) -> tuple[str, list[tuple[str, list[Path | None]]]]:
+    """(backbone folder, [(label, [adapter folders] or [None])]): the bare backbone first, then each adapter group.
 
-    The backbone is ``model``, else the one the (first) adapter was trained on, else the packaged SmolLM2.
+    The backbone is ``model``, else the one the adapters were trained on, else the packaged SmolLM2.
     """
     from ..backbone import DEFAULT_MODEL, resolve_model_path
     from ..evaluate import adapter_meta
 
+    groups = [(label, [Path(a) for a in (a if isinstance(a, (list, tuple)) else [a])]) for label, a in adapters]
     names = set()
-    for _, a in adapters:
-        pc, meta = adapter_meta(a)
-        names.add(model or meta.get("model") or pc.get("base_model_name_or_path"))
+    for _, folders in groups:
+        for a in folders:
+            pc, meta = adapter_meta(a)
+            names.add(model or meta.get("model") or pc.get("base_model_name_or_path"))
     if len(names) > 1:
         raise ConfigError(f"--adapter: the adapters were trained on different backbones ({', '.join(map(str, names))}); "
                           "evaluate them separately")
     name = model or (names.pop() if names else None) or DEFAULT_MODEL
-    return resolve_model_path(name), [("backbone", None)] + [(label, Path(a)) for label, a in adapters]
+    return resolve_model_path(name), [("backbone", [None])] + groups
 
 
 def dtype_name(dtype: str) -> str:
@@ -151,11 +154,21 @@ def baselines(name: str, records: list[dict]) -> dict:
     return {"chance": 1.0 / k, "majority": count / n, "majority_class": BENCHMARKS[name].choices[top], "n": n}
 
 
-def evaluate_models(benchmarks: str | list[str], adapters: list[tuple[str, str | Path]] | None = None, *,
+def check_data(benchmarks: str | list[str], data_dir: str | None = None, cache_dir: str | None = None) -> None:
+    """Validate (and convert) the benchmark files now: a one-line DataError names the first bad file."""
+    for n in parse_benchmarks(benchmarks) if isinstance(benchmarks, str) else benchmarks:
+        prepare(n, data_dir, cache_dir)
+
+
+def evaluate_models(benchmarks: str | list[str], adapters: list[tuple[str, str | Path | list]] | None = None, *,
                     model: str | None = None, data_dir: str | None = None, protocol: str = "lm-eval",
                     limit: int | None = None, dtype: str = "auto", batch_size: int = 8, out: str | Path | None = None,
                     cache_dir: str | None = None, progress: bool = True) -> dict:
-    """Score the bare backbone and each adapter on each benchmark; returns (and, with ``out``, writes) the results."""
+    """Score the bare backbone and each adapter on each benchmark; returns (and, with ``out``, writes) the results.
+
+    ``adapters`` is [(label, folder)] or [(label, [folders])]: a list (e.g. the clients' private adapters) is scored
+    folder by folder and reported as the mean over its folders.
+    """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol: '{protocol}' is not one of {', '.join(PROTOCOLS)}")
     names = parse_benchmarks(benchmarks) if isinstance(benchmarks, str) else list(benchmarks)
@@ -169,19 +182,34 @@ def evaluate_models(benchmarks: str | list[str], adapters: list[tuple[str, str |
         results["benchmarks"][n] = {**baselines(n, recs), "lm_eval_task": BENCHMARKS[n].task,
                                     "note": BENCHMARKS[n].note, "data": str(prepared[n][0])}
     samples: dict = {}
-    for label, adapter in models:
-        results["models"][label] = {"adapter": str(adapter) if adapter else None, "scores": {}}
-        cells = run_model(names, prepared, model_path=model_path, model_fp=model_fp, adapter=adapter,
-                          protocol=protocol, dtype=dt, batch_size=batch_size, limit=limit, cache_dir=cache_dir,
-                          progress=progress)
-        for n in names:
-            res = cells[n]
-            results["models"][label]["scores"][n] = {**res["metrics"], "seconds": res.get("seconds"),
-                                                    "cached": res["cached"]}
-            samples[(label, n)] = res["samples"]
+    for label, folders in models:
+        per = []
+        for k, adapter in enumerate(folders):
+            cells = run_model(names, prepared, model_path=model_path, model_fp=model_fp, adapter=adapter,
+                              protocol=protocol, dtype=dt, batch_size=batch_size, limit=limit, cache_dir=cache_dir,
+                              progress=progress)
+            per.append({n: {**cells[n]["metrics"], "seconds": cells[n].get("seconds"), "cached": cells[n]["cached"]}
+                        for n in names})
+            for n in names:
+                samples[(label if len(folders) == 1 else f"{label}/{k}", n)] = cells[n]["samples"]
+        results["models"][label] = {"adapters": [str(a) if a else None for a in folders],
+                                    "scores": {n: _mean_scores([p[n] for p in per]) for n in names}}
     if out is not None:
         write_results(Path(out), results, samples)
     return results
+
+
+def _mean_scores(scores: list[dict]) -> dict:
+    """One adapter's scores, or the mean over several (their standard errors averaged: items are shared)."""
+    if len(scores) == 1:
+        return scores[0]
+    out = {"n": scores[0]["n"], "adapters": len(scores), "seconds": sum(s.get("seconds") or 0 for s in scores),
+           "cached": all(s["cached"] for s in scores), "per_adapter_acc": [s["acc"] for s in scores]}
+    for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
+        vals = [s.get(k) for s in scores]
+        if all(isinstance(v, (int, float)) for v in vals):
+            out[k] = sum(vals) / len(vals)
+    return out
 
 
 def protocol_label(protocol: str) -> str:
@@ -225,6 +253,8 @@ def format_table(results: dict) -> str:
     for label, m in results["models"].items():
         sc = m["scores"]
         mean = sum(sc[n]["acc"] for n in names) / len(names)
+        k = len(m["adapters"])
+        label = label + (f" (mean of {k})" if k > 1 else "")
         lines.append(f"| {label} | " + " | ".join(_cell(sc[n]) for n in names) + f" | {100 * mean:.1f} |")
     return "\n".join(lines)
 
@@ -256,6 +286,38 @@ def write_results(out: Path, results: dict, samples: dict) -> None:
     write_json(out / "results.json", results)
     (out / "table.md").write_text(format_table(results) + "\n\n" + "\n".join(f"- {x}" for x in notes(results)) + "\n",
                                   encoding="utf-8")
+
+
+def experiment_adapters(results_json: str | Path) -> list[tuple[str, list[str]]]:
+    """[(label, adapter folders)] of a compare/sweep experiment: each method's shared adapter and its clients'
+    private adapters (one group per method, seed and setting; a group of private adapters is scored as their mean)."""
+    from ..rundir import read_json
+
+    data = read_json(Path(results_json))
+    recs = data.get("records", [])
+    seeds = {r.get("seed") for r in recs}
+    groups: dict[str, list[str]] = {}
+    for r in recs:
+        summary = read_json(Path(r["run_dir"]) / "summary.json")
+        folders = [summary["final_adapter"]] if r["model"] == "shared" else list(summary.get("personal_adapters") or [])
+        if not folders:
+            continue
+        label = f"{r['algorithm']} {r['model']}" + (f" s{r['seed']}" if len(seeds) > 1 else "") + \
+            (f" [{r['setting']}]" if r.get("setting") else "")
+        groups[label] = folders
+    return list(groups.items())
+
+
+def cli_experiment(args, results_json: Path) -> None:
+    """``fedpit compare/sweep --benchmarks ...``: after the runs, score every shared and private adapter."""
+    out = Path(results_json).parent / "benchmarks"
+    res = evaluate_models(args.benchmarks, experiment_adapters(results_json), data_dir=args.benchmark_data,
+                          protocol=args.protocol, limit=args.limit or None, batch_size=args.batch_size, out=out)
+    print(format_table(res))
+    print()
+    for line in notes(res):
+        print(line)
+    print(f"benchmark results, table and per-item rows in {out}")
 
 
 def cli_evaluate(args) -> int:
