@@ -182,8 +182,8 @@ def test_parity_with_lm_eval_backbone_and_trained_adapter(tiny_model_path, train
 
 
 def test_rerun_reuses_cached_items(tiny_model_path, bench_data, tmp_path, monkeypatch):
-    kw = dict(model=tiny_model_path, data_dir=str(bench_data), limit=3, dtype="fp32", batch_size=4,
-              cache_dir=str(tmp_path / "cache"), progress=False)
+    kw = {"model": tiny_model_path, "data_dir": str(bench_data), "limit": 3, "dtype": "fp32", "batch_size": 4,
+          "cache_dir": str(tmp_path / "cache"), "progress": False}
     first = evaluate_models("medqa,medmcqa", out=tmp_path / "a", **kw)
     assert not first["models"]["backbone"]["scores"]["medqa"]["cached"]
 

@@ -17,8 +17,8 @@ log = logging.getLogger("fedpit.mcq")
 
 def task_config(name: str, data_file: str | Path) -> dict:
     """The packaged task YAML for benchmark ``name`` as a dict, reading ``data_file`` as its test split."""
-    try:
-        from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval 0.4.10+: resolves !function next to the YAML
+    try:  # lm-eval 0.4.10+: resolves !function next to the YAML
+        from lm_eval.tasks._yaml_loader import load_yaml
     except ImportError:  # older lm-eval
         from lm_eval.utils import load_yaml_config as load_yaml
 
