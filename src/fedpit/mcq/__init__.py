@@ -322,8 +322,8 @@ def cli_experiment(args, results_json: Path) -> None:
 
 def cli_evaluate(args) -> int:
     """``fedpit evaluate --benchmarks ...``: the bare backbone and (with --adapter) the adapter, side by side."""
-    adapters = [(Path(args.adapter).name if Path(args.adapter).name != "final" else "adapter", args.adapter)] \
-        if args.adapter else []
+    a = Path(args.adapter) if args.adapter else None
+    adapters = [((a.parent.name if a.name == "final" else a.name) or "adapter", a)] if a else []  # run or client name
     out = Path(args.out or (Path(args.adapter) / "eval-benchmarks" if args.adapter else "eval-benchmarks-backbone"))
     t0 = time.perf_counter()
     res = evaluate_models(args.benchmarks, adapters, model=args.model, data_dir=args.benchmark_data,
