@@ -60,10 +60,13 @@ def trained_adapter(tiny_model_path, tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------- data
 def test_pubmedqa_selects_the_test_pmids_not_a_positional_split(bench_data):
+    gt_file = bench_data / "pubmedqa" / "test_ground_truth.json"
+    gt = json.loads(gt_file.read_text())
+    gt = dict(sorted(gt.items(), key=lambda kv: kv[1], reverse=True))  # sorted by label, as the real file is
+    gt_file.write_text(json.dumps(gt))
     recs = pubmedqa_records(bench_data)
-    gt = json.loads((bench_data / "pubmedqa" / "test_ground_truth.json").read_text())
-    assert [r["pubid"] for r in recs] == list(gt)
-    assert [r["final_decision"] for r in recs] == list(gt.values())
+    assert [r["pubid"] for r in recs] == ["1001", "1003", "1005", "1007", "1009", "1011"]  # ori_pqal.json's order
+    assert [r["final_decision"] for r in recs] == [gt[r["pubid"]] for r in recs] == ["no", "yes", "maybe"] * 2
     assert recs[0]["CONTEXTS"] == ["We studied 10 patients.", "Outcome 1 was measured."]
 
 
@@ -73,6 +76,7 @@ def test_real_sets_have_the_published_sizes(tmp_path):
     gt = json.loads((REAL / "pubmedqa" / "test_ground_truth.json").read_text())
     ori = json.loads((REAL / "pubmedqa" / "ori_pqal.json").read_text())
     assert len(recs) == 500 and {r["pubid"] for r in recs} == set(gt)
+    assert {r["final_decision"] for r in recs[:30]} == {"yes", "no", "maybe"}  # --limit 30 is not all "yes"
     assert {r["pubid"] for r in recs} != set(list(ori)[:500]) and {r["pubid"] for r in recs} != set(list(ori)[500:])
     assert len(prepare("medqa", REAL, str(tmp_path))[1]) == 1273
     assert len(prepare("medmcqa", REAL, str(tmp_path))[1]) == 2816

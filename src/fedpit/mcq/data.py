@@ -25,6 +25,7 @@ from ..backbone import cache_root
 from ..errors import ConfigError, DataError
 
 LETTERS = ("A", "B", "C", "D")
+CONVERSION = {"pubmedqa": 2}  # per benchmark (default 1); bump when its converted records change: part of the cache key
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,11 @@ def _need_str(path: Path, rec: str, row: dict, field: str) -> str:
 
 
 def pubmedqa_records(folder: Path) -> list[dict]:
-    """The 500 official test items: PQA-L records whose PMID is in test_ground_truth.json, in that file's order."""
+    """The 500 official test items: the PQA-L records whose PMID is in test_ground_truth.json.
+
+    They keep ori_pqal.json's order: test_ground_truth.json is sorted by label (276 yes, then no, then maybe), so its
+    first N items, which ``--limit N`` takes, would all be "yes".
+    """
     ori_p, gt_p = folder / BENCHMARKS["pubmedqa"].files[0], folder / BENCHMARKS["pubmedqa"].files[1]
     ori = _read_json(ori_p, "PubMedQA PQA-L: a JSON object PMID -> {QUESTION, CONTEXTS, final_decision, ...}")
     gt = _read_json(gt_p, "the PubMedQA test split: a JSON object PMID -> yes/no/maybe")
@@ -118,14 +123,16 @@ def pubmedqa_records(folder: Path) -> list[dict]:
         raise DataError(ori_p, "expected a non-empty JSON object PMID -> record")
     if not isinstance(gt, dict) or not gt:
         raise DataError(gt_p, "expected a non-empty JSON object PMID -> yes/no/maybe")
-    out = []
     for pmid, label in gt.items():
         if label not in ("yes", "no", "maybe"):
             raise DataError(gt_p, f"label '{label}' is not yes/no/maybe", record=f"PMID {pmid}")
-        row = ori.get(pmid)
-        if not isinstance(row, dict):
+        if not isinstance(ori.get(pmid), dict):
             raise DataError(ori_p, f"no record for test PMID {pmid} (listed in {gt_p.name})")
-        rec = f"PMID {pmid}"
+    out = []
+    for pmid, row in ori.items():
+        if pmid not in gt:
+            continue
+        label, rec = gt[pmid], f"PMID {pmid}"
         q = _need_str(ori_p, rec, row, "QUESTION")
         ctx = row.get("CONTEXTS")
         if not isinstance(ctx, list) or not ctx or not all(isinstance(c, str) for c in ctx):
@@ -187,7 +194,8 @@ def gold_index(name: str, rec: dict) -> int:
 
 
 def source_fingerprint(folder: Path, name: str) -> str:
-    h = hashlib.sha256(name.encode())
+    version = CONVERSION.get(name, 1)
+    h = hashlib.sha256((name if version == 1 else f"{name}:{version}").encode())
     for rel in BENCHMARKS[name].files:
         p = folder / rel
         if not p.is_file():
