@@ -140,19 +140,37 @@ def test_certificates_name_the_hosts_and_keys_are_openssh(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ simulation
-@pytest.mark.parametrize("algorithm", ["fedit", "fedpit"])
+def _files(run_dir) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in Path(run_dir).rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("algorithm", ["fedit", "fedpit", "locit"])
 def test_simulation_matches_the_in_process_runner(tiny_cfg, algorithm):
+    """The same config in-process and on Flower's simulation: the same global adapter, the same private adapters,
+    the same files in the run folder and the same summary keys (one run folder life for both runtimes)."""
     from fedpit.flower.simulation import simulate
 
     ref = Runner(_cfg(tiny_cfg, algorithm, f"{algorithm}-inproc"), show_progress=False).run()
     sim = simulate(_cfg(tiny_cfg, algorithm, f"{algorithm}-sim"))
     assert _max_diff(_final(ref), _final(sim)) <= 1e-5
+    assert _files(ref["run_dir"]) == _files(sim["run_dir"]) and "partition.json" in _files(sim["run_dir"])
+    assert set(ref) == set(sim) and (ref["transport"], sim["transport"]) == ("in-process", "flower")
+    assert len(sim["test_loss_per_round"]) == 3 and None not in sim["test_loss_per_round"]  # local-only too
+    assert sim["personal_test_loss"] == pytest.approx(ref["personal_test_loss"], abs=1e-5)
+    for mine, theirs in zip(ref["personal_adapters"], sim["personal_adapters"]):
+        assert _max_diff(_final(Path(mine).parent), _final(Path(theirs).parent)) <= 1e-5
+    if algorithm == "fedit":  # a complete run is not resumed, on Flower as in-process
+        from fedpit.flower.server_app import FlowerServer
+
+        with pytest.raises(ConfigError, match="already complete"):
+            FlowerServer(_cfg(tiny_cfg, algorithm, f"{algorithm}-sim"), grid=None, resume=True).run()
     rows = [json.loads(x) for x in (Path(sim["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     clients = [r for r in rows if r["kind"] == "client"]
-    assert len(clients) == 6 and all(r["bytes_sent"] > 0 and r["bytes_received"] > 0 for r in clients)
-    if algorithm == "fedpit":  # private state stayed with the (virtual) nodes, on their disk
+    shares = algorithm != "locit"
+    assert len(clients) == 6 and all((r["bytes_sent"] > 0 and r["bytes_received"] > 0) == shares for r in clients)
+    if algorithm != "fedit":  # private state stayed with the (virtual) nodes, on their disk
         assert len(sim["personal_adapters"]) == 3
-        assert list((Path(sim["run_dir"]) / "clients" / "client_0").glob("round_001/synthetic.jsonl"))
+        assert algorithm == "locit" or list((Path(sim["run_dir"]) / "clients" / "client_0").glob("round_001/synthetic.jsonl"))
 
 
 # ------------------------------------------------------------------------------------------------ deployment

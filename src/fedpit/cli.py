@@ -49,7 +49,7 @@ def cmd_partition(args) -> int:
     from .config import load_config
     from .partition import counts_text
     from .rundir import write_json
-    from .runner import prepare
+    from .federation import prepare
 
     cfg = load_config(args.config, args.overrides)
     prep = prepare(cfg)
@@ -156,12 +156,15 @@ def cmd_report(args) -> int:
 
 
 def cmd_config(args) -> int:
+    from .algorithms import get_method
     from .config import load_config, to_toml, valid_keys
 
     if args.keys:
         print("\n".join(valid_keys()))
         return 0
-    print(to_toml(load_config(args.config, args.overrides)), end="")
+    cfg = load_config(args.config, args.overrides)
+    get_method(cfg.algorithm)  # an unknown algorithm is a config error
+    print(to_toml(cfg), end="")
     return 0
 
 
@@ -212,12 +215,11 @@ def cmd_flower(args) -> int:
     from datetime import datetime
 
     from .config import to_toml
+    from .federation import named
     from .flower.deploy import LocalCluster, repo_app_dir
-    from .runner import default_run_name
 
     work = Path(args.workdir or f"flower-local-{datetime.now().strftime('%Y%m%d-%H%M%S')}").absolute()
-    if not cfg.run_name:
-        cfg.run_name = default_run_name(cfg, "flower")
+    cfg = named(cfg, "flower")
     cfg.output_dir = str(Path(cfg.output_dir).absolute())
     work.mkdir(parents=True, exist_ok=True)
     cfg_file = work / "fedpit.toml"
@@ -232,6 +234,27 @@ def cmd_flower(args) -> int:
         raise FedpitError(f"Flower run {run_id} {st.get('status')}: {st.get('status-details', '')} (logs in {work / 'logs'})")
     print(f"fedpit: done on Flower deployment (run {run_id}); results in {Path(cfg.output_dir) / cfg.run_name}")
     return 0
+
+
+def _add_flower_parser(sub) -> None:
+    p = sub.add_parser("flower", help="run on Flower: simulate | local (SuperLink + SuperNodes here) | certs | keys")
+    fl = p.add_subparsers(dest="action", required=True)
+    q = fl.add_parser("simulate", help="the job in Flower's simulation runtime (one virtual SuperNode per client)")
+    _add_config_args(q)
+    q = fl.add_parser("local", help="start a SuperLink and one SuperNode per client on 127.0.0.1, run the job, stop them")
+    _add_config_args(q)
+    q.add_argument("--workdir", help="certificates, keys, logs and Flower home (default: ./flower-local-<time>)")
+    q.add_argument("--app", help="folder with the Flower app's pyproject.toml (default: this source checkout)")
+    q.add_argument("--insecure", action="store_true", help="no TLS and no node keys (testing only)")
+    q.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
+    q = fl.add_parser("certs", help="make a CA and a SuperLink certificate")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--host", action="append", default=[],
+                   help="the SuperLink's DNS name or IP as SuperNodes reach it (repeatable; 127.0.0.1 and localhost always)")
+    q = fl.add_parser("keys", help="make SuperNode authentication key pairs (ECDSA P-384, OpenSSH format)")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("names", nargs="+", help="one name per SuperNode, e.g. hospital-a hospital-b")
+    p.set_defaults(func=cmd_flower)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,24 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p, test_default="demo")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("flower", help="run on Flower: simulate | local (SuperLink + SuperNodes here) | certs | keys")
-    fl = p.add_subparsers(dest="action", required=True)
-    q = fl.add_parser("simulate", help="the job in Flower's simulation runtime (one virtual SuperNode per client)")
-    _add_config_args(q)
-    q = fl.add_parser("local", help="start a SuperLink and one SuperNode per client on 127.0.0.1, run the job, stop them")
-    _add_config_args(q)
-    q.add_argument("--workdir", help="certificates, keys, logs and Flower home (default: ./flower-local-<time>)")
-    q.add_argument("--app", help="folder with the Flower app's pyproject.toml (default: this source checkout)")
-    q.add_argument("--insecure", action="store_true", help="no TLS and no node keys (testing only)")
-    q.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
-    q = fl.add_parser("certs", help="make a CA and a SuperLink certificate")
-    q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--host", action="append", default=[],
-                   help="the SuperLink's DNS name or IP as SuperNodes reach it (repeatable; 127.0.0.1 and localhost always)")
-    q = fl.add_parser("keys", help="make SuperNode authentication key pairs (ECDSA P-384, OpenSSH format)")
-    q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("names", nargs="+", help="one name per SuperNode, e.g. hospital-a hospital-b")
-    p.set_defaults(func=cmd_flower)
+    _add_flower_parser(sub)
 
     p = sub.add_parser("config", help="print the resolved config as TOML (or --keys: every valid key)")
     _add_config_args(p)

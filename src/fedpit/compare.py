@@ -24,7 +24,8 @@ from .config import Config, set_value
 from .errors import ConfigError
 from .evaluate import engine_for, evaluate
 from .rundir import RunDir, read_json, write_json
-from .runner import Runner, load_split
+from .federation import load_split
+from .runner import Runner
 
 
 @dataclass
@@ -140,7 +141,7 @@ def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOpt
         if ev.limit:
             tests = tests[: ev.limit]
         models = []
-        if method.FEDERATED:
+        if method.shares_adapter:
             models.append(("shared", [summary["final_adapter"]]))
         if summary.get("personal_adapters"):
             models.append(("private", summary["personal_adapters"]))

@@ -86,6 +86,13 @@ class Engine:
 
         return clone_state(get_peft_model_state_dict(self.model))
 
+    def peft_config_dict(self) -> dict:
+        """``adapter_config.json`` of this engine's adapters (what ``PeftModel.from_pretrained`` reads)."""
+        d = self.peft_config.to_dict()
+        d = {k: sorted(v) if isinstance(v, set) else v for k, v in d.items()}
+        d["base_model_name_or_path"] = self.backbone.path
+        return d
+
     def load_adapter(self, state: StateDict) -> None:
         from peft import set_peft_model_state_dict
 
@@ -206,6 +213,21 @@ class Engine:
         return total / max(1, count)
 
     # ----------------------------------------------------------------------------- training
+    def _accumulate(self, encoded: Sequence[Encoded], group: list[list[int]], sample_w: torch.Tensor, n_target: int,
+                    stats: TrainStats) -> float:
+        """Backward over one optimizer step's micro-batches (gradients accumulate); the step's summed token loss."""
+        step_loss = 0.0
+        for idx in group:
+            mb = [encoded[i] for i in idx]
+            ids, labels, mask = self._collate(mb)
+            tok_loss, rows = self._token_losses(ids, labels, mask)
+            w = sample_w[idx].to(tok_loss.device)[rows]
+            ((tok_loss * w).sum() / n_target).backward()
+            step_loss += float(tok_loss.detach().sum())
+            stats.tokens += int(mask.sum())
+            stats.examples_seen += len(mb)
+        return step_loss
+
     def train(self, examples: Sequence, *, lr: float, epochs: int = 1, steps: int = 0, batch_size: int = 4,
               grad_accum: int = 1, weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
               group_by_length: bool = True, on_step: Callable[[int, int, float], None] | None = None,
@@ -246,16 +268,7 @@ class Engine:
         for step in range(total_steps):
             group = [next(stream) for _ in range(grad_accum)]
             n_target = sum(encoded[i].num_target_tokens for mb in group for i in mb)
-            step_loss = 0.0
-            for idx in group:
-                mb = [encoded[i] for i in idx]
-                ids, labels, mask = self._collate(mb)
-                tok_loss, rows = self._token_losses(ids, labels, mask)
-                w = sample_w[idx].to(tok_loss.device)[rows]
-                ((tok_loss * w).sum() / n_target).backward()
-                step_loss += float(tok_loss.detach().sum())
-                stats.tokens += int(mask.sum())
-                stats.examples_seen += len(mb)
+            step_loss = self._accumulate(encoded, group, sample_w, n_target, stats)
             if extra_loss is not None:
                 extra_loss().backward()
             if max_grad_norm and max_grad_norm > 0:

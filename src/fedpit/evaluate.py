@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from .adapters import load_state
-from .backbone import load_backbone
+from .backbone import DEFAULT_MODEL
+from .config import Config, LoraConfig
 from .data import Example
-from .engine import Engine, LoraSpec
-from .errors import ConfigError
+from .engine import Engine
+from .federation import make_engine
 from .generate import generate
 from .metrics import embedding_cosine, rouge_l
 from .prompts import build_prompt
-from .rundir import read_json, write_json
+from .rundir import read_adapter_folder, write_json
 
 
 @dataclass
@@ -38,27 +39,20 @@ class EvalResult:
         write_json(folder / "metrics.json", self.metrics)
 
 
-def adapter_meta(folder: str | Path) -> tuple[dict, dict]:
-    """(adapter_config.json, fedpit.json) of an adapter folder; one-line errors for anything else."""
-    folder = Path(folder)
-    if not (folder / "adapter_model.safetensors").is_file() or not (folder / "adapter_config.json").is_file():
-        raise ConfigError(f"{folder}: not an adapter folder (needs adapter_model.safetensors and adapter_config.json)")
-    meta = read_json(folder / "fedpit.json") if (folder / "fedpit.json").is_file() else {}
-    return read_json(folder / "adapter_config.json"), meta
-
-
 def engine_for(adapter: str | Path | None, *, model: str | None = None, dtype: str = "auto",
                max_seq_len: int = 512, template: str | None = None) -> Engine:
-    """An engine whose LoRA shape matches the adapter (or a default one for the bare backbone)."""
-    lora, meta = LoraSpec(), {}
+    """An engine whose LoRA shape matches the adapter folder (or the default one for the bare backbone), built by
+    :func:`fedpit.federation.make_engine` from the config the folder implies."""
+    cfg = Config(seed=0)
+    cfg.model.max_seq_len, cfg.model.dtype = max_seq_len, dtype
+    meta = {}
     if adapter is not None:
-        pc, meta = adapter_meta(adapter)
-        lora = LoraSpec(r=pc["r"], alpha=pc["lora_alpha"], dropout=0.0, target_modules=tuple(pc["target_modules"]))
+        pc, meta = read_adapter_folder(adapter)
+        cfg.lora = LoraConfig(r=pc["r"], alpha=pc["lora_alpha"], dropout=0.0, target_modules=list(pc["target_modules"]))
         model = model or meta.get("model") or pc.get("base_model_name_or_path")
-    from .backbone import DEFAULT_MODEL
-
-    bb = load_backbone(model or DEFAULT_MODEL, dtype=dtype)
-    return Engine(bb, lora, template=template or meta.get("template", "alpaca"), max_seq_len=max_seq_len)
+    cfg.model.name = model or DEFAULT_MODEL
+    cfg.model.template = template or meta.get("template", "alpaca")
+    return make_engine(cfg)
 
 
 def evaluate(engine: Engine, adapter: str | Path | dict | None, examples: list[Example], *,

@@ -1,6 +1,6 @@
 """The Flower ServerApp: fedpit's round loop over a Flower Grid.
 
-Per round it asks :func:`fedpit.runner.round_plan` which clients train (the same draw as ``fedpit run``), sends each
+Per round it asks :func:`fedpit.federation.round_plan` which clients train (the same draw as ``fedpit run``), sends each
 one's SuperNode the global adapter and the resolved config, waits up to ``flower.round_timeout_s``, and aggregates
 the replies that arrived with the method's ``server_aggregate``; optionally through Flower's
 ``DifferentialPrivacyServerSideFixedClipping`` wrapper. A sampled client that is not connected, errs or times out is
@@ -16,28 +16,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from .. import __version__
 from ..adapters import StateDict, nbytes
-from ..algorithms import ClientReply, get_method
-from ..config import Config, to_toml
+from ..algorithms import ClientReply, Method, get_method
+from ..config import Config
+from ..engine import Engine
 from ..errors import ConfigError, FedpitError
-from ..rundir import RunDir, write_json
-from ..runner import default_run_name, load_split, make_engine, new_run_dir, peak_rss_mb, round_plan, save_adapter_folder
+from ..federation import (Prepared, client_row, encoded_test, evaluate_round, finish_run, make_engine, named,
+                          open_run, prepare, round_plan, round_row)
+from ..rundir import RunDir
 from .common import ARRAYS, CONFIG, METRICS, config_from_run_config, config_record, from_record, to_record
 
 log = logging.getLogger("fedpit.flower.server")
+TRANSPORT = "flower"
 
 
 class FedpitStrategy(Strategy):
     """A fedpit method as a Flower strategy: ``configure_train`` addresses the round's clients,
     ``aggregate_train`` calls the method's ``server_aggregate``. Being a Strategy lets Flower's DP wrappers wrap it."""
 
-    def __init__(self, method):
+    def __init__(self, method: Method):
         self.method = method
         self.targets: dict[int, int] = {}  # client id -> node id, set by the server before each round
         self.global_state: StateDict = {}
@@ -61,15 +64,15 @@ class FedpitStrategy(Strategy):
         return None
 
     def summary(self) -> None:
-        log.info("fedpit strategy: %s", self.method.NAME)
+        log.info("fedpit strategy: %s", self.method.name)
 
 
-def _dp_wrap(cfg: Config, strategy: FedpitStrategy, method) -> Strategy:
+def _dp_wrap(cfg: Config, strategy: FedpitStrategy, method: Method) -> Strategy:
     fl = cfg.flower
     if fl.dp_clipping_norm <= 0:
         return strategy
-    if not method.FEDERATED:
-        raise ConfigError(f"flower.dp_clipping_norm: {method.NAME} shares nothing, so there is nothing to privatise")
+    if not method.shares_adapter:
+        raise ConfigError(f"flower.dp_clipping_norm: {method.name} shares nothing, so there is nothing to privatise")
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
     sampled = len(round_plan(cfg, method, 1)[0])
@@ -78,14 +81,17 @@ def _dp_wrap(cfg: Config, strategy: FedpitStrategy, method) -> Strategy:
 
 
 class FlowerServer:
-    """Runs (or resumes) one fedpit job over a Flower Grid."""
+    """Runs (or resumes) one fedpit job over a Flower Grid: the same run folder as ``fedpit run``, with the clients
+    on SuperNodes."""
 
     def __init__(self, cfg: Config, grid: Grid, *, resume: bool = False):
-        self.cfg, self.grid, self.resume = cfg, grid, resume
-        self.method = get_method(cfg.algorithm)
-        if self.method.CENTRALIZED:
+        self.method: Method = get_method(cfg.algorithm)
+        if self.method.pools_data:
             raise ConfigError(f"algorithm: {cfg.algorithm} pools every client's data in one place; it is a reference "
                               "for `fedpit run`, not something to deploy")
+        if resume and not cfg.run_name:
+            raise ConfigError("resume: needs run_name (the run folder to continue)")
+        self.cfg, self.grid, self.resume = named(cfg, TRANSPORT), grid, resume
         self.nodes: dict[int, int] = {}  # client id -> node id
         self.node_errors: dict[int, str] = {}  # node id -> why it cannot take part
 
@@ -129,63 +135,27 @@ class FlowerServer:
     def run(self) -> dict:
         cfg = self.cfg
         t_start = time.perf_counter()
-        test = load_split(cfg, "test")[: cfg.eval.max_examples] if cfg.eval.test_loss else []
+        prep = prepare(cfg)  # the partition (written to partition.json, read by the nodes) and the held-out set
         engine = make_engine(cfg)
-        if self.resume:
-            if not cfg.run_name:
-                raise ConfigError("resume: needs run_name (the run folder to continue)")
-            rd = RunDir(f"{cfg.output_dir}/{cfg.run_name}")
-            if not rd.config_file.is_file():
-                raise ConfigError(f"resume: {rd.path} is not a fedpit run folder (no config.toml)")
-            start = rd.progress()["completed_rounds"] + 1
-            rd.truncate_metrics(start - 1)
-            global_state = rd.load_global(start - 1)
-        else:
-            if not cfg.run_name:
-                from dataclasses import replace
-
-                cfg = self.cfg = replace(cfg, run_name=default_run_name(cfg, "flower"))
-            rd = new_run_dir(cfg)
-            rd.config_file.write_text(to_toml(cfg), encoding="utf-8")
-            global_state = engine.initial_adapter
-            save_adapter_folder(cfg, rd, rd.round_dir(0), global_state, engine)
-            start = 1
-            rd.set_progress(completed_rounds=0, status="running", transport="flower")
-        test_enc = engine.encode(test) if test else []
-        if start == 1 and test_enc:
-            engine.load_adapter(global_state)
-            rd.append_metrics([{"kind": "round", "round": 0, "test_loss": engine.mean_loss(test_enc)}])
+        resume = Path(cfg.output_dir) / cfg.run_name if self.resume else None
+        rd, start, global_state = open_run(cfg, engine, prep, resume, TRANSPORT)
+        test_enc = encoded_test(cfg, engine, prep)
         strategy = FedpitStrategy(self.method)
         wrapped = _dp_wrap(cfg, strategy, self.method)
         try:
             self.wait_for_nodes()
             for r in range(start, cfg.federation.rounds + 1):
-                global_state = self._round(r, rd, engine, strategy, wrapped, global_state, test_enc)
+                global_state = self.round(r, rd, prep, engine, strategy, wrapped, global_state, test_enc)
         except BaseException as e:
             rd.set_progress(status="failed", error=f"{type(e).__name__}: {e}")
             raise
-        save_adapter_folder(cfg, rd, rd.path / "final", global_state, engine)
-        rounds = [m for m in rd.read_metrics() if m.get("kind") == "round"]
-        personal = sorted(str(p) for p in (rd.path / "clients").glob("client_*/final") if p.is_dir())
-        summary = {
-            "run_dir": str(rd.path), "algorithm": cfg.algorithm, "transport": "flower", "rounds": cfg.federation.rounds,
-            "num_clients": cfg.partition.num_clients, "final_adapter": str(rd.path / "final"),
-            "shares_global_adapter": self.method.FEDERATED,
-            "personal_adapters": personal,  # only those on this machine's disk; a real site keeps its own
-            "train_loss_per_round": [m.get("train_loss") for m in rounds if m["round"] > 0],
-            "test_loss_per_round": [m.get("test_loss") for m in rounds],
-            "dropped_per_round": {m["round"]: m["dropped"] for m in rounds if m["round"] > 0 and m.get("dropped")},
-            "seconds_this_process": round(time.perf_counter() - t_start, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-            "bytes_up_total": sum(m["bytes_up"] for m in rounds if m["round"] > 0),
-            "bytes_down_total": sum(m["bytes_down"] for m in rounds if m["round"] > 0),
-            "fedpit_version": __version__,
-        }
-        write_json(rd.path / "summary.json", summary)
-        rd.set_progress(status="complete", completed_rounds=cfg.federation.rounds)
-        return summary
+        return finish_run(cfg, self.method, engine, rd, prep, global_state, test_enc, transport=TRANSPORT,
+                          t_start=t_start)
 
-    def _round(self, r: int, rd: RunDir, engine, strategy: FedpitStrategy, wrapped: Strategy,
-               global_state: StateDict, test_enc: list) -> StateDict:
+    def round(self, r: int, rd: RunDir, prep: Prepared, engine: Engine, strategy: FedpitStrategy, wrapped: Strategy,
+              global_state: StateDict, test_enc: list) -> StateDict:
+        """One round: send the global adapter to the sampled clients' nodes, aggregate the replies that arrived,
+        evaluate, and commit (dropped clients are recorded)."""
         cfg = self.cfg
         t0 = time.perf_counter()
         chosen, lr = round_plan(cfg, self.method, r)
@@ -196,47 +166,52 @@ class FlowerServer:
                               f"fewer than flower.min_replies = {cfg.flower.min_replies}")
         strategy.global_state = global_state
         messages = list(wrapped.configure_train(r, to_record(global_state), config_record(cfg, r), self.grid))
-        replies = self._send(messages, cfg.flower.round_timeout_s)
-        by_node = {n: k for k, n in strategy.targets.items()}
+        ok, dropped, errors = self._collect(r, chosen, strategy.targets, self._send(messages, cfg.flower.round_timeout_s))
+        arrays, _ = wrapped.aggregate_train(r, ok)
+        new_global = from_record(arrays) if arrays is not None and len(arrays) else global_state
+        down = nbytes(global_state) if self.method.shares_adapter else 0
+        rows = [_client_row(r, lr, m, down) for m in sorted(ok, key=_client_of)]
+        test_loss, extraction = evaluate_round(cfg, self.method, engine, rd, prep, r, new_global, test_enc)
+        rows.append(round_row(r, lr, rows, chosen=chosen, trained=sorted(_client_of(m) for m in ok),
+                              bytes_down=down * len(strategy.targets), t0=t0, test_loss=test_loss,
+                              extraction=extraction, dropped=dropped, errors=errors))
+        rd.commit_round(r, new_global, rows)
+        log.info("round %d: %d/%d clients, train loss %s, held-out loss %s", r, len(ok), len(chosen),
+                 _fmt(rows[-1]["train_loss"]), _fmt(test_loss))
+        return new_global
+
+    def _collect(self, r: int, chosen: list[int], targets: dict[int, int], replies: list[Message]):
+        """(successful replies, dropped client ids, errors by client id); fails the round below quorum."""
+        by_node = {n: k for k, n in targets.items()}
         ok = [m for m in replies if not m.has_error()]
         errors = {by_node.get(m.metadata.src_node_id, -1): m.error.reason for m in replies if m.has_error()}
-        answered = {int(m.content[METRICS]["client-id"]) for m in ok}
+        answered = {_client_of(m) for m in ok}
         dropped = sorted(k for k in chosen if k not in answered)
         for k in dropped:
             log.warning("round %d: client %d dropped (%s)", r, k, errors.get(k) or
-                        ("not connected" if k not in strategy.targets else "no reply before flower.round_timeout_s"))
-        if len(ok) < cfg.flower.min_replies:
+                        ("not connected" if k not in targets else "no reply before flower.round_timeout_s"))
+        if len(ok) < self.cfg.flower.min_replies:
             raise FedpitError(f"round {r}: {len(ok)} client(s) replied, fewer than flower.min_replies = "
-                              f"{cfg.flower.min_replies}; dropped {dropped}")
-        arrays, _ = wrapped.aggregate_train(r, ok)
-        new_global = from_record(arrays) if arrays is not None and len(arrays) else global_state
-        down = nbytes(global_state) if self.method.FEDERATED else 0
-        rows = []
-        for m in sorted(ok, key=lambda m: int(m.content[METRICS]["client-id"])):
-            met = dict(m.content[METRICS])
-            head = {"kind": "client", "round": r, "client": int(met.pop("client-id")), "lr": lr,
-                    "examples": int(met.pop("num-examples"))}
-            sent = int(met.pop("bytes-sent", 0))
-            met.pop("bytes-received", None)
-            rows.append({**head, **met, "bytes_received": down, "bytes_sent": sent,
-                         "wire_bytes_sent": m.content.array_records[ARRAYS].count_bytes()})
-        test_loss = None
-        if test_enc and self.method.FEDERATED:
-            engine.load_adapter(new_global)
-            test_loss = engine.mean_loss(test_enc)
-        tokens = sum(row.get("target_tokens", 0) for row in rows)
-        train_loss = sum(row.get("loss", 0.0) * row.get("target_tokens", 0) for row in rows) / tokens if tokens else None
-        rows.append({"kind": "round", "round": r, "clients": chosen, "trained": sorted(answered), "dropped": dropped,
-                     "errors": {str(k): v for k, v in errors.items()}, "lr": lr, "train_loss": train_loss,
-                     "test_loss": test_loss, "seconds": round(time.perf_counter() - t0, 3),
-                     "bytes_up": sum(row["bytes_sent"] for row in rows), "bytes_down": down * len(strategy.targets),
-                     "synthetic": sum(row.get("synthetic", 0) for row in rows), "peak_rss_mb": round(peak_rss_mb(), 1)})
-        save_adapter_folder(cfg, rd, rd.round_dir(r), new_global, engine)
-        rd.append_metrics(rows)
-        rd.set_progress(completed_rounds=r, status="running")
-        log.info("round %d: %d/%d clients, train loss %s, held-out loss %s", r, len(ok), len(chosen),
-                 f"{train_loss:.3f}" if train_loss is not None else "-", f"{test_loss:.3f}" if test_loss else "-")
-        return new_global
+                              f"{self.cfg.flower.min_replies}; dropped {dropped}")
+        return ok, dropped, errors
+
+
+def _client_of(m: Message) -> int:
+    return int(m.content[METRICS]["client-id"])
+
+
+def _client_row(r: int, lr: float, m: Message, down: int) -> dict:
+    """A client's metrics line from its reply (the same keys as in-process, plus the bytes on the wire)."""
+    met = dict(m.content[METRICS])
+    k, n = int(met.pop("client-id")), int(met.pop("num-examples"))
+    sent, seconds = int(met.pop("bytes-sent", 0)), float(met.pop("client-seconds", 0.0))
+    met.pop("bytes-received", None)
+    row = client_row(r, k, lr, ClientReply({}, n, met), seconds=seconds, received=down, sent=sent)
+    return {**row, "wire_bytes_sent": m.content.array_records[ARRAYS].count_bytes()}
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def make_server_app(base: Mapping | None = None) -> ServerApp:
