@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -25,40 +25,111 @@ from flwr.serverapp.strategy import Strategy
 from ..adapters import StateDict, nbytes
 from ..algorithms import ClientReply, Method, get_method
 from ..config import Config
-from ..engine import Engine
 from ..errors import ConfigError, FedpitError
-from ..federation import (Prepared, client_row, encoded_test, evaluate_round, finish_run, make_engine, named,
+from ..federation import (client_row, encoded_test, evaluate_round, finish_run, make_engine, named,
                           open_run, prepare, round_plan, round_row)
 from ..rundir import RunDir
-from .common import ARRAYS, CONFIG, METRICS, config_from_run_config, config_record, from_record, to_record
+from .common import (ARRAYS, CONFIG, METRICS, config_from_run_config, config_record, from_record, metric_record,
+                     to_record)
 
 log = logging.getLogger("fedpit.flower.server")
 TRANSPORT = "flower"
 
 
 class FedpitStrategy(Strategy):
-    """A fedpit method as a Flower strategy: ``configure_train`` addresses the round's clients,
-    ``aggregate_train`` calls the method's ``server_aggregate``. Being a Strategy lets Flower's DP wrappers wrap it."""
+    """A fedpit method as a Flower strategy, shaped like Flower's ``FedAvg``:
 
-    def __init__(self, method: Method):
-        self.method = method
-        self.targets: dict[int, int] = {}  # client id -> node id, set by the server before each round
-        self.global_state: StateDict = {}
+    - ``configure_train`` samples the round's clients (fedpit's seeded draw, the in-process runner's), maps them to
+      connected nodes (new nodes are asked which client they are) and addresses a train message to each;
+    - ``check_replies`` sorts the replies into answers, dropped clients and errors, and fails below quorum;
+      ``aggregate_train`` calls the method's ``server_aggregate`` on the well-formed answers, in client order;
+    - ``evaluate_fn(server_round, arrays)`` is the server-side evaluation, as in ``Strategy.start``.
 
+    Being a Strategy lets Flower's DP wrappers wrap it."""
+
+    def __init__(self, cfg: Config, method: Method,
+                 evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None):
+        self.cfg, self.method, self.evaluate_fn = cfg, method, evaluate_fn
+        self.nodes: dict[int, int] = {}  # client id -> node id
+        self.node_errors: dict[int, str] = {}  # node id -> why it cannot take part
+        self.current: StateDict = {}  # the global adapter the round started from
+        self.sampled: list[int] = []
+        self.targets: dict[int, int] = {}  # sampled client id -> node id, this round
+        self.dropped: list[int] = []
+        self.errors: dict[int, str] = {}
+
+    # ------------------------------------------------------------------------------------------ nodes
+    def discover(self, grid: Grid) -> dict[int, int]:
+        """Map client ids to connected nodes; ask new nodes who they are (a restarted node is new)."""
+        connected = set(grid.get_node_ids())
+        self.nodes = {k: n for k, n in self.nodes.items() if n in connected}
+        new = sorted(connected - set(self.nodes.values()) - set(self.node_errors))
+        q = [Message(RecordDict({CONFIG: config_record(self.cfg, 0)}), dst_node_id=n, message_type=MessageType.QUERY)
+             for n in new]
+        for reply in grid.send_and_receive(q, timeout=min(self.cfg.flower.round_timeout_s, 300.0)) if q else []:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.node_errors[node] = reply.error.reason
+                log.warning("node %d cannot take part: %s", node, reply.error.reason)
+                continue
+            k = _client_of(reply)
+            if k in self.nodes and self.nodes[k] != node:
+                log.warning("client id %d claimed by nodes %d and %d; using the newer one", k, self.nodes[k], node)
+            self.nodes[k] = node
+        return self.nodes
+
+    def wait_for_nodes(self, grid: Grid) -> None:
+        fl = self.cfg.flower
+        deadline = time.monotonic() + fl.wait_for_nodes_s
+        want = self.cfg.partition.num_clients
+        while len(self.discover(grid)) < want and time.monotonic() < deadline:
+            time.sleep(1.0)
+        log.info("%d of %d clients connected: %s", len(self.nodes), want, sorted(self.nodes))
+        if len(self.nodes) < fl.min_replies:
+            raise FedpitError(f"only {len(self.nodes)} client node(s) connected within flower.wait_for_nodes_s = "
+                              f"{fl.wait_for_nodes_s} s (flower.min_replies = {fl.min_replies})")
+
+    # ------------------------------------------------------------------------------------------ train
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self.current = from_record(arrays)
+        self.sampled, _ = round_plan(self.cfg, self.method, server_round)
+        self.discover(grid)
+        self.targets = {k: self.nodes[k] for k in self.sampled if k in self.nodes}
+        if len(self.targets) < self.cfg.flower.min_replies:  # cannot reach quorum: fail now, not after the timeout
+            raise FedpitError(f"round {server_round}: only {len(self.targets)} of the sampled clients {self.sampled} "
+                              f"are connected, fewer than flower.min_replies = {self.cfg.flower.min_replies}")
         return [Message(RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=node,
                         message_type=MessageType.TRAIN) for _, node in sorted(self.targets.items())]
 
+    def check_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The well-formed answers; records the round's dropped clients and errors; fails below quorum."""
+        by_node = {n: k for k, n in self.targets.items()}
+        replies = list(replies)
+        ok = [m for m in replies if _well_formed(m)]
+        self.errors = {by_node.get(m.metadata.src_node_id, -1): m.error.reason if m.has_error() else "malformed reply"
+                       for m in replies if not _well_formed(m)}
+        answered = {_client_of(m) for m in ok}
+        self.dropped = sorted(k for k in self.sampled if k not in answered)
+        for k in self.dropped:
+            log.warning("round %d: client %d dropped (%s)", server_round, k, self.errors.get(k) or
+                        ("not connected" if k not in self.targets else "no reply before flower.round_timeout_s"))
+        if len(ok) < self.cfg.flower.min_replies:
+            raise FedpitError(f"round {server_round}: {len(ok)} client(s) replied, fewer than flower.min_replies = "
+                              f"{self.cfg.flower.min_replies}; dropped {self.dropped}")
+        return ok
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        ordered = sorted(replies, key=lambda m: int(m.content[METRICS]["client-id"]))  # the in-process order
+        ordered = sorted((m for m in replies if _well_formed(m)), key=_client_of)  # the in-process order
         uploads = [ClientReply(from_record(m.content.array_records.get(ARRAYS)), int(m.content[METRICS]["num-examples"]))
                    for m in ordered]
-        new = self.method.server_aggregate(self.global_state, uploads)
+        if not uploads:
+            return None, None
+        new = self.method.server_aggregate(self.current, uploads)
         return to_record(new), MetricRecord({"clients": len(uploads)})
 
     def configure_evaluate(self, server_round, arrays, config, grid):
-        return []
+        return []  # evaluation is server-side (evaluate_fn): the held-out set stays on the server
 
     def aggregate_evaluate(self, server_round, replies):
         return None
@@ -92,46 +163,7 @@ class FlowerServer:
         if resume and not cfg.run_name:
             raise ConfigError("resume: needs run_name (the run folder to continue)")
         self.cfg, self.grid, self.resume = named(cfg, TRANSPORT), grid, resume
-        self.nodes: dict[int, int] = {}  # client id -> node id
-        self.node_errors: dict[int, str] = {}  # node id -> why it cannot take part
 
-    # ------------------------------------------------------------------------------------------ nodes
-    def _send(self, messages: list[Message], timeout: float) -> list[Message]:
-        return list(self.grid.send_and_receive(messages, timeout=timeout)) if messages else []
-
-    def discover(self) -> dict[int, int]:
-        """Map client ids to connected nodes; ask new nodes who they are (a restarted node is new)."""
-        connected = set(self.grid.get_node_ids())
-        self.nodes = {k: n for k, n in self.nodes.items() if n in connected}
-        new = sorted(connected - set(self.nodes.values()) - set(self.node_errors))
-        q = [Message(RecordDict({CONFIG: config_record(self.cfg, 0)}), dst_node_id=n, message_type=MessageType.QUERY)
-             for n in new]
-        for reply in self._send(q, min(self.cfg.flower.round_timeout_s, 300.0)):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                self.node_errors[node] = reply.error.reason
-                log.warning("node %d cannot take part: %s", node, reply.error.reason)
-                continue
-            k = int(reply.content[METRICS]["client-id"])
-            if k in self.nodes and self.nodes[k] != node:
-                log.warning("client id %d claimed by nodes %d and %d; using the newer one", k, self.nodes[k], node)
-            self.nodes[k] = node
-        return self.nodes
-
-    def wait_for_nodes(self) -> None:
-        deadline = time.monotonic() + self.cfg.flower.wait_for_nodes_s
-        want = self.cfg.partition.num_clients
-        while True:
-            self.discover()
-            if len(self.nodes) >= want or time.monotonic() >= deadline:
-                break
-            time.sleep(1.0)
-        log.info("%d of %d clients connected: %s", len(self.nodes), want, sorted(self.nodes))
-        if len(self.nodes) < self.cfg.flower.min_replies:
-            raise FedpitError(f"only {len(self.nodes)} client node(s) connected within flower.wait_for_nodes_s = "
-                              f"{self.cfg.flower.wait_for_nodes_s} s (flower.min_replies = {self.cfg.flower.min_replies})")
-
-    # ------------------------------------------------------------------------------------------ run
     def run(self) -> dict:
         cfg = self.cfg
         t_start = time.perf_counter()
@@ -140,60 +172,54 @@ class FlowerServer:
         resume = Path(cfg.output_dir) / cfg.run_name if self.resume else None
         rd, start, global_state = open_run(cfg, engine, prep, resume, TRANSPORT)
         test_enc = encoded_test(cfg, engine, prep)
-        strategy = FedpitStrategy(self.method)
+
+        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            loss, extraction = evaluate_round(cfg, self.method, engine, rd, prep, server_round, from_record(arrays),
+                                              test_enc)
+            return metric_record({"test_loss": loss, "extraction": extraction or {}})
+
+        strategy = FedpitStrategy(cfg, self.method, evaluate_fn)
         wrapped = _dp_wrap(cfg, strategy, self.method)
         try:
-            self.wait_for_nodes()
+            strategy.wait_for_nodes(self.grid)
             for r in range(start, cfg.federation.rounds + 1):
-                global_state = self.round(r, rd, prep, engine, strategy, wrapped, global_state, test_enc)
+                global_state = self.round(r, rd, strategy, wrapped, global_state)
         except BaseException as e:
             rd.set_progress(status="failed", error=f"{type(e).__name__}: {e}")
             raise
         return finish_run(cfg, self.method, engine, rd, prep, global_state, test_enc, transport=TRANSPORT,
                           t_start=t_start)
 
-    def round(self, r: int, rd: RunDir, prep: Prepared, engine: Engine, strategy: FedpitStrategy, wrapped: Strategy,
-              global_state: StateDict, test_enc: list) -> StateDict:
-        """One round: send the global adapter to the sampled clients' nodes, aggregate the replies that arrived,
-        evaluate, and commit (dropped clients are recorded)."""
+    def round(self, r: int, rd: RunDir, strategy: FedpitStrategy, wrapped: Strategy, global_state: StateDict
+              ) -> StateDict:
+        """One round, as Flower's ``Strategy.start`` runs it (configure, send and receive, aggregate, evaluate),
+        then committed to the run folder with the dropped clients recorded."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        chosen, lr = round_plan(cfg, self.method, r)
-        self.discover()
-        strategy.targets = {k: self.nodes[k] for k in chosen if k in self.nodes}
-        if len(strategy.targets) < cfg.flower.min_replies:  # cannot reach quorum: fail now, not after the timeout
-            raise FedpitError(f"round {r}: only {len(strategy.targets)} of the sampled clients {chosen} are connected, "
-                              f"fewer than flower.min_replies = {cfg.flower.min_replies}")
-        strategy.global_state = global_state
+        _, lr = round_plan(cfg, self.method, r)
         messages = list(wrapped.configure_train(r, to_record(global_state), config_record(cfg, r), self.grid))
-        ok, dropped, errors = self._collect(r, chosen, strategy.targets, self._send(messages, cfg.flower.round_timeout_s))
+        sent = self.grid.send_and_receive(messages, timeout=cfg.flower.round_timeout_s) if messages else []
+        ok = strategy.check_replies(r, sent)
         arrays, _ = wrapped.aggregate_train(r, ok)
         new_global = from_record(arrays) if arrays is not None and len(arrays) else global_state
         down = nbytes(global_state) if self.method.shares_adapter else 0
         rows = [_client_row(r, lr, m, down) for m in sorted(ok, key=_client_of)]
-        test_loss, extraction = evaluate_round(cfg, self.method, engine, rd, prep, r, new_global, test_enc)
-        rows.append(round_row(r, lr, rows, chosen=chosen, trained=sorted(_client_of(m) for m in ok),
-                              bytes_down=down * len(strategy.targets), t0=t0, test_loss=test_loss,
-                              extraction=extraction, dropped=dropped, errors=errors))
+        ev = dict(strategy.evaluate_fn(r, to_record(new_global)))
+        extraction = {k.split(".", 1)[1]: v for k, v in ev.items() if k.startswith("extraction.")} or None
+        rows.append(round_row(r, lr, rows, chosen=strategy.sampled, trained=sorted(_client_of(m) for m in ok),
+                              bytes_down=down * len(strategy.targets), t0=t0, test_loss=ev.get("test_loss"),
+                              extraction=extraction, dropped=strategy.dropped, errors=strategy.errors))
         rd.commit_round(r, new_global, rows)
-        log.info("round %d: %d/%d clients, train loss %s, held-out loss %s", r, len(ok), len(chosen),
-                 _fmt(rows[-1]["train_loss"]), _fmt(test_loss))
+        log.info("round %d: %d/%d clients, train loss %s, held-out loss %s", r, len(ok), len(strategy.sampled),
+                 _fmt(rows[-1]["train_loss"]), _fmt(ev.get("test_loss")))
         return new_global
 
-    def _collect(self, r: int, chosen: list[int], targets: dict[int, int], replies: list[Message]):
-        """(successful replies, dropped client ids, errors by client id); fails the round below quorum."""
-        by_node = {n: k for k, n in targets.items()}
-        ok = [m for m in replies if not m.has_error()]
-        errors = {by_node.get(m.metadata.src_node_id, -1): m.error.reason for m in replies if m.has_error()}
-        answered = {_client_of(m) for m in ok}
-        dropped = sorted(k for k in chosen if k not in answered)
-        for k in dropped:
-            log.warning("round %d: client %d dropped (%s)", r, k, errors.get(k) or
-                        ("not connected" if k not in targets else "no reply before flower.round_timeout_s"))
-        if len(ok) < self.cfg.flower.min_replies:
-            raise FedpitError(f"round {r}: {len(ok)} client(s) replied, fewer than flower.min_replies = "
-                              f"{self.cfg.flower.min_replies}; dropped {dropped}")
-        return ok, dropped, errors
+
+def _well_formed(m: Message) -> bool:
+    """A reply that carries what aggregation needs: no error, an upload record, and the client's id and weight."""
+    if m.has_error() or ARRAYS not in m.content.array_records or METRICS not in m.content.metric_records:
+        return False
+    return {"client-id", "num-examples"} <= set(m.content[METRICS])
 
 
 def _client_of(m: Message) -> int:
