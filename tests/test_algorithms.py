@@ -8,8 +8,20 @@ import pytest
 import torch
 
 from fedpit.adapters import max_abs_diff
-from fedpit.algorithms import REGISTRY, LocalBudget, MethodParams, RoundContext
-from fedpit.algorithms import fedit, fedmit, fedpit, fedpit_mix, fedprox, fewfedweight, locit, locit_sa
+from fedpit.algorithms import (
+    REGISTRY,
+    LocalBudget,
+    MethodParams,
+    RoundContext,
+    fedit,
+    fedmit,
+    fedpit,
+    fedpit_mix,
+    fedprox,
+    fewfedweight,
+    locit,
+    locit_sa,
+)
 from fedpit.algorithms.base import LOCAL_PREFIX, split_state
 from fedpit.backbone import load_backbone
 from fedpit.config import FedPITConfig, FedProxConfig

@@ -47,9 +47,9 @@ def cmd_run(args) -> int:
 
 def cmd_partition(args) -> int:
     from .config import load_config
+    from .federation import prepare
     from .partition import counts_text
     from .rundir import write_json
-    from .federation import prepare
 
     cfg = load_config(args.config, args.overrides)
     prep = prepare(cfg)

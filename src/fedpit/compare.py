@@ -23,8 +23,8 @@ from .algorithms import get_method
 from .config import Config, set_value
 from .errors import ConfigError
 from .evaluate import engine_for, evaluate
-from .rundir import RunDir, read_json, write_json
 from .federation import load_split
+from .rundir import RunDir, read_json, write_json
 from .runner import Runner
 
 

@@ -20,8 +20,16 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .adapters import StateDict, load_state
-from .algorithms.base import (ClientReply, Method, MethodParams, RoundContext, budget_of, client_seed,
-                              sample_clients, split_state)
+from .algorithms.base import (
+    ClientReply,
+    Method,
+    MethodParams,
+    RoundContext,
+    budget_of,
+    client_seed,
+    sample_clients,
+    split_state,
+)
 from .config import Config
 from .data import Example, check_enough, load_demo, load_examples, save_jsonl
 from .errors import ConfigError

@@ -25,9 +25,24 @@ from .adapters import StateDict, load_state, nbytes, save_state
 from .algorithms import Method, get_method
 from .config import Config
 from .engine import Engine
-from .federation import (Prepared, client_context, client_row, client_seed, encoded_test, evaluate_round,
-                         finish_run, make_engine, named, open_run, prepare, resume_config, round_plan, round_row,
-                         sample_clients, write_artifacts)
+from .federation import (
+    Prepared,
+    client_context,
+    client_row,
+    client_seed,
+    encoded_test,
+    evaluate_round,
+    finish_run,
+    make_engine,
+    named,
+    open_run,
+    prepare,
+    resume_config,
+    round_plan,
+    round_row,
+    sample_clients,
+    write_artifacts,
+)
 from .rundir import RunDir
 
 TRANSPORT = "in-process"

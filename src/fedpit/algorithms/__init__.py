@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 
 from ..errors import ConfigError
-from .base import ClientReply, ClientResult, ClientState, LocalBudget, Method, MethodParams, REGISTRY, RoundContext
+from .base import REGISTRY, ClientReply, ClientResult, ClientState, LocalBudget, Method, MethodParams, RoundContext
 
 
 def load_all() -> dict[str, Method]:

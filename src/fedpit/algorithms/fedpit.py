@@ -15,8 +15,18 @@ from __future__ import annotations
 
 from ..adapters import StateDict
 from ..selfgen import self_generate
-from .base import (ClientReply, ClientResult, ClientState, Method, RoundContext, fedavg, join_state, register,
-                   split_state, train_stats)
+from .base import (
+    ClientReply,
+    ClientResult,
+    ClientState,
+    Method,
+    RoundContext,
+    fedavg,
+    join_state,
+    register,
+    split_state,
+    train_stats,
+)
 
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from ..adapters import StateDict
-from .base import (ClientReply, ClientResult, ClientState, Method, RoundContext, join_state, keep_global, register,
-                   split_state)
+from .base import (
+    ClientReply,
+    ClientResult,
+    ClientState,
+    Method,
+    RoundContext,
+    join_state,
+    keep_global,
+    register,
+    split_state,
+)
 
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,

@@ -30,7 +30,18 @@ from ..engine import Engine
 from ..errors import ConfigError
 from ..federation import client_context, client_share, make_engine, save_adapter, write_artifacts
 from ..rundir import RunDir
-from .common import ARRAYS, CONFIG, METRICS, config_of, fingerprint, from_record, informative, metric_record, node_root, to_record
+from .common import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    config_of,
+    fingerprint,
+    from_record,
+    informative,
+    metric_record,
+    node_root,
+    to_record,
+)
 
 log = logging.getLogger("fedpit.flower.client")
 

@@ -52,7 +52,7 @@ def make_certificates(out: str | Path, hosts: list[str] | tuple[str, ...] = (), 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
 
     def pem_key(key) -> bytes:

@@ -26,11 +26,29 @@ from ..adapters import StateDict, nbytes
 from ..algorithms import ClientReply, Method, get_method
 from ..config import Config
 from ..errors import ConfigError, FedpitError
-from ..federation import (client_row, encoded_test, evaluate_round, finish_run, make_engine, named,
-                          open_run, prepare, round_plan, round_row)
+from ..federation import (
+    client_row,
+    encoded_test,
+    evaluate_round,
+    finish_run,
+    make_engine,
+    named,
+    open_run,
+    prepare,
+    round_plan,
+    round_row,
+)
 from ..rundir import RunDir
-from .common import (ARRAYS, CONFIG, METRICS, config_from_run_config, config_record, from_record, metric_record,
-                     to_record)
+from .common import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    config_from_run_config,
+    config_record,
+    from_record,
+    metric_record,
+    to_record,
+)
 
 log = logging.getLogger("fedpit.flower.server")
 TRANSPORT = "flower"
