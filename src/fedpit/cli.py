@@ -226,7 +226,8 @@ def cmd_flower(args) -> int:
     cfg_file.write_text(to_toml(cfg), encoding="utf-8")
     app = Path(args.app) if args.app else repo_app_dir()
     with LocalCluster(work, nodes=cfg.partition.num_clients, tls=not args.insecure, auth=not args.insecure) as c:
-        print(f"SuperLink 127.0.0.1:{c.port} and {c.nodes} SuperNodes up ({'insecure' if args.insecure else 'TLS, node keys'}); "
+        security = "insecure" if args.insecure else "TLS, node keys"
+        print(f"SuperLink 127.0.0.1:{c.port} and {c.nodes} SuperNodes up ({security}); "
               f"logs in {c.logs}", file=sys.stderr)
         run_id = c.submit(app, {"config": str(cfg_file)})
         st = c.wait_run(run_id, timeout=args.timeout)

@@ -51,5 +51,6 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
 
 METHOD = register(Method(
     name="fedpit",
-    description="shared adapter trained on self-generated data only; private local adapter on local + synthetic data",
+    description="shared adapter trained on self-generated data only; "
+                "private local adapter on local + synthetic data",
     client_update=client_update, server_aggregate=fedavg))

@@ -78,5 +78,6 @@ def server_aggregate(global_adapter: StateDict, replies: list[ClientReply]) -> S
 
 METHOD = register(Method(
     name="fewfedweight",
-    description="pseudo responses from the global model, energy-weighted; aggregation weights from client loss (approx.)",
+    description="pseudo responses from the global model, energy-weighted; "
+                "aggregation weights from client loss (approx.)",
     client_update=client_update, server_aggregate=server_aggregate))
