@@ -237,6 +237,20 @@ def cmd_flower(args) -> int:
     return 0
 
 
+def _add_compare_parsers(sub) -> None:
+    for name, helptext in (("compare", "run methods x seeds on the same partition and budget, evaluate, report"),
+                           ("sweep", "like compare, over the values of one setting (--set-values key=v1,v2,...)")):
+        p = sub.add_parser(name, help=helptext)
+        _add_config_args(p)
+        p.add_argument("--algorithms", default="fedpit,fedit,locit,cenit")
+        p.add_argument("--seeds", default="1,2,3")
+        if name == "sweep":
+            p.add_argument("--set-values", required=True, metavar="KEY=V1,V2,...")
+        p.add_argument("--out", help="experiment folder (default: experiments/<time>-<command>)")
+        _add_eval_args(p, test_default="")
+        p.set_defaults(func=cmd_compare)
+
+
 def _add_flower_parser(sub) -> None:
     p = sub.add_parser("flower", help="run on Flower: simulate | local (SuperLink + SuperNodes here) | certs | keys")
     fl = p.add_subparsers(dest="action", required=True)
@@ -286,17 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default="auto")
         p.set_defaults(func=cmd_chat)
 
-    for name, helptext in (("compare", "run methods x seeds on the same partition and budget, evaluate, report"),
-                           ("sweep", "like compare, over the values of one setting (--set-values key=v1,v2,...)")):
-        p = sub.add_parser(name, help=helptext)
-        _add_config_args(p)
-        p.add_argument("--algorithms", default="fedpit,fedit,locit,cenit")
-        p.add_argument("--seeds", default="1,2,3")
-        if name == "sweep":
-            p.add_argument("--set-values", required=True, metavar="KEY=V1,V2,...")
-        p.add_argument("--out", help="experiment folder (default: experiments/<time>-<command>)")
-        _add_eval_args(p, test_default="")
-        p.set_defaults(func=cmd_compare)
+    _add_compare_parsers(sub)
 
     p = sub.add_parser("report", help="rebuild report.md/.html and plots from a results.json")
     p.add_argument("results")

@@ -146,31 +146,39 @@ def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOpt
         if summary.get("personal_adapters"):
             models.append(("private", summary["personal_adapters"]))
         for kind, folders in models:
-            per = []
-            for folder in folders:
-                per.append(_evaluate_once(folder, cfg, tests, ev))
-            rec = {"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label, "model": kind,
-                   "run_dir": summary["run_dir"], "wall_s": wall, "n_test": len(tests)}
-            for key in ("rouge_l", "cosine", "reference_loss"):
-                vals = [m[key] for m in per]
-                rec[key] = sum(vals) / len(vals)
-            judged = [_judge_fields(m) for m in per if m.get("judge")]
-            for key in judged[0] if judged else []:
-                rec[key] = sum(j[key] for j in judged) / len(judged)
-            rec.update(_leakage(summary, kind))
-            if (summary.get("extraction") or {}).get("backbone"):
-                rec["leak_floor_rouge_l"] = summary["extraction"]["backbone"]["rouge_l"]  # the bare backbone
-            records.append(rec)
-        rounds = [m for m in RunDir(summary["run_dir"]).read_metrics() if m.get("kind") == "round"]
-        curves.append({"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label,
-                       "train_loss": [m.get("train_loss") for m in rounds if m["round"] > 0],
-                       "test_loss": [m.get("test_loss") for m in rounds],
-                       "leak_rouge_l": [(m.get("extraction") or {}).get("rouge_l") for m in rounds if m["round"] > 0]})
+            per = [_evaluate_once(folder, cfg, tests, ev) for folder in folders]
+            head = {"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label, "model": kind,
+                    "run_dir": summary["run_dir"], "wall_s": wall, "n_test": len(tests)}
+            records.append(_record(head, per, summary, kind))
+        curves.append(_curve(cfg, label, summary))
         write_json(out / "results.json", {"meta": _meta(name, out, t_all, ev, started, command), "records": records, "curves": curves})
     from .report import write_report
 
     write_report(out / "results.json")
     return out / "results.json"
+
+
+def _record(head: dict, per: list[dict], summary: dict, kind: str) -> dict:
+    """One results row: the mean of each metric over the model's adapters (one shared, or each client's own)."""
+    rec = dict(head)
+    for key in ("rouge_l", "cosine", "reference_loss"):
+        vals = [m[key] for m in per]
+        rec[key] = sum(vals) / len(vals)
+    judged = [_judge_fields(m) for m in per if m.get("judge")]
+    for key in judged[0] if judged else []:
+        rec[key] = sum(j[key] for j in judged) / len(judged)
+    rec.update(_leakage(summary, kind))
+    if (summary.get("extraction") or {}).get("backbone"):
+        rec["leak_floor_rouge_l"] = summary["extraction"]["backbone"]["rouge_l"]  # the bare backbone
+    return rec
+
+
+def _curve(cfg: Config, label: str, summary: dict) -> dict:
+    rounds = [m for m in RunDir(summary["run_dir"]).read_metrics() if m.get("kind") == "round"]
+    return {"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label,
+            "train_loss": [m.get("train_loss") for m in rounds if m["round"] > 0],
+            "test_loss": [m.get("test_loss") for m in rounds],
+            "leak_rouge_l": [(m.get("extraction") or {}).get("rouge_l") for m in rounds if m["round"] > 0]}
 
 
 def _meta(name: str, out: Path, t0: float, ev: EvalOptions, started: str, command: str = "") -> dict:

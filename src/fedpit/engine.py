@@ -213,6 +213,14 @@ class Engine:
         return total / max(1, count)
 
     # ----------------------------------------------------------------------------- training
+    def _weighted(self, examples: Sequence, weights: Sequence[float] | None) -> tuple[list[Encoded], torch.Tensor]:
+        """The examples that fit, encoded, and their weights (1 each by default)."""
+        weights = [1.0] * len(examples) if weights is None else list(weights)
+        if len(weights) != len(examples):
+            raise ValueError(f"{len(weights)} weights for {len(examples)} examples")
+        pairs = [(e, w) for e, w in zip((self.encode([ex]) for ex in examples), weights) if e]
+        return [e[0] for e, _ in pairs], torch.tensor([w for _, w in pairs], dtype=torch.float32)
+
     def _accumulate(self, encoded: Sequence[Encoded], group: list[list[int]], sample_w: torch.Tensor, n_target: int,
                     stats: TrainStats) -> float:
         """Backward over one optimizer step's micro-batches (gradients accumulate); the step's summed token loss."""
@@ -240,12 +248,7 @@ class Engine:
         ``extra_loss`` (e.g. a FedProx proximal term) is added once per optimizer step. ``weights`` (one per example)
         scale each example's token losses (FewFedWeight's pseudo-sample weights).
         """
-        weights = [1.0] * len(examples) if weights is None else list(weights)
-        if len(weights) != len(examples):
-            raise ValueError(f"{len(weights)} weights for {len(examples)} examples")
-        pairs = [(e, w) for e, w in zip((self.encode([ex]) for ex in examples), weights) if e]
-        encoded = [e[0] for e, _ in pairs]
-        sample_w = torch.tensor([w for _, w in pairs], dtype=torch.float32)
+        encoded, sample_w = self._weighted(examples, weights)
         stats = TrainStats()
         if not encoded:
             return stats
