@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -59,6 +59,24 @@ def make_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generat
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     perm = rng.permutation(len(batches)).tolist()
     return [batches[i] for i in perm]
+
+
+def micro_batch_stream(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
+                       group_by_length: bool = True) -> Iterator[list[int]]:
+    """:func:`make_batches` epoch after epoch, endlessly (a fixed step budget cycles over the data)."""
+    while True:
+        yield from make_batches(lengths, batch_size, rng, group_by_length)
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                    extra_loss: Callable[[], torch.Tensor] | None, max_grad_norm: float) -> None:
+    """Add the extra loss's gradient (FedProx), clip, step, and clear the gradients."""
+    if extra_loss is not None:
+        extra_loss().backward()
+    if max_grad_norm and max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 class Engine:
@@ -260,24 +278,14 @@ class Engine:
         lengths = [len(e.input_ids) for e in encoded]
         micro_per_epoch = math.ceil(len(encoded) / batch_size)
         total_steps = steps if steps > 0 else max(1, math.ceil(epochs * micro_per_epoch / grad_accum))
-
-        def micro_batches():
-            while True:
-                yield from make_batches(lengths, batch_size, rng, group_by_length)
-
-        stream = micro_batches()
+        stream = micro_batch_stream(lengths, batch_size, rng, group_by_length)
         self.model.train()
         loss_sum, tok_sum = 0.0, 0
         for step in range(total_steps):
             group = [next(stream) for _ in range(grad_accum)]
             n_target = sum(encoded[i].num_target_tokens for mb in group for i in mb)
             step_loss = self._accumulate(encoded, group, sample_w, n_target, stats)
-            if extra_loss is not None:
-                extra_loss().backward()
-            if max_grad_norm and max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            _optimizer_step(opt, params, extra_loss, max_grad_norm)
             loss_sum += step_loss
             tok_sum += n_target
             if step == 0:
