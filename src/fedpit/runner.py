@@ -30,6 +30,7 @@ from .config import Config, load_config, to_toml
 from .data import Example, check_enough, load_demo, load_examples, save_jsonl
 from .engine import Engine, LoraSpec, cosine_lr
 from .errors import ConfigError
+from .fsutil import check_writable_dir, write_private_text
 from .partition import Partition, make_partition
 from .privacy import extraction_attack, sample_targets
 from .rundir import RunDir, read_json, write_json
@@ -205,10 +206,9 @@ class Runner:
         with engine.model.disable_adapter() if adapter is None else nullcontext():
             res = extraction_attack(engine.model, engine.tokenizer, targets, template=engine.template,
                                     max_new_tokens=cfg.eval.extraction_max_new_tokens, max_len=engine.max_seq_len)
-        folder = rd.path / "extraction"
-        folder.mkdir(exist_ok=True)
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in res.per_example),
-                                              encoding="utf-8")
+        # the rows quote private training instructions: owner-only (600), like the clients' synthetic data
+        write_private_text(rd.path / "extraction" / f"{name}.jsonl",
+                           "".join(json.dumps(r) + "\n" for r in res.per_example))
         return res.summary()
 
     def _finish_clients(self, rd: RunDir, prep: Prepared, engine: Engine, test_enc: list):
@@ -241,7 +241,10 @@ class Runner:
         cfg = self.cfg
         t_start = time.perf_counter()
         prep = prepare(cfg)  # all input validation happens here, before anything is written
+        if resume is None:
+            check_writable_dir(cfg.output_dir, "output_dir")  # before the model loads, not after
         engine = make_engine(cfg)
+        engine.encode(prep.train)  # tokenized once, up front: one warning counts every example cut to max_seq_len
         if resume is not None:
             rd = RunDir(resume)
             prep.partition = Partition.from_dict(read_json(rd.path / "partition.json"))
@@ -256,6 +259,7 @@ class Runner:
             self._save_global(rd, rd.round_dir(0), global_state, engine)
             start = 1
             rd.set_progress(completed_rounds=0, status="running")
+        self.run_dir = rd.path  # for the CLI's interrupt hint
         test_enc = engine.encode(prep.test[: cfg.eval.max_examples]) if cfg.eval.test_loss else []
         if start == 1 and test_enc:
             engine.load_adapter(global_state)
