@@ -73,6 +73,7 @@ def cmd_partition(args) -> int:
     if args.json:
         from pathlib import Path
 
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), part.to_dict())
         print(f"partition written to {args.json}")
     if args.plot:

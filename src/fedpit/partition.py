@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -362,6 +363,7 @@ def plot_partition(partition: Partition, path: str | os.PathLike) -> str:
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, format="png")
     except OSError as e:
         raise ConfigError(f"--plot {path}: cannot write ({e.strerror or e})") from None
