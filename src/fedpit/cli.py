@@ -269,6 +269,13 @@ def cmd_flower(args) -> int:
     return 0
 
 
+def _one_line(message: str) -> str:
+    """The message with line breaks, other control characters and lone surrogates (from user input it quotes)
+    escaped, so an error is always exactly one printable line."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fedpit {__version__}")
@@ -358,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FedpitError as e:
-        print(f"fedpit: error: {e}", file=sys.stderr)
+        print(f"fedpit: error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         hint = getattr(args, "interrupt_hint", None)
