@@ -347,7 +347,10 @@ def test_evaluate_checks_the_judge_first_and_keeps_answers_for_the_rerun(tiny_mo
 
     engine = engine_for(None, model=tiny_model_path, dtype="fp32", max_seq_len=128)
     examples = load_demo("test")[:3]
-    embed = lambda texts: [[1.0, float(len(t) % 5)] for t in texts]  # noqa: E731
+
+    def embed(texts):
+        return [[1.0, float(len(t) % 5)] for t in texts]
+
     generated = []
     real_generate = fedpit.evaluate.generate
     monkeypatch.setattr(fedpit.evaluate, "generate", lambda *a, **k: generated.append(1) or real_generate(*a, **k))

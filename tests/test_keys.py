@@ -105,7 +105,7 @@ def test_private_keys_are_created_with_mode_600_never_chmod_ed(tmp_path, monkeyp
 
 def test_a_key_file_created_meanwhile_is_not_clobbered(tmp_path, monkeypatch):
     # O_EXCL: even if the file appears between the existence check and the write, it is refused, not replaced
-    import fedpit.flower.deploy as deploy
+    from fedpit.flower import deploy
 
     monkeypatch.setattr(deploy, "_prepare_out", lambda out, files, force: out.mkdir(parents=True, exist_ok=True))
     (tmp_path / "k").mkdir()

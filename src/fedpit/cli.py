@@ -175,6 +175,9 @@ def cmd_compare(args) -> int:
         raise FedpitError(f"--seeds expects integers like 1,2,3, got '{args.seeds}'") from None
     cells = grid(base, algorithms, seeds, getattr(args, "set_values", None))
     out = Path(args.out or f"experiments/{datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.command}")
+    from .fsutil import check_writable_dir
+
+    check_writable_dir(out, "--out")  # before any training
     command = " ".join(shlex.quote(a) for a in ["fedpit", *args.argv])
     args.interrupt_hint = "continue with: " + command + ("" if args.out else f" --out {shlex.quote(str(out))}") + \
         " (finished runs and evaluations are reused)"
