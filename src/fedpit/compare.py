@@ -38,6 +38,13 @@ class EvalOptions:
     batch_size: int = 8
     judge: object | None = None
 
+    def __post_init__(self):
+        for name, value, low in (("--limit", self.limit, 0), ("--max-new-tokens", self.max_new_tokens, 1),
+                                 ("--batch-size", self.batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}" + (" (0 = all)" if name == "--limit" else "")
+                                  + f", got {value!r}")
+
 
 def _parse_set_values(spec: str) -> tuple[str, list[str]]:
     if "=" not in spec:
@@ -46,11 +53,20 @@ def _parse_set_values(spec: str) -> tuple[str, list[str]]:
     vals = [v.strip() for v in values.split(",") if v.strip()]
     if not vals:
         raise ConfigError(f"--set-values {key}: no values")
+    twice = sorted({v for v in vals if vals.count(v) > 1})
+    if twice:
+        raise ConfigError(f"--set-values {key}: {', '.join(twice)} listed more than once")
     return key.strip(), vals
 
 
 def grid(base: Config, algorithms: list[str], seeds: list[int], sweep: str | None = None) -> list[tuple[str, Config]]:
     """(setting label, config) for every cell; every config is validated before anything runs."""
+    for what, values in (("--algorithms", algorithms), ("--seeds", seeds)):
+        if not values:
+            raise ConfigError(f"{what}: nothing to run (the list is empty)")
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{what} lists {', '.join(twice)} more than once (each would be run and counted twice)")
     settings: list[tuple[str, list[tuple[str, str]]]] = [("", [])]
     if sweep:
         key, vals = _parse_set_values(sweep)
@@ -95,7 +111,8 @@ def _evaluate_once(folder: str, cfg: Config, tests: list, ev: EvalOptions) -> di
             and read_json(out / "settings.json") == settings:
         return read_json(out / "metrics.json")
     engine = engine_for(folder, max_seq_len=cfg.model.max_seq_len, dtype=cfg.model.dtype)
-    res = evaluate(engine, folder, tests, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, judge=ev.judge)
+    res = evaluate(engine, folder, tests, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, judge=ev.judge,
+                   answers_dir=out)
     res.save(out)
     write_json(out / "settings.json", settings)
     return res.metrics

@@ -7,6 +7,7 @@ impossible config fails before anything is loaded or written.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -192,6 +193,9 @@ def valid_keys(cfg: Config | None = None) -> list[str]:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a TOML value or a --set string to the field's type."""
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str) and not _utf8_ok(text):
+            raise ConfigError(f"{key}: not valid Unicode text (a lone surrogate; e.g. a path that is not UTF-8)")
     origin = typing.get_origin(tp)
     if origin is list:
         if isinstance(value, str):
@@ -230,6 +234,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return str(value)
         raise ConfigError(f"{key}: expected text, got {value!r}")
     raise ConfigError(f"{key}: unsupported type")  # pragma: no cover
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _field_types(obj) -> dict[str, Any]:
@@ -301,7 +313,7 @@ def to_toml(cfg: Config) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")  # JSON's escapes are TOML's
         if isinstance(v, list):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         return repr(v)

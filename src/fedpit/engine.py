@@ -6,6 +6,7 @@ tokenized once per run. Algorithms call :meth:`Engine.train` and :meth:`Engine.l
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from .adapters import StateDict, clone_state
 from .backbone import Backbone
 from .prompts import IGNORE_INDEX, Encoded, encode_example
+
+log = logging.getLogger("fedpit.engine")
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Engine:
         self.model = get_peft_model(backbone.model, self.peft_config)
         self.initial_adapter = self.adapter_state()
         self._encoded: dict[object, Encoded | None] = {}
+        self._warned_cut = False
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     # ----------------------------------------------------------------------------- adapter weights
@@ -124,13 +128,24 @@ class Engine:
 
     # ----------------------------------------------------------------------------- data
     def encode(self, examples: Sequence) -> list[Encoded]:
-        """Tokenize (cached per example for the whole run); examples whose response cannot fit are dropped."""
-        out = []
+        """Tokenize (cached per example for the whole run); examples whose response cannot fit are dropped.
+
+        The first call that meets examples longer than ``max_seq_len`` warns once, with their count and the longest
+        length: they are cut to fit, silently otherwise."""
+        out, cut = [], []
         for ex in examples:
             if ex not in self._encoded:
-                self._encoded[ex] = encode_example(self.tokenizer, ex, template=self.template, max_len=self.max_seq_len)
+                self._encoded[ex] = enc = encode_example(self.tokenizer, ex, template=self.template,
+                                                         max_len=self.max_seq_len)
+                if enc is not None and enc.full_length:
+                    cut.append(enc.full_length)
             if self._encoded[ex] is not None:
                 out.append(self._encoded[ex])
+        if cut and not self._warned_cut:
+            self._warned_cut = True
+            log.warning("%d of %d examples are longer than model.max_seq_len = %d tokens and were cut to fit (the "
+                        "longest has %d tokens); raise model.max_seq_len to keep more of them (warned once)",
+                        len(cut), len(examples), self.max_seq_len, max(cut))
         return out
 
     def _collate(self, items: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,11 +8,15 @@ model's mean token loss on the reference answer.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .adapters import load_state
 from .backbone import DEFAULT_MODEL
@@ -23,7 +27,10 @@ from .federation import make_engine
 from .generate import generate
 from .metrics import embedding_cosine, rouge_l
 from .prompts import build_prompt
-from .rundir import read_adapter_folder, write_json
+from .rundir import read_adapter_folder, read_json, write_json
+
+log = logging.getLogger("fedpit.evaluate")
+ANSWERS, GENERATION = "answers.jsonl", "generation.json"
 
 
 @dataclass
@@ -34,9 +41,40 @@ class EvalResult:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows),
-                                              encoding="utf-8")
+        _write_rows(folder / ANSWERS, self.rows)
         write_json(folder / "metrics.json", self.metrics)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def generation_key(engine: Engine, adapter: dict | None, prompts: list[str], max_new_tokens: int,
+                   batch_size: int) -> str:
+    """A digest of everything the greedy answers depend on: backbone, adapter weights, prompts, settings."""
+    h = hashlib.sha256(json.dumps([engine.backbone.path, str(engine.backbone.dtype), engine.template,
+                                   max_new_tokens, batch_size, prompts], ensure_ascii=False).encode("utf-8",
+                                                                                                   "surrogatepass"))
+    for name in sorted(adapter or {}):
+        t = adapter[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def saved_answers(folder: Path, key: str, n: int) -> list[str] | None:
+    """The answers saved in ``folder`` by an earlier evaluation with the same :func:`generation_key`, else None."""
+    try:
+        if read_json(folder / GENERATION).get("key") != key:
+            return None
+        rows = [json.loads(line) for line in (folder / ANSWERS).read_text(encoding="utf-8").splitlines() if line]
+    except (OSError, ValueError, AttributeError):
+        return None
+    answers = [r.get("answer") if isinstance(r, dict) else None for r in rows]
+    return answers if len(answers) == n and all(isinstance(a, str) for a in answers) else None
 
 
 def engine_for(adapter: str | Path | None, *, model: str | None = None, dtype: str = "auto",
@@ -56,10 +94,19 @@ def engine_for(adapter: str | Path | None, *, model: str | None = None, dtype: s
 
 
 def evaluate(engine: Engine, adapter: str | Path | dict | None, examples: list[Example], *,
-             max_new_tokens: int = 256, batch_size: int = 8, judge=None, embed=None) -> EvalResult:
-    """Answer every example with ``adapter`` loaded (None: the bare backbone) and score the answers."""
+             max_new_tokens: int = 256, batch_size: int = 8, judge=None, embed=None,
+             answers_dir: str | Path | None = None) -> EvalResult:
+    """Answer every example with ``adapter`` loaded (None: the bare backbone) and score the answers.
+
+    With a ``judge``, its endpoint is checked with one cheap request before anything is generated. With
+    ``answers_dir``, the answers are saved there (answers.jsonl, generation.json) as soon as they are generated,
+    before any judging, and an earlier evaluation's answers for the same backbone, adapter, prompts and settings are
+    reused instead of generated again (so a judge that fails midway costs no regeneration on the rerun).
+    """
     import contextlib
 
+    if judge is not None and hasattr(judge, "check"):
+        judge.check()
     if isinstance(adapter, (str, Path)):
         adapter = load_state(Path(adapter) / "adapter_model.safetensors")
     if adapter is not None:
@@ -68,8 +115,20 @@ def evaluate(engine: Engine, adapter: str | Path | dict | None, examples: list[E
     with scope:
         prompts = [build_prompt(e.instruction, e.input, template=engine.template, tokenizer=engine.tokenizer)
                    for e in examples]
-        answers = generate(engine.model, engine.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size)
+        key = generation_key(engine, adapter, prompts, max_new_tokens, batch_size) if answers_dir else ""
+        answers = saved_answers(Path(answers_dir), key, len(prompts)) if answers_dir else None
+        if answers is not None:
+            log.warning("%s: reusing %d answers saved by an earlier evaluation (same model, adapter, prompts and "
+                        "settings)", Path(answers_dir) / ANSWERS, len(answers))
+        else:
+            answers = generate(engine.model, engine.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size)
+            if answers_dir:
+                folder = Path(answers_dir)
+                folder.mkdir(parents=True, exist_ok=True)
+                _write_rows(folder / ANSWERS, [{"instruction": e.instruction, "input": e.input, "reference": e.output,
+                                                "answer": a} for e, a in zip(examples, answers)])
+                write_json(folder / GENERATION, {"key": key, "n": len(answers)})
         ref_loss = engine.mean_loss(engine.encode(examples))
     cos = embedding_cosine(answers, [e.output for e in examples], embed=embed)
     rows = [{"instruction": e.instruction, "input": e.input, "reference": e.output, "answer": a,

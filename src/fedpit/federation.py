@@ -33,6 +33,7 @@ from .algorithms.base import (
 from .config import Config
 from .data import Example, check_enough, load_demo, load_examples, save_jsonl
 from .errors import ConfigError
+from .fsutil import write_private_text
 from .partition import Partition, make_partition
 from .rundir import RunDir, read_json, write_json
 
@@ -246,9 +247,8 @@ def attack(cfg: Config, rd: RunDir, engine: Engine, train: list[Example], adapte
     with engine.model.disable_adapter() if adapter is None else nullcontext():
         res = extraction_attack(engine.model, engine.tokenizer, targets, template=engine.template,
                                 max_new_tokens=cfg.eval.extraction_max_new_tokens, max_len=engine.max_seq_len)
-    folder = rd.path / "extraction"
-    folder.mkdir(exist_ok=True)
-    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in res.per_example), encoding="utf-8")
+    # the rows quote private training instructions: owner-only (600), like the clients' synthetic data
+    write_private_text(rd.path / "extraction" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in res.per_example))
     return res.summary()
 
 

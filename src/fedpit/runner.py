@@ -25,6 +25,7 @@ from .adapters import StateDict, load_state, nbytes, save_state
 from .algorithms import Method, get_method
 from .config import Config
 from .engine import Engine
+from .fsutil import check_writable_dir
 from .federation import (
     Prepared,
     client_context,
@@ -61,8 +62,12 @@ class Runner:
         cfg = self.cfg
         t_start = time.perf_counter()
         prep = prepare(cfg)  # all input validation happens here, before anything is written
+        if resume is None:
+            check_writable_dir(cfg.output_dir, "output_dir")  # before the model loads, not after
         engine = make_engine(cfg)
+        engine.encode(prep.train)  # tokenized once, up front: one warning counts every example cut to max_seq_len
         rd, start, global_state = open_run(cfg, engine, prep, resume, TRANSPORT)
+        self.run_dir = rd.path  # for the CLI's interrupt hint
         test_enc = encoded_test(cfg, engine, prep)
 
         R = cfg.federation.rounds
