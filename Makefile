@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-fast bench clean
+.PHONY: install lint test test-fast bench clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,11 @@ install:
 	@$(BIN)/python -c "import importlib.util,sys; sys.exit('the kernels package is installed; it reaches for the hub' if importlib.util.find_spec('kernels') else 0)"
 	$(BIN)/fedpit --version
 
-test:
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q --durations=12
 
 test-fast:

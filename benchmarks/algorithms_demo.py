@@ -16,12 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ALL = "fedpit,fedpit-mix,fedit,fedmit,fedprox,fewfedweight,locit,locit-sa,cenit"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--algorithms", default=ALL)
+    from fedpit.algorithms import load_all
+
+    ap.add_argument("--algorithms", default=",".join(load_all()))
     ap.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()

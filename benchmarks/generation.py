@@ -35,8 +35,8 @@ def main() -> None:
 
     from fedpit.backbone import packaged_gguf, quiet_libraries
     from fedpit.config import Config
+    from fedpit.federation import make_engine, prepare
     from fedpit.generate import generate
-    from fedpit.runner import make_engine, prepare
     from fedpit.selfgen import instruction_prompt, response_prompt, self_generate
 
     quiet_libraries()

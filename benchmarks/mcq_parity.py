@@ -23,8 +23,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 OWN = {"pubmedqa": "pubmedqa/pubmedqa.yaml", "medqa": "medqa/medqa.yaml", "medmcqa": "medmcqa/medmcqa.yaml"}
 
 
-def lm_eval_direct(model_path: str, adapter: str | None, dtype: str, data_files: dict, limit: int | None,
-                   batch_size: int) -> dict:
+def lm_eval_direct(
+    model_path: str, adapter: str | None, dtype: str, data_files: dict, limit: int | None, batch_size: int
+) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
@@ -32,16 +33,34 @@ def lm_eval_direct(model_path: str, adapter: str | None, dtype: str, data_files:
     tasks = {}
     for name, f in data_files.items():
         cfg = load_yaml(Path(lm_eval.__file__).parent / "tasks" / OWN[name])
-        cfg.update(dataset_path="json", dataset_name=None, training_split=None, validation_split=None,
-                   test_split="test", dataset_kwargs={"data_files": {"test": str(f)}})
+        cfg.update(
+            dataset_path="json",
+            dataset_name=None,
+            training_split=None,
+            validation_split=None,
+            test_split="test",
+            dataset_kwargs={"data_files": {"test": str(f)}},
+        )
         tasks[cfg["task"]] = (name, cfg)
     args = {"pretrained": model_path, "dtype": dtype} | ({"peft": adapter} if adapter else {})
-    out = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=[c for _, c in tasks.values()],
-                                  task_manager=TaskManager(include_defaults=False), batch_size=batch_size,
-                                  device="cpu", limit=limit, log_samples=True)
-    return {name: {"acc": out["results"][t]["acc,none"], "acc_norm": out["results"][t].get("acc_norm,none"),
-                   "lls": [[float(r[0]) for r in s["filtered_resps"]] for s in out["samples"][t]]}
-            for t, (name, _) in tasks.items()}
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=args,
+        tasks=[c for _, c in tasks.values()],
+        task_manager=TaskManager(include_defaults=False),
+        batch_size=batch_size,
+        device="cpu",
+        limit=limit,
+        log_samples=True,
+    )
+    return {
+        name: {
+            "acc": out["results"][t]["acc,none"],
+            "acc_norm": out["results"][t].get("acc_norm,none"),
+            "lls": [[float(r[0]) for r in s["filtered_resps"]] for s in out["samples"][t]],
+        }
+        for t, (name, _) in tasks.items()
+    }
 
 
 def main() -> int:
@@ -69,38 +88,78 @@ def main() -> int:
 
     out = Path(tempfile.mkdtemp(prefix="fedpit-mcq-parity-"))
     t0 = time.perf_counter()
-    ours = evaluate_models(names, adapters, model=args.model, data_dir=args.benchmark_data, limit=args.limit or None,
-                           dtype=args.dtype, batch_size=args.batch_size, out=out, progress=True)
+    ours = evaluate_models(
+        names,
+        adapters,
+        model=args.model,
+        data_dir=args.benchmark_data,
+        limit=args.limit or None,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        out=out,
+        progress=True,
+    )
     t_ours = time.perf_counter() - t0
     label = "adapter" if args.adapter else "backbone"
     t0 = time.perf_counter()
-    theirs = lm_eval_direct(model_path, args.adapter, dtype_name(args.dtype), files, args.limit or None,
-                            args.batch_size)
+    theirs = lm_eval_direct(
+        model_path, args.adapter, dtype_name(args.dtype), files, args.limit or None, args.batch_size
+    )
     t_theirs = time.perf_counter() - t0
     rows, ok = [], True
     for n in names:
         o = ours["models"][label]["scores"][n]
-        lls = [json.loads(x)["loglikelihoods"] for x in (out / "samples" / label / f"{n}.jsonl").read_text().splitlines()]
+        lls = [
+            json.loads(x)["loglikelihoods"] for x in (out / "samples" / label / f"{n}.jsonl").read_text().splitlines()
+        ]
         diff = max((abs(a - b) for x, y in zip(lls, theirs[n]["lls"]) for a, b in zip(x, y)), default=None)
-        same = o["acc"] == theirs[n]["acc"] and (theirs[n]["acc_norm"] is None  # lm-eval's pubmedqa: acc only
-                                                 or o.get("acc_norm") == theirs[n]["acc_norm"])
+        same = o["acc"] == theirs[n]["acc"] and (
+            theirs[n]["acc_norm"] is None  # lm-eval's pubmedqa: acc only
+            or o.get("acc_norm") == theirs[n]["acc_norm"]
+        )
         ok &= same
-        rows.append({"benchmark": n, "n": o["n"], "fedpit_acc": o["acc"], "lm_eval_acc": theirs[n]["acc"],
-                     "fedpit_acc_norm": o.get("acc_norm"), "lm_eval_acc_norm": theirs[n]["acc_norm"],
-                     "max_abs_loglik_diff": diff, "identical": same})
+        rows.append(
+            {
+                "benchmark": n,
+                "n": o["n"],
+                "fedpit_acc": o["acc"],
+                "lm_eval_acc": theirs[n]["acc"],
+                "fedpit_acc_norm": o.get("acc_norm"),
+                "lm_eval_acc_norm": theirs[n]["acc_norm"],
+                "max_abs_loglik_diff": diff,
+                "identical": same,
+            }
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": model_path, "adapter": args.adapter, "limit": args.limit,
-                                               "dtype": dtype_name(args.dtype), "rows": rows,
-                                               "fedpit_s": t_ours, "lm_eval_s": t_theirs}, indent=2))
-    print(f"{'benchmark':10} {'n':>5} {'fedpit acc':>11} {'lm-eval acc':>12} {'fedpit norm':>12} {'lm-eval norm':>13} "
-          f"{'max |dLL|':>10}")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model": model_path,
+                    "adapter": args.adapter,
+                    "limit": args.limit,
+                    "dtype": dtype_name(args.dtype),
+                    "rows": rows,
+                    "fedpit_s": t_ours,
+                    "lm_eval_s": t_theirs,
+                },
+                indent=2,
+            )
+        )
+    print(
+        f"{'benchmark':10} {'n':>5} {'fedpit acc':>11} {'lm-eval acc':>12} {'fedpit norm':>12} {'lm-eval norm':>13} "
+        f"{'max |dLL|':>10}"
+    )
     for r in rows:
         d = "n/a" if r["max_abs_loglik_diff"] is None else f"{r['max_abs_loglik_diff']:.2e}"
         norm = "-" if r["lm_eval_acc_norm"] is None else f"{r['lm_eval_acc_norm']:.4f}"
-        print(f"{r['benchmark']:10} {r['n']:>5} {r['fedpit_acc']:>11.4f} {r['lm_eval_acc']:>12.4f} "
-              f"{r['fedpit_acc_norm']:>12.4f} {norm:>13} {d:>10}")
-    print(f"fedpit {t_ours:.0f} s (about 0 when cached), lm-eval direct {t_theirs:.0f} s; "
-          + ("identical accuracies" if ok else "MISMATCH"))
+        print(
+            f"{r['benchmark']:10} {r['n']:>5} {r['fedpit_acc']:>11.4f} {r['lm_eval_acc']:>12.4f} "
+            f"{r['fedpit_acc_norm']:>12.4f} {norm:>13} {d:>10}"
+        )
+    print(
+        f"fedpit {t_ours:.0f} s (about 0 when cached), lm-eval direct {t_theirs:.0f} s; "
+        + ("identical accuracies" if ok else "MISMATCH")
+    )
     return 0 if ok else 1
 
 

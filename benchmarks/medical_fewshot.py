@@ -6,7 +6,8 @@ adapters are evaluated on AlpaCare's MedInstruct-test against the gpt-3.5-turbo 
 (Rouge-L, MiniLM cosine, reference loss). Everything goes through `fedpit compare`, so results.json, report.md and the
 plots land in --out.
 
-    .venv/bin/python benchmarks/medical_fewshot.py [--source medalpaca|chatdoctor] [--algorithms fedpit,fedit,locit,cenit]
+    .venv/bin/python benchmarks/medical_fewshot.py [--source medalpaca|chatdoctor]
+        [--algorithms fedpit,fedit,locit,cenit]
         [--seeds 1] [--limit 60] [--out experiments/medical-fewshot]
 """
 

@@ -22,11 +22,10 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
 
-    from fedpit.algorithms import RoundContext, get_method
+    from fedpit.algorithms import get_method
     from fedpit.backbone import quiet_libraries
     from fedpit.config import load_config
-    from fedpit.engine import cosine_lr
-    from fedpit.runner import budget_of, centralized_budget, client_seed, make_engine, params_of, prepare
+    from fedpit.federation import client_context, make_engine, prepare
 
     quiet_libraries()
     cfg = load_config(overrides=args.overrides)
@@ -36,18 +35,15 @@ def main() -> None:
     print(f"backbone + LoRA loaded in {time.perf_counter() - t0:.1f} s; {cfg.partition.num_clients} clients, "
           f"local_steps {cfg.train.local_steps}, batch {cfg.train.batch_size}, "
           f"selfgen {cfg.selfgen.num_instructions} per client")
-    lr = cosine_lr(0, cfg.federation.rounds, cfg.train.lr, cfg.train.lr_min)
     times = {}
     for name in args.methods.split(","):
         method = get_method(name)
-        clients = [0] if method.CENTRALIZED else range(cfg.partition.num_clients)
-        budget = centralized_budget(cfg) if method.CENTRALIZED else budget_of(cfg)
+        clients = [0] if method.pools_data else range(cfg.partition.num_clients)  # every client, as in round 1
         t = time.perf_counter()
         extra = []
         for k in clients:
-            examples = prep.train if method.CENTRALIZED else prep.client_examples(k)
-            ctx = RoundContext(round=1, num_rounds=cfg.federation.rounds, client_id=k, lr=lr,
-                               seed=client_seed(cfg.seed, 1, k), budget=budget, params=params_of(cfg))
+            examples = method.examples(prep.train, prep.partition, k)
+            ctx = client_context(cfg, method, 1, k)
             res = method.client_update(engine, engine.initial_adapter, examples, {}, ctx)
             if "synthetic" in res.reply.metrics:
                 extra.append(res.reply.metrics["synthetic"])

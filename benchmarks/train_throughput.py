@@ -65,7 +65,8 @@ def main() -> None:
               f"{r['tokens']} tokens, threads {r['threads']}, peak RSS so far {rss:.0f} MB "
               f"({time.perf_counter() - t0:.0f} s incl. load)")
     if len(results) == 2:
-        print(f"ratio {results[0]['dtype']}/{results[1]['dtype']}: {results[0]['tok_per_s'] / results[1]['tok_per_s']:.2f}x")
+        a, b = results
+        print(f"ratio {a['dtype']}/{b['dtype']}: {a['tok_per_s'] / b['tok_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def test_unknown_key_lists_the_valid_ones():
     ("partition.method=random", "partition.method"),
     ("federation.fraction=1.5", "federation.fraction"),
     ("federation.min_clients=9", "federation.min_clients"),
-    ("algorithm=fedsgd", "algorithm"),
+    ("algorithm=", "algorithm"),
     ("lora.dropout=1", "lora.dropout"),
     ("train.group_by_length=maybe", "train.group_by_length"),
     ("model.template=vicuna", "model.template"),
@@ -88,3 +88,17 @@ def test_valid_keys_cover_every_section():
     keys = valid_keys(Config())
     for k in ("algorithm", "model.name", "data.train", "partition.alpha", "lora.r", "train.lr", "federation.rounds"):
         assert k in keys
+
+
+def test_unknown_algorithm_is_refused_where_methods_are_looked_up(capsys):
+    from fedpit.algorithms import REGISTRY, get_method
+    from fedpit.cli import main
+
+    with pytest.raises(ConfigError) as e:
+        get_method("fedsgd")
+    assert str(e.value).startswith("algorithm: 'fedsgd' is not one of") and "fedpit" in str(e.value)
+    assert set(REGISTRY) >= {"fedpit", "fedit", "locit", "cenit"}
+    for argv in (["config", "--set", "algorithm=fedsgd"], ["run", "--set", "algorithm=fedsgd", "--quiet"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("fedpit: error: algorithm: 'fedsgd'")

@@ -29,7 +29,6 @@ from fedpit.errors import DataError
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 MEDINSTRUCT_TEST = SHARED / "alpacare/MedInstruct-test.jsonl"
 CHATDOCTOR = SHARED / "chatdoctor/chatdoctor5k.json"
-DEMO_TRAIN = Path(__file__).resolve().parents[1] / "src/fedpit/data/demo/train.jsonl"
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -501,7 +500,6 @@ def test_demo_split_names():
         load_demo("validation")
 
 
-@pytest.mark.skipif(not DEMO_TRAIN.exists(), reason="packaged demo data not written yet")
 def test_load_demo():
     train, test = load_demo(), load_demo("test")
     assert len(train) >= 150 and len(test) >= 40

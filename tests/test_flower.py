@@ -14,7 +14,7 @@ import torch
 
 from fedpit.adapters import load_state
 from fedpit.config import to_toml
-from fedpit.errors import ConfigError
+from fedpit.errors import ConfigError, FedpitError
 from fedpit.runner import Runner
 
 FLOWER_OVERRIDES = ["selfgen.num_instructions=2", "selfgen.max_instruction_tokens=8", "selfgen.max_response_tokens=8",
@@ -96,7 +96,7 @@ def test_private_guard_blocks_a_private_tensor_and_passes_the_upload(task_identi
         client_app.private_guard(incoming, ctx, replying({"local.a": torch.randn(2, 2)}))
 
 
-def test_strategy_aggregates_like_the_method_in_client_order(task_identity):
+def test_strategy_aggregates_like_the_method_in_client_order(tiny_cfg, task_identity):
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
     from fedpit.algorithms import ClientReply, get_method
@@ -109,12 +109,46 @@ def test_strategy_aggregates_like_the_method_in_client_order(task_identity):
     replies = [Message(RecordDict({"arrays": to_record(s), "metrics": MetricRecord({"client-id": k, "num-examples": n})}),
                        reply_to=asked) for k, (s, n) in enumerate(zip(states, counts))]
     method = get_method("fedit")
-    strategy = FedpitStrategy(method)
-    strategy.global_state = {"w": torch.zeros(3, 3)}
-    arrays, _ = strategy.aggregate_train(1, list(reversed(replies)))
+    strategy = FedpitStrategy(tiny_cfg, method)
+    strategy.current = {"w": torch.zeros(3, 3)}
+    broken = Message(RecordDict({"metrics": MetricRecord({"client-id": 3})}), reply_to=asked)  # no upload, no weight
+    arrays, _ = strategy.aggregate_train(1, list(reversed(replies)) + [broken])
     want = method.server_aggregate({}, [ClientReply(s, n) for s, n in zip(states, counts)])
     assert torch.equal(dict(arrays.to_torch_state_dict())["w"], want["w"])
     assert isinstance(arrays, ArrayRecord)
+    strategy.sampled, strategy.targets = [0, 1, 2, 3], {0: 0, 1: 0, 2: 0, 3: 0}
+    assert strategy.check_replies(1, replies + [broken]) == replies and strategy.dropped == [3]
+    with pytest.raises(FedpitError, match="min_replies"):
+        strategy.check_replies(1, [broken])
+
+
+class FakeGrid:
+    """The part of a Grid the strategy uses when every node is already known."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return self.nodes
+
+
+def test_strategy_samples_like_the_in_process_runner(tiny_cfg, task_identity):
+    from fedpit.algorithms import get_method
+    from fedpit.federation import round_plan
+    from fedpit.flower.common import config_record, to_record
+    from fedpit.flower.server_app import FedpitStrategy
+
+    cfg = replace(tiny_cfg, federation=replace(tiny_cfg.federation, fraction=0.67))
+    method = get_method("fedit")
+    strategy = FedpitStrategy(cfg, method)
+    strategy.nodes = {0: 10, 1: 11, 2: 12}
+    for r in (1, 2, 3):
+        sent = list(strategy.configure_train(r, to_record({"w": torch.zeros(2)}), config_record(cfg, r),
+                                             FakeGrid([10, 11, 12])))
+        want = round_plan(cfg, method, r)[0]
+        assert [m.metadata.dst_node_id for m in sent] == [10 + k for k in want] and len(want) == 2
+    with pytest.raises(FedpitError, match="are connected"):
+        strategy.configure_train(1, to_record({"w": torch.zeros(2)}), config_record(cfg, 1), FakeGrid([]))
 
 
 def test_cenit_is_refused_on_flower(tiny_cfg):
@@ -140,19 +174,37 @@ def test_certificates_name_the_hosts_and_keys_are_openssh(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ simulation
-@pytest.mark.parametrize("algorithm", ["fedit", "fedpit"])
+def _files(run_dir) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in Path(run_dir).rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("algorithm", ["fedit", "fedpit", "locit"])
 def test_simulation_matches_the_in_process_runner(tiny_cfg, algorithm):
+    """The same config in-process and on Flower's simulation: the same global adapter, the same private adapters,
+    the same files in the run folder and the same summary keys (one run folder life for both runtimes)."""
     from fedpit.flower.simulation import simulate
 
     ref = Runner(_cfg(tiny_cfg, algorithm, f"{algorithm}-inproc"), show_progress=False).run()
     sim = simulate(_cfg(tiny_cfg, algorithm, f"{algorithm}-sim"))
     assert _max_diff(_final(ref), _final(sim)) <= 1e-5
+    assert _files(ref["run_dir"]) == _files(sim["run_dir"]) and "partition.json" in _files(sim["run_dir"])
+    assert set(ref) == set(sim) and (ref["transport"], sim["transport"]) == ("in-process", "flower")
+    assert len(sim["test_loss_per_round"]) == 3 and None not in sim["test_loss_per_round"]  # local-only too
+    assert sim["personal_test_loss"] == pytest.approx(ref["personal_test_loss"], abs=1e-5)
+    for mine, theirs in zip(ref["personal_adapters"], sim["personal_adapters"]):
+        assert _max_diff(_final(Path(mine).parent), _final(Path(theirs).parent)) <= 1e-5
+    if algorithm == "fedit":  # a complete run is not resumed, on Flower as in-process
+        from fedpit.flower.server_app import FlowerServer
+
+        with pytest.raises(ConfigError, match="already complete"):
+            FlowerServer(_cfg(tiny_cfg, algorithm, f"{algorithm}-sim"), grid=None, resume=True).run()
     rows = [json.loads(x) for x in (Path(sim["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     clients = [r for r in rows if r["kind"] == "client"]
-    assert len(clients) == 6 and all(r["bytes_sent"] > 0 and r["bytes_received"] > 0 for r in clients)
-    if algorithm == "fedpit":  # private state stayed with the (virtual) nodes, on their disk
+    shares = algorithm != "locit"
+    assert len(clients) == 6 and all((r["bytes_sent"] > 0 and r["bytes_received"] > 0) == shares for r in clients)
+    if algorithm != "fedit":  # private state stayed with the (virtual) nodes, on their disk
         assert len(sim["personal_adapters"]) == 3
-        assert list((Path(sim["run_dir"]) / "clients" / "client_0").glob("round_001/synthetic.jsonl"))
+        assert algorithm == "locit" or list((Path(sim["run_dir"]) / "clients" / "client_0").glob("round_001/synthetic.jsonl"))
 
 
 # ------------------------------------------------------------------------------------------------ deployment
@@ -253,12 +305,12 @@ def test_dp_wrapper_clips_each_update_around_the_global_adapter(tiny_cfg, task_i
 
     cfg = replace(tiny_cfg, flower=replace(tiny_cfg.flower, dp_clipping_norm=0.5, dp_noise_multiplier=0.0))
     method = get_method("fedit")
-    strategy = FedpitStrategy(method)
+    strategy = FedpitStrategy(cfg, method)
     wrapped = _dp_wrap(cfg, strategy, method)
     assert wrapped is not strategy
     current = {"w": torch.zeros(4, 4)}
-    strategy.global_state, strategy.targets = current, {0: 10, 1: 11, 2: 12}
-    sent = list(wrapped.configure_train(1, to_record(current), config_record(cfg, 1), grid=None))
+    strategy.nodes = {0: 10, 1: 11, 2: 12}
+    sent = list(wrapped.configure_train(1, to_record(current), config_record(cfg, 1), FakeGrid([10, 11, 12])))
     assert len(sent) == 3
     replies = [Message(RecordDict({"arrays": to_record({"w": torch.full((4, 4), 3.0)}),
                                    "metrics": MetricRecord({"client-id": k, "num-examples": 10})}), reply_to=m)
@@ -266,7 +318,7 @@ def test_dp_wrapper_clips_each_update_around_the_global_adapter(tiny_cfg, task_i
     arrays, _ = wrapped.aggregate_train(1, replies)
     assert abs(from_record(arrays)["w"].norm().item() - 0.5) < 1e-4  # each update clipped to norm 0.5
     with pytest.raises(ConfigError, match="shares nothing"):
-        _dp_wrap(replace(cfg, algorithm="locit"), FedpitStrategy(get_method("locit")), get_method("locit"))
+        _dp_wrap(replace(cfg, algorithm="locit"), FedpitStrategy(cfg, get_method("locit")), get_method("locit"))
 
 
 def test_a_site_trains_on_its_own_data_file(tiny_cfg, tmp_path):

@@ -99,7 +99,7 @@ def test_judge_against_llama_cpp_server(server, tmp_path, protocol, monkeypatch)
         first, second = rec.sent[2 * i][-1]["content"], rec.sent[2 * i + 1][-1]["content"]
         assert first.index(item["model_output"]) < first.index(item["reference_output"])
         assert second.index(item["reference_output"]) < second.index(item["model_output"])
-    assert all(isinstance(r, str) for r in rec.replies)
+    assert len(rec.replies) == len(rec.sent) and all(r.strip() for r in rec.replies)  # the server answered each
 
     # Every reply is a parsed verdict or counted unparseable, never guessed; the arithmetic follows from them.
     outcomes = [it[k] for it in result.per_item for k in ("verdict_model_first", "verdict_model_second")]

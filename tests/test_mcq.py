@@ -22,19 +22,31 @@ def write_bench_data(root: Path, n: int = 6) -> Path:
     """A small folder laid out as shared/data: PQA-L with more items than the test split, MedQA and MedMCQA."""
     (root / "pubmedqa").mkdir(parents=True)
     labels = ["yes", "no", "maybe"]
-    ori = {str(1000 + i): {"QUESTION": f"Does treatment {i} reduce mortality?",
-                           "CONTEXTS": [f"We studied {10 * i} patients.", f"Outcome {i} was measured."],
-                           "LABELS": ["METHODS", "RESULTS"], "final_decision": labels[i % 3],
-                           "LONG_ANSWER": "It depends."} for i in range(2 * n)}
+    ori = {
+        str(1000 + i): {
+            "QUESTION": f"Does treatment {i} reduce mortality?",
+            "CONTEXTS": [f"We studied {10 * i} patients.", f"Outcome {i} was measured."],
+            "LABELS": ["METHODS", "RESULTS"],
+            "final_decision": labels[i % 3],
+            "LONG_ANSWER": "It depends.",
+        }
+        for i in range(2 * n)
+    }
     gt = {str(1000 + i): labels[i % 3] for i in range(1, 2 * n, 2)}  # every second PMID: not a positional split
     (root / "pubmedqa" / "ori_pqal.json").write_text(json.dumps(ori))
     (root / "pubmedqa" / "test_ground_truth.json").write_text(json.dumps(gt))
     for name in ("medqa", "medmcqa"):
         d = root / "medagents-benchmark" / name
         d.mkdir(parents=True)
-        rows = [{"realidx": i, "question": f"Which drug treats condition {i}?",
-                 "options": {L: f"drug {L.lower()}{i}" for L in "ABCD"}, "answer_idx": "ABCD"[i % 4]}
-                for i in range(n)]
+        rows = [
+            {
+                "realidx": i,
+                "question": f"Which drug treats condition {i}?",
+                "options": {L: f"drug {L.lower()}{i}" for L in "ABCD"},
+                "answer_idx": "ABCD"[i % 4],
+            }
+            for i in range(n)
+        ]
         (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -51,10 +63,23 @@ def trained_adapter(tiny_model_path, tmp_path_factory):
     from fedpit.runner import Runner
 
     out = tmp_path_factory.mktemp("mcq-runs")
-    cfg = load_config(overrides=["algorithm=fedit", f"model.name={tiny_model_path}", "model.dtype=fp32",
-                                 "model.max_seq_len=128", f"output_dir={out}", "run_name=m", "federation.rounds=1",
-                                 "train.local_steps=2", "train.batch_size=2", "eval.max_examples=4", "lora.r=4",
-                                 "lora.alpha=8", "train.lr=0.05"])
+    cfg = load_config(
+        overrides=[
+            "algorithm=fedit",
+            f"model.name={tiny_model_path}",
+            "model.dtype=fp32",
+            "model.max_seq_len=128",
+            f"output_dir={out}",
+            "run_name=m",
+            "federation.rounds=1",
+            "train.local_steps=2",
+            "train.batch_size=2",
+            "eval.max_examples=4",
+            "lora.r=4",
+            "lora.alpha=8",
+            "train.lr=0.05",
+        ]
+    )
     return Runner(cfg, show_progress=False).run()["final_adapter"]
 
 
@@ -85,28 +110,47 @@ def test_real_sets_have_the_published_sizes(tmp_path):
 def test_conversion_uses_the_hub_datasets_fields(bench_data, tmp_path):
     path, recs = prepare("medqa", bench_data, str(tmp_path))
     row = json.loads(path.read_text().splitlines()[2])
-    assert row == {"id": "2", "sent1": "Which drug treats condition 2?", "ending0": "drug a2", "ending1": "drug b2",
-                   "ending2": "drug c2", "ending3": "drug d2", "label": 2}
+    assert row == {
+        "id": "2",
+        "sent1": "Which drug treats condition 2?",
+        "ending0": "drug a2",
+        "ending1": "drug b2",
+        "ending2": "drug c2",
+        "ending3": "drug d2",
+        "label": 2,
+    }
     _, recs = prepare("medmcqa", bench_data, str(tmp_path))
     assert recs[3]["opd"] == "drug d3" and recs[3]["cop"] == 3
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    (lambda d: (d / "medagents-benchmark/medqa/test.jsonl").unlink(), "medqa/test.jsonl: missing"),
-    (lambda d: (d / "medagents-benchmark/medqa/test.jsonl").write_text('{"question": "q"}\n'),
-     "medqa/test.jsonl: line 1: field 'options'"),
-    (lambda d: (d / "medagents-benchmark/medqa/test.jsonl").write_text(
-        '{"question": "q", "options": {"A": "1", "B": "2", "C": "3", "D": "4"}, "answer_idx": "A"}\n{oops\n'),
-     "medqa/test.jsonl: line 2: not valid JSON"),
-    (lambda d: (d / "medagents-benchmark/medqa/test.jsonl").write_text(
-        '{"question": "q", "options": {"A": "1", "B": "2", "C": "3", "D": "4"}, "answer_idx": "E"}\n'),
-     "field 'answer_idx': 'E' is not one of A, B, C, D"),
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda d: (d / "medagents-benchmark/medqa/test.jsonl").unlink(), "medqa/test.jsonl: missing"),
+        (
+            lambda d: (d / "medagents-benchmark/medqa/test.jsonl").write_text('{"question": "q"}\n'),
+            "medqa/test.jsonl: line 1: field 'options'",
+        ),
+        (
+            lambda d: (d / "medagents-benchmark/medqa/test.jsonl").write_text(
+                '{"question": "q", "options": {"A": "1", "B": "2", "C": "3", "D": "4"}, "answer_idx": "A"}\n{oops\n'
+            ),
+            "medqa/test.jsonl: line 2: not valid JSON",
+        ),
+        (
+            lambda d: (d / "medagents-benchmark/medqa/test.jsonl").write_text(
+                '{"question": "q", "options": {"A": "1", "B": "2", "C": "3", "D": "4"}, "answer_idx": "E"}\n'
+            ),
+            "field 'answer_idx': 'E' is not one of A, B, C, D",
+        ),
+    ],
+)
 def test_bad_medqa_file_is_one_line_exit_2(bench_data, tmp_path, capsys, monkeypatch, breakage, expected):
     monkeypatch.setenv("FEDPIT_CACHE_DIR", str(tmp_path / "cache"))
     breakage(bench_data)
-    code = main(["evaluate", "--benchmarks", "medqa", "--benchmark-data", str(bench_data), "--out",
-                 str(tmp_path / "out")])
+    code = main(
+        ["evaluate", "--benchmarks", "medqa", "--benchmark-data", str(bench_data), "--out", str(tmp_path / "out")]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "out").exists()  # nothing half-written
@@ -148,24 +192,47 @@ def lm_eval_direct(model_path, adapter, data_dir, cache, limit):
     cfgs = {}
     for name, rel in own.items():
         cfg = load_yaml(tasks_dir / rel)
-        cfg.update(dataset_path="json", dataset_name=None, training_split=None, validation_split=None,
-                   test_split="test",
-                   dataset_kwargs={"data_files": {"test": str(prepare(name, data_dir, cache)[0])}})
+        cfg.update(
+            dataset_path="json",
+            dataset_name=None,
+            training_split=None,
+            validation_split=None,
+            test_split="test",
+            dataset_kwargs={"data_files": {"test": str(prepare(name, data_dir, cache)[0])}},
+        )
         cfgs[cfg["task"]] = (name, cfg)
     args = {"pretrained": model_path, "dtype": "float32"} | ({"peft": str(adapter)} if adapter else {})
-    out = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=[c for _, c in cfgs.values()],
-                                  task_manager=TaskManager(include_defaults=False), batch_size=4, device="cpu",
-                                  limit=limit, log_samples=True)
-    return {name: (out["results"][task], [[float(r[0]) for r in s["filtered_resps"]] for s in out["samples"][task]])
-            for task, (name, _) in cfgs.items()}
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=args,
+        tasks=[c for _, c in cfgs.values()],
+        task_manager=TaskManager(include_defaults=False),
+        batch_size=4,
+        device="cpu",
+        limit=limit,
+        log_samples=True,
+    )
+    return {
+        name: (out["results"][task], [[float(r[0]) for r in s["filtered_resps"]] for s in out["samples"][task]])
+        for task, (name, _) in cfgs.items()
+    }
 
 
 def test_parity_with_lm_eval_backbone_and_trained_adapter(tiny_model_path, trained_adapter, tmp_path):
     data = REAL if HAS_REAL else write_bench_data(tmp_path / "data", n=8)
     cache = str(tmp_path / "cache")
-    res = evaluate_models("pubmedqa,medqa,medmcqa", [("fedit", trained_adapter)], model=tiny_model_path,
-                          data_dir=str(data), limit=8, dtype="fp32", batch_size=4, out=tmp_path / "out",
-                          cache_dir=cache, progress=False)
+    res = evaluate_models(
+        "pubmedqa,medqa,medmcqa",
+        [("fedit", trained_adapter)],
+        model=tiny_model_path,
+        data_dir=str(data),
+        limit=8,
+        dtype="fp32",
+        batch_size=4,
+        out=tmp_path / "out",
+        cache_dir=cache,
+        progress=False,
+    )
     lls = {}
     for label, adapter in (("backbone", None), ("fedit", trained_adapter)):
         direct = lm_eval_direct(tiny_model_path, adapter, str(data), cache, 8)
@@ -176,7 +243,9 @@ def test_parity_with_lm_eval_backbone_and_trained_adapter(tiny_model_path, train
             assert ours["acc_stderr"] == metrics["acc_stderr,none"]
             if "acc_norm,none" in metrics:
                 assert ours["acc_norm"] == metrics["acc_norm,none"]
-            rows = [json.loads(x) for x in (tmp_path / "out" / "samples" / label / f"{name}.jsonl").read_text().splitlines()]
+            rows = [
+                json.loads(x) for x in (tmp_path / "out" / "samples" / label / f"{name}.jsonl").read_text().splitlines()
+            ]
             assert [r["loglikelihoods"] for r in rows] == item_lls  # the very same per-item scores
             lls[(label, name)] = item_lls
     # the adapter really was applied: its log-likelihoods differ from the bare backbone's
@@ -186,8 +255,15 @@ def test_parity_with_lm_eval_backbone_and_trained_adapter(tiny_model_path, train
 
 
 def test_rerun_reuses_cached_items(tiny_model_path, bench_data, tmp_path, monkeypatch):
-    kw = {"model": tiny_model_path, "data_dir": str(bench_data), "limit": 3, "dtype": "fp32", "batch_size": 4,
-          "cache_dir": str(tmp_path / "cache"), "progress": False}
+    kw = {
+        "model": tiny_model_path,
+        "data_dir": str(bench_data),
+        "limit": 3,
+        "dtype": "fp32",
+        "batch_size": 4,
+        "cache_dir": str(tmp_path / "cache"),
+        "progress": False,
+    }
     first = evaluate_models("medqa,medmcqa", out=tmp_path / "a", **kw)
     assert not first["models"]["backbone"]["scores"]["medqa"]["cached"]
 
@@ -199,19 +275,31 @@ def test_rerun_reuses_cached_items(tiny_model_path, bench_data, tmp_path, monkey
     for n in ("medqa", "medmcqa"):
         s1, s2 = first["models"]["backbone"]["scores"][n], again["models"]["backbone"]["scores"][n]
         assert s2["cached"] and s1["acc"] == s2["acc"] and s1["acc_norm"] == s2["acc_norm"]
-    assert (tmp_path / "b" / "samples" / "backbone" / "medqa.jsonl").read_text() == \
-        (tmp_path / "a" / "samples" / "backbone" / "medqa.jsonl").read_text()
+    assert (tmp_path / "b" / "samples" / "backbone" / "medqa.jsonl").read_text() == (
+        tmp_path / "a" / "samples" / "backbone" / "medqa.jsonl"
+    ).read_text()
     with pytest.raises(AssertionError, match="re-ran"):  # another limit is another key
         evaluate_models("medqa", **(kw | {"limit": 2}))
 
 
 # ------------------------------------------------------------------------------------------------- flowertune-style
-@pytest.mark.parametrize("name, output, expected", [
-    ("medqa", " B. Metformin", "B"), ("medqa", "(c) because", "C"), ("medqa", "**D**", "D"), ("medqa", "a", "A"),
-    ("medqa", "E", None), ("medqa", "  ...  ", None), ("medqa", "The answer is B", None),  # first character only
-    ("medmcqa", "\n\nC", "C"), ("pubmedqa", "Yes, it does.", "yes"), ("pubmedqa", " no", "no"),
-    ("pubmedqa", "Maybe", "maybe"), ("pubmedqa", "A", None),
-])
+@pytest.mark.parametrize(
+    "name, output, expected",
+    [
+        ("medqa", " B. Metformin", "B"),
+        ("medqa", "(c) because", "C"),
+        ("medqa", "**D**", "D"),
+        ("medqa", "a", "A"),
+        ("medqa", "E", None),
+        ("medqa", "  ...  ", None),
+        ("medqa", "The answer is B", None),  # first character only
+        ("medmcqa", "\n\nC", "C"),
+        ("pubmedqa", "Yes, it does.", "yes"),
+        ("pubmedqa", " no", "no"),
+        ("pubmedqa", "Maybe", "maybe"),
+        ("pubmedqa", "A", None),
+    ],
+)
 def test_flowertune_answer_parsing(name, output, expected):
     assert parse_answer(name, output) == expected
 
@@ -221,8 +309,10 @@ def test_flowertune_prompt_shape(bench_data, tmp_path):
     p = build_prompt("medqa", recs[0])
     head, tail = WRAPPER.split("{prompt}")
     assert p.startswith(head) and p.endswith(tail)
-    assert "Question: Which drug treats condition 0?\nOptions:\nA. drug a0\nB. drug b0\nC. drug c0\nD. drug d0\n" \
-           "The answer is:" in p
+    assert (
+        "Question: Which drug treats condition 0?\nOptions:\nA. drug a0\nB. drug b0\nC. drug c0\nD. drug d0\n"
+        "The answer is:" in p
+    )
     _, recs = prepare("pubmedqa", bench_data, str(tmp_path))
     p = build_prompt("pubmedqa", recs[0])
     assert "Does treatment 1 reduce mortality?\nOptions:\nyes\nno\nmaybe\nThe answer is:" in p
@@ -230,9 +320,25 @@ def test_flowertune_prompt_shape(bench_data, tmp_path):
 
 def test_flowertune_style_cli(tiny_model_path, bench_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FEDPIT_CACHE_DIR", str(tmp_path / "cache"))
-    code = main(["evaluate", "--benchmarks", "pubmedqa,medqa", "--protocol", "flowertune-style", "--model",
-                 tiny_model_path, "--dtype", "fp32", "--limit", "4", "--benchmark-data", str(bench_data),
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "evaluate",
+            "--benchmarks",
+            "pubmedqa,medqa",
+            "--protocol",
+            "flowertune-style",
+            "--model",
+            tiny_model_path,
+            "--dtype",
+            "fp32",
+            "--limit",
+            "4",
+            "--benchmark-data",
+            str(bench_data),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "FlowerTune-style, unquantized, not leaderboard-eligible" in out and "CareQA" in out
@@ -247,12 +353,37 @@ def test_flowertune_style_cli(tiny_model_path, bench_data, tmp_path, monkeypatch
 # ------------------------------------------------------------------------------------------------- compare
 def test_compare_scores_shared_and_private_adapters(tiny_model_path, bench_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FEDPIT_CACHE_DIR", str(tmp_path / "cache"))
-    sets = ["algorithm=fedit", f"model.name={tiny_model_path}", "model.dtype=fp32", "model.max_seq_len=128",
-            "federation.rounds=1", "train.local_steps=1", "train.batch_size=2", "eval.max_examples=2", "lora.r=4",
-            "lora.alpha=8", "partition.num_clients=2"]
+    sets = [
+        "algorithm=fedit",
+        f"model.name={tiny_model_path}",
+        "model.dtype=fp32",
+        "model.max_seq_len=128",
+        "federation.rounds=1",
+        "train.local_steps=1",
+        "train.batch_size=2",
+        "eval.max_examples=2",
+        "lora.r=4",
+        "lora.alpha=8",
+        "partition.num_clients=2",
+    ]
     out = tmp_path / "exp"
-    argv = ["compare", "--algorithms", "fedit,locit", "--seeds", "1", "--out", str(out), "--limit", "3",
-            "--max-new-tokens", "2", "--benchmarks", "medqa", "--benchmark-data", str(bench_data)]
+    argv = [
+        "compare",
+        "--algorithms",
+        "fedit,locit",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "2",
+        "--benchmarks",
+        "medqa",
+        "--benchmark-data",
+        str(bench_data),
+    ]
     for s in sets:
         argv += ["--set", s]
     assert main(argv) == 0
@@ -268,7 +399,20 @@ def test_compare_scores_shared_and_private_adapters(tiny_model_path, bench_data,
 
 
 def test_compare_checks_benchmark_data_before_training(tmp_path, capsys):
-    code = main(["compare", "--algorithms", "fedit", "--seeds", "1", "--out", str(tmp_path / "exp"),
-                 "--benchmarks", "medqa", "--benchmark-data", str(tmp_path)])
+    code = main(
+        [
+            "compare",
+            "--algorithms",
+            "fedit",
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path / "exp"),
+            "--benchmarks",
+            "medqa",
+            "--benchmark-data",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and "medqa/test.jsonl: missing" in capsys.readouterr().err
     assert not (tmp_path / "exp" / "runs").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedpit.adapters import load_state, max_abs_diff, weighted_average
-from fedpit.algorithms import fedit
+from fedpit.algorithms import REGISTRY
 from fedpit.cli import main
 from fedpit.runner import Runner, client_seed, sample_clients
 
@@ -41,13 +41,13 @@ def test_fedit_run_writes_a_complete_run_folder(tiny_cfg):
 def test_server_aggregate_is_the_example_weighted_mean_of_uploads(tiny_cfg, monkeypatch):
     """Capture the uploads of round 1 and check the saved global adapter is their FedAvg."""
     seen = []
-    original = fedit.server_aggregate
+    original = REGISTRY["fedit"]
 
     def spy(global_adapter, replies):
         seen.append([(r.adapter, r.num_examples) for r in replies])
-        return original(global_adapter, replies)
+        return original.server_aggregate(global_adapter, replies)
 
-    monkeypatch.setattr(fedit, "server_aggregate", spy)
+    monkeypatch.setitem(REGISTRY, "fedit", replace(original, server_aggregate=spy))
     summary = Runner(tiny_cfg, show_progress=False).run()
     rd = Path(summary["run_dir"])
     uploads = seen[0]
@@ -153,8 +153,13 @@ def test_partition_command_prints_counts_per_label(capsys):
 
 def test_chat_with_a_trained_adapter(tiny_cfg, capsys):
     summary = Runner(tiny_cfg, show_progress=False).run()
+    from fedpit.generate import answer, load_for_inference
+
     assert main(["chat", "--adapter", summary["final_adapter"], "--prompt", "Explain gout.",
-                 "--max-new-tokens", "5"]) == 0
-    capsys.readouterr()
+                 "--max-new-tokens", "5", "--repetition-penalty", "1.0"]) == 0
+    printed = capsys.readouterr().out
+    model, tok, template = load_for_inference(summary["final_adapter"])  # the trained adapter, greedy decoding
+    want = answer(model, tok, "Explain gout.", template=template, max_new_tokens=5, repetition_penalty=1.0)
+    assert printed == want + "\n" and template == "alpaca"
     code, err = _run_cli(capsys, "chat", "--adapter", str(tiny_cfg.output_dir), "--prompt", "x")
     assert code == 2 and "not an adapter folder" in err[0]

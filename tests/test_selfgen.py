@@ -6,8 +6,17 @@ import pytest
 
 from fedpit import selfgen
 from fedpit.data import Example
-from fedpit.selfgen import (SelfGenSettings, clean_response, instruction_filter, instruction_prompt, max_rouge_l,
-                            parse_instruction, repeated_ngram_ratio, response_filter, self_generate)
+from fedpit.selfgen import (
+    SelfGenSettings,
+    clean_response,
+    instruction_filter,
+    instruction_prompt,
+    max_rouge_l,
+    parse_instruction,
+    repeated_ngram_ratio,
+    response_filter,
+    self_generate,
+)
 
 S = SelfGenSettings()
 LOCAL = [Example(instruction=f"Explain condition number {w} in plain words for a patient.",

@@ -128,8 +128,26 @@ def resolve_model_path(name: str, cache_dir: str | None = None) -> str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ConfigError(f"model.name: {name} is a path but holds no config.json (not a transformers model folder)")
+        if not any((path / f).is_file() for f in WEIGHT_FILES):
+            raise ConfigError(f"model.name: {name} holds config.json but no weights ({' or '.join(WEIGHT_FILES[::2])})")
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise ConfigError(f"model.name: {name} holds no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); save "
+                              "the tokenizer into the model folder")
         return str(path)
+    if looks_like_path(name):
+        raise ConfigError(f"model.name: folder {name} not found (give a transformers model folder, or the packaged "
+                          f"'{DEFAULT_MODEL}')")
     return name
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def looks_like_path(name: str) -> bool:
+    """True for names that can only be meant as a folder (``./m``, ``/m``, ``~/m``, ``a/b/c``, ``m/``): a hub id is
+    ``name`` or ``org/name``."""
+    return name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
 @functools.cache
@@ -190,13 +208,20 @@ def load_backbone(name: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str
     path = resolve_model_path(name, cache_dir)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    local = Path(path).is_dir()
     try:
         tok = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad folder or id; all one-line
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        if local:
+            raise ConfigError(f"model.name: {name}: not a loadable transformers model folder ({reason})") from None
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         raise ConfigError(
-            f"model.name: cannot load '{name}' ({str(e).splitlines()[0]}); this machine may have no hub access: "
-            "pass a local model folder or the packaged 'smollm2-135m-instruct'"
+            f"model.name: '{name}' is not a local folder, not a packaged model ('{DEFAULT_MODEL}'), and could not be "
+            f"loaded as a Hugging Face hub model or from its local cache ({reason}); on a machine without hub access "
+            "pass a local model folder"
         ) from None
     model.to(dev)
     model.eval()

@@ -36,7 +36,14 @@ def cmd_run(args) -> int:
     import time
 
     t0 = time.perf_counter()
-    summary = Runner(cfg, show_progress=not args.quiet).run(resume=args.resume)
+    runner = Runner(cfg, show_progress=not args.quiet)
+    try:
+        summary = runner.run(resume=args.resume)
+    except KeyboardInterrupt:
+        where = getattr(runner, "run_dir", None) or args.resume
+        args.interrupt_hint = f"resume with: fedpit run --resume {shlex.quote(str(where))}" if where else \
+            "no round had started; nothing to resume"
+        raise
     tl = [x for x in summary["test_loss_per_round"] if x is not None]
     losses = f"; held-out loss {tl[0]:.3f} -> {tl[-1]:.3f}" if len(tl) >= 2 else ""
     print(f"fedpit: done: {summary['algorithm']}, {summary['rounds']} rounds, {summary['num_clients']} clients in "
@@ -47,11 +54,16 @@ def cmd_run(args) -> int:
 
 def cmd_partition(args) -> int:
     from .config import load_config
+    from .federation import prepare
     from .partition import counts_text
     from .rundir import write_json
-    from .runner import prepare
+
+    from .fsutil import check_writable_file
 
     cfg = load_config(args.config, args.overrides)
+    for opt, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_writable_file(path, opt)  # before the (possibly slow) split
     prep = prepare(cfg)
     part = prep.partition
     alpha = f", alpha {part.alpha}" if part.method == "dirichlet" else ""
@@ -61,20 +73,39 @@ def cmd_partition(args) -> int:
     if args.json:
         from pathlib import Path
 
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), part.to_dict())
         print(f"partition written to {args.json}")
+    if args.plot:
+        from .partition import plot_partition
+
+        plot_partition(part, args.plot)
+        print(f"plot written to {args.plot}")
     return 0
 
 
 def cmd_chat(args) -> int:
     from .generate import answer, load_for_inference
 
+    # everything the user typed is checked before the model loads (that takes seconds)
+    if args.max_new_tokens < 1:
+        raise FedpitError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.repetition_penalty > 0:
+        raise FedpitError(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
+    if args.prompt is not None and not args.prompt.strip():
+        raise FedpitError("--prompt is empty: give an instruction, or leave --prompt out to read them from stdin")
+    first = None
+    if args.prompt is None and not sys.stdin.isatty():
+        first = next((line.strip() for line in sys.stdin if line.strip()), None)
+        if first is None:
+            raise FedpitError("no instruction on stdin (it was empty or held only blank lines)")
     model, tok, template = load_for_inference(args.adapter, model=args.model, dtype=args.dtype)
     kw = dict(template=template, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
     if args.prompt is not None:
         print(answer(model, tok, args.prompt, args.input or "", **kw))
         return 0
-    if not sys.stdin.isatty():
+    if first is not None:
+        print(answer(model, tok, first, **kw), flush=True)
         for line in sys.stdin:
             if line.strip():
                 print(answer(model, tok, line.strip(), **kw), flush=True)
@@ -101,16 +132,18 @@ def cmd_evaluate(args) -> int:
 
     from .data import load_demo, load_examples
     from .evaluate import engine_for, evaluate
+    from .fsutil import check_writable_dir
 
     ev = _eval_options(args)
     examples = load_demo("test") if ev.test == "demo" else load_examples(ev.test, format=ev.format,
                                                                          output_field=ev.reference)
     if ev.limit:
         examples = examples[: ev.limit]
+    out = Path(args.out or (Path(args.adapter) / "eval" if args.adapter else "eval-backbone"))
+    check_writable_dir(out, "--out")  # before the model loads
     engine = engine_for(args.adapter, model=args.model, dtype=args.dtype)
     result = evaluate(engine, args.adapter, examples, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
-                      judge=ev.judge)
-    out = Path(args.out or (Path(args.adapter) / "eval" if args.adapter else "eval-backbone"))
+                      judge=ev.judge, answers_dir=out)
     result.save(out)
     print(json.dumps(result.metrics, indent=2))
     print(f"answers and metrics in {out}")
@@ -126,6 +159,7 @@ def _eval_options(args):
 
         judge = Judge(JudgeConfig(base_url=args.judge_url, model=args.judge_model, protocol=args.judge_protocol,
                                   api_key_env=args.judge_key_env))
+        judge.check()  # one cheap request now, not after every answer has been generated
     return EvalOptions(test=args.test, format=args.format, reference=args.reference, limit=args.limit,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judge=judge)
 
@@ -145,7 +179,12 @@ def cmd_compare(args) -> int:
         raise FedpitError(f"--seeds expects integers like 1,2,3, got '{args.seeds}'") from None
     cells = grid(base, algorithms, seeds, getattr(args, "set_values", None))
     out = Path(args.out or f"experiments/{datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.command}")
+    from .fsutil import check_writable_dir
+
+    check_writable_dir(out, "--out")  # before any training
     command = " ".join(shlex.quote(a) for a in ["fedpit", *args.argv])
+    args.interrupt_hint = "continue with: " + command + ("" if args.out else f" --out {shlex.quote(str(out))}") + \
+        " (finished runs and evaluations are reused)"
     if args.benchmarks:  # check the benchmark data before hours of training
         from .mcq import check_data
 
@@ -168,12 +207,15 @@ def cmd_report(args) -> int:
 
 
 def cmd_config(args) -> int:
+    from .algorithms import get_method
     from .config import load_config, to_toml, valid_keys
 
     if args.keys:
         print("\n".join(valid_keys()))
         return 0
-    print(to_toml(load_config(args.config, args.overrides)), end="")
+    cfg = load_config(args.config, args.overrides)
+    get_method(cfg.algorithm)  # an unknown algorithm is a config error
+    print(to_toml(cfg), end="")
     return 0
 
 
@@ -193,15 +235,6 @@ def _add_eval_args(p: argparse.ArgumentParser, test_default: str) -> None:
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
 
 
-def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmarks", metavar="LIST",
-                   help="multiple-choice accuracy instead of --test: any of pubmedqa,medqa,medmcqa (lm-eval tasks)")
-    p.add_argument("--benchmark-data", metavar="DIR",
-                   help="folder with pubmedqa/ and medagents-benchmark/ (default: ../shared/data beside the checkout)")
-    p.add_argument("--protocol", default="lm-eval", choices=["lm-eval", "flowertune-style"],
-                   help="lm-eval log-likelihood scoring (default) or FlowerTune-style generation")
-
-
 def cmd_flower(args) -> int:
     """fedpit on Flower: simulate, make certificates or node keys, or run on a localhost deployment."""
     from pathlib import Path
@@ -209,15 +242,14 @@ def cmd_flower(args) -> int:
     if args.action == "certs":
         from .flower.deploy import make_certificates
 
-        files = make_certificates(args.out, args.host)
+        files = make_certificates(args.out, args.host, force=args.force)
         print(f"CA {files['ca']} (copy to every SuperNode), SuperLink certificate {files['cert']} and key "
               f"{files['key']}; keep {files['ca_key']} offline")
         return 0
     if args.action == "keys":
-        from .flower.deploy import make_node_key
+        from .flower.deploy import make_node_keys
 
-        for name in args.names:
-            priv, pub = make_node_key(args.out, name)
+        for name, (priv, pub) in zip(args.names, make_node_keys(args.out, args.names, force=args.force)):
             print(f"{name}: private key {priv} (stays on that SuperNode), public key {pub} (register it on the SuperLink)")
         return 0
     from .config import load_config
@@ -233,19 +265,19 @@ def cmd_flower(args) -> int:
     from datetime import datetime
 
     from .config import to_toml
+    from .federation import named
     from .flower.deploy import LocalCluster, repo_app_dir
-    from .runner import default_run_name
 
     work = Path(args.workdir or f"flower-local-{datetime.now().strftime('%Y%m%d-%H%M%S')}").absolute()
-    if not cfg.run_name:
-        cfg.run_name = default_run_name(cfg, "flower")
+    cfg = named(cfg, "flower")
     cfg.output_dir = str(Path(cfg.output_dir).absolute())
     work.mkdir(parents=True, exist_ok=True)
     cfg_file = work / "fedpit.toml"
     cfg_file.write_text(to_toml(cfg), encoding="utf-8")
     app = Path(args.app) if args.app else repo_app_dir()
     with LocalCluster(work, nodes=cfg.partition.num_clients, tls=not args.insecure, auth=not args.insecure) as c:
-        print(f"SuperLink 127.0.0.1:{c.port} and {c.nodes} SuperNodes up ({'insecure' if args.insecure else 'TLS, node keys'}); "
+        security = "insecure" if args.insecure else "TLS, node keys"
+        print(f"SuperLink 127.0.0.1:{c.port} and {c.nodes} SuperNodes up ({security}); "
               f"logs in {c.logs}", file=sys.stderr)
         run_id = c.submit(app, {"config": str(cfg_file)})
         st = c.wait_run(run_id, timeout=args.timeout)
@@ -253,6 +285,60 @@ def cmd_flower(args) -> int:
         raise FedpitError(f"Flower run {run_id} {st.get('status')}: {st.get('status-details', '')} (logs in {work / 'logs'})")
     print(f"fedpit: done on Flower deployment (run {run_id}); results in {Path(cfg.output_dir) / cfg.run_name}")
     return 0
+
+
+def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmarks", metavar="LIST",
+                   help="multiple-choice accuracy instead of --test: any of pubmedqa,medqa,medmcqa (lm-eval tasks)")
+    p.add_argument("--benchmark-data", metavar="DIR",
+                   help="folder with pubmedqa/ and medagents-benchmark/ (default: ../shared/data beside the checkout)")
+    p.add_argument("--protocol", default="lm-eval", choices=["lm-eval", "flowertune-style"],
+                   help="lm-eval log-likelihood scoring (default) or FlowerTune-style generation")
+
+
+def _add_compare_parsers(sub) -> None:
+    for name, helptext in (("compare", "run methods x seeds on the same partition and budget, evaluate, report"),
+                           ("sweep", "like compare, over the values of one setting (--set-values key=v1,v2,...)")):
+        p = sub.add_parser(name, help=helptext)
+        _add_config_args(p)
+        p.add_argument("--algorithms", default="fedpit,fedit,locit,cenit")
+        p.add_argument("--seeds", default="1,2,3")
+        if name == "sweep":
+            p.add_argument("--set-values", required=True, metavar="KEY=V1,V2,...")
+        p.add_argument("--out", help="experiment folder (default: experiments/<time>-<command>)")
+        _add_eval_args(p, test_default="")
+        _add_benchmark_args(p)
+        p.set_defaults(func=cmd_compare)
+
+
+def _add_flower_parser(sub) -> None:
+    p = sub.add_parser("flower", help="run on Flower: simulate | local (SuperLink + SuperNodes here) | certs | keys")
+    fl = p.add_subparsers(dest="action", required=True)
+    q = fl.add_parser("simulate", help="the job in Flower's simulation runtime (one virtual SuperNode per client)")
+    _add_config_args(q)
+    q = fl.add_parser("local", help="start a SuperLink and one SuperNode per client on 127.0.0.1, run the job, stop them")
+    _add_config_args(q)
+    q.add_argument("--workdir", help="certificates, keys, logs and Flower home (default: ./flower-local-<time>)")
+    q.add_argument("--app", help="folder with the Flower app's pyproject.toml (default: this source checkout)")
+    q.add_argument("--insecure", action="store_true", help="no TLS and no node keys (testing only)")
+    q.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
+    q = fl.add_parser("certs", help="make a CA and a SuperLink certificate")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--host", action="append", default=[],
+                   help="the SuperLink's DNS name or IP as SuperNodes reach it (repeatable; 127.0.0.1 and localhost always)")
+    q.add_argument("--force", action="store_true", help="replace existing keys and certificates (default: refuse)")
+    q = fl.add_parser("keys", help="make SuperNode authentication key pairs (ECDSA P-384, OpenSSH format)")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("names", nargs="+", help="one name per SuperNode, e.g. hospital-a hospital-b")
+    q.add_argument("--force", action="store_true", help="replace existing key files (default: refuse)")
+    p.set_defaults(func=cmd_flower)
+
+
+def _one_line(message: str) -> str:
+    """The message with line breaks, other control characters and lone surrogates (from user input it quotes)
+    escaped, so an error is always exactly one printable line."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("partition", help="show how the data would be split across clients (per-label counts)")
     _add_config_args(p)
     p.add_argument("--json", metavar="FILE", help="also write the partition as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the split (examples per client and label) as a PNG")
     p.set_defaults(func=cmd_partition)
 
     for name in ("chat", "generate"):
@@ -283,18 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default="auto")
         p.set_defaults(func=cmd_chat)
 
-    for name, helptext in (("compare", "run methods x seeds on the same partition and budget, evaluate, report"),
-                           ("sweep", "like compare, over the values of one setting (--set-values key=v1,v2,...)")):
-        p = sub.add_parser(name, help=helptext)
-        _add_config_args(p)
-        p.add_argument("--algorithms", default="fedpit,fedit,locit,cenit")
-        p.add_argument("--seeds", default="1,2,3")
-        if name == "sweep":
-            p.add_argument("--set-values", required=True, metavar="KEY=V1,V2,...")
-        p.add_argument("--out", help="experiment folder (default: experiments/<time>-<command>)")
-        _add_eval_args(p, test_default="")
-        _add_benchmark_args(p)
-        p.set_defaults(func=cmd_compare)
+    _add_compare_parsers(sub)
 
     p = sub.add_parser("report", help="rebuild report.md/.html and plots from a results.json")
     p.add_argument("results")
@@ -309,24 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("flower", help="run on Flower: simulate | local (SuperLink + SuperNodes here) | certs | keys")
-    fl = p.add_subparsers(dest="action", required=True)
-    q = fl.add_parser("simulate", help="the job in Flower's simulation runtime (one virtual SuperNode per client)")
-    _add_config_args(q)
-    q = fl.add_parser("local", help="start a SuperLink and one SuperNode per client on 127.0.0.1, run the job, stop them")
-    _add_config_args(q)
-    q.add_argument("--workdir", help="certificates, keys, logs and Flower home (default: ./flower-local-<time>)")
-    q.add_argument("--app", help="folder with the Flower app's pyproject.toml (default: this source checkout)")
-    q.add_argument("--insecure", action="store_true", help="no TLS and no node keys (testing only)")
-    q.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
-    q = fl.add_parser("certs", help="make a CA and a SuperLink certificate")
-    q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--host", action="append", default=[],
-                   help="the SuperLink's DNS name or IP as SuperNodes reach it (repeatable; 127.0.0.1 and localhost always)")
-    q = fl.add_parser("keys", help="make SuperNode authentication key pairs (ECDSA P-384, OpenSSH format)")
-    q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("names", nargs="+", help="one name per SuperNode, e.g. hospital-a hospital-b")
-    p.set_defaults(func=cmd_flower)
+    _add_flower_parser(sub)
 
     p = sub.add_parser("config", help="print the resolved config as TOML (or --keys: every valid key)")
     _add_config_args(p)
@@ -343,10 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FedpitError as e:
-        print(f"fedpit: error: {e}", file=sys.stderr)
+        print(f"fedpit: error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("fedpit: interrupted (resume with: fedpit run --resume RUN_DIR)", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", None)
+        print("fedpit: interrupted" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 130
 
 

@@ -23,8 +23,9 @@ from .algorithms import get_method
 from .config import Config, set_value
 from .errors import ConfigError
 from .evaluate import engine_for, evaluate
+from .federation import load_split
 from .rundir import RunDir, read_json, write_json
-from .runner import Runner, load_split
+from .runner import Runner
 
 
 @dataclass
@@ -37,6 +38,13 @@ class EvalOptions:
     batch_size: int = 8
     judge: object | None = None
 
+    def __post_init__(self):
+        for name, value, low in (("--limit", self.limit, 0), ("--max-new-tokens", self.max_new_tokens, 1),
+                                 ("--batch-size", self.batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}" + (" (0 = all)" if name == "--limit" else "")
+                                  + f", got {value!r}")
+
 
 def _parse_set_values(spec: str) -> tuple[str, list[str]]:
     if "=" not in spec:
@@ -45,11 +53,20 @@ def _parse_set_values(spec: str) -> tuple[str, list[str]]:
     vals = [v.strip() for v in values.split(",") if v.strip()]
     if not vals:
         raise ConfigError(f"--set-values {key}: no values")
+    twice = sorted({v for v in vals if vals.count(v) > 1})
+    if twice:
+        raise ConfigError(f"--set-values {key}: {', '.join(twice)} listed more than once")
     return key.strip(), vals
 
 
 def grid(base: Config, algorithms: list[str], seeds: list[int], sweep: str | None = None) -> list[tuple[str, Config]]:
     """(setting label, config) for every cell; every config is validated before anything runs."""
+    for what, values in (("--algorithms", algorithms), ("--seeds", seeds)):
+        if not values:
+            raise ConfigError(f"{what}: nothing to run (the list is empty)")
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{what} lists {', '.join(twice)} more than once (each would be run and counted twice)")
     settings: list[tuple[str, list[tuple[str, str]]]] = [("", [])]
     if sweep:
         key, vals = _parse_set_values(sweep)
@@ -94,7 +111,8 @@ def _evaluate_once(folder: str, cfg: Config, tests: list, ev: EvalOptions) -> di
             and read_json(out / "settings.json") == settings:
         return read_json(out / "metrics.json")
     engine = engine_for(folder, max_seq_len=cfg.model.max_seq_len, dtype=cfg.model.dtype)
-    res = evaluate(engine, folder, tests, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, judge=ev.judge)
+    res = evaluate(engine, folder, tests, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, judge=ev.judge,
+                   answers_dir=out)
     res.save(out)
     write_json(out / "settings.json", settings)
     return res.metrics
@@ -140,36 +158,44 @@ def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOpt
         if ev.limit:
             tests = tests[: ev.limit]
         models = []
-        if method.FEDERATED:
+        if method.shares_adapter:
             models.append(("shared", [summary["final_adapter"]]))
         if summary.get("personal_adapters"):
             models.append(("private", summary["personal_adapters"]))
         for kind, folders in models:
-            per = []
-            for folder in folders:
-                per.append(_evaluate_once(folder, cfg, tests, ev))
-            rec = {"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label, "model": kind,
-                   "run_dir": summary["run_dir"], "wall_s": wall, "n_test": len(tests)}
-            for key in ("rouge_l", "cosine", "reference_loss"):
-                vals = [m[key] for m in per]
-                rec[key] = sum(vals) / len(vals)
-            judged = [_judge_fields(m) for m in per if m.get("judge")]
-            for key in judged[0] if judged else []:
-                rec[key] = sum(j[key] for j in judged) / len(judged)
-            rec.update(_leakage(summary, kind))
-            if (summary.get("extraction") or {}).get("backbone"):
-                rec["leak_floor_rouge_l"] = summary["extraction"]["backbone"]["rouge_l"]  # the bare backbone
-            records.append(rec)
-        rounds = [m for m in RunDir(summary["run_dir"]).read_metrics() if m.get("kind") == "round"]
-        curves.append({"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label,
-                       "train_loss": [m.get("train_loss") for m in rounds if m["round"] > 0],
-                       "test_loss": [m.get("test_loss") for m in rounds],
-                       "leak_rouge_l": [(m.get("extraction") or {}).get("rouge_l") for m in rounds if m["round"] > 0]})
+            per = [_evaluate_once(folder, cfg, tests, ev) for folder in folders]
+            head = {"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label, "model": kind,
+                    "run_dir": summary["run_dir"], "wall_s": wall, "n_test": len(tests)}
+            records.append(_record(head, per, summary, kind))
+        curves.append(_curve(cfg, label, summary))
         write_json(out / "results.json", {"meta": _meta(name, out, t_all, ev, started, command), "records": records, "curves": curves})
     from .report import write_report
 
     write_report(out / "results.json")
     return out / "results.json"
+
+
+def _record(head: dict, per: list[dict], summary: dict, kind: str) -> dict:
+    """One results row: the mean of each metric over the model's adapters (one shared, or each client's own)."""
+    rec = dict(head)
+    for key in ("rouge_l", "cosine", "reference_loss"):
+        vals = [m[key] for m in per]
+        rec[key] = sum(vals) / len(vals)
+    judged = [_judge_fields(m) for m in per if m.get("judge")]
+    for key in judged[0] if judged else []:
+        rec[key] = sum(j[key] for j in judged) / len(judged)
+    rec.update(_leakage(summary, kind))
+    if (summary.get("extraction") or {}).get("backbone"):
+        rec["leak_floor_rouge_l"] = summary["extraction"]["backbone"]["rouge_l"]  # the bare backbone
+    return rec
+
+
+def _curve(cfg: Config, label: str, summary: dict) -> dict:
+    rounds = [m for m in RunDir(summary["run_dir"]).read_metrics() if m.get("kind") == "round"]
+    return {"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label,
+            "train_loss": [m.get("train_loss") for m in rounds if m["round"] > 0],
+            "test_loss": [m.get("test_loss") for m in rounds],
+            "leak_rouge_l": [(m.get("extraction") or {}).get("rouge_l") for m in rounds if m["round"] > 0]}
 
 
 def _meta(name: str, out: Path, t0: float, ev: EvalOptions, started: str, command: str = "") -> dict:

@@ -7,6 +7,7 @@ impossible config fails before anything is loaded or written.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -15,9 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .selfgen import TASK_TEXTS, SelfGenSettings
-
-
 
 
 @dataclass
@@ -85,6 +83,33 @@ class EvalConfig:
     extraction_every_round: bool = False  # training-data extraction attack on the shared adapter after each round
     extraction_n: int = 100  # private training examples attacked (0 = all)
     extraction_max_new_tokens: int = 128
+
+
+@dataclass
+class SelfGenSettings:
+    """The [selfgen] section: how the shared model writes synthetic examples (see :mod:`fedpit.selfgen`)."""
+
+    num_instructions: int = 6  # synthetic examples wanted per client and round (CPU demo; the journal: 32)
+    demos: int = 8  # instructions shown when writing a new one (the journal: 8)
+    response_demos: int = 1  # worked local examples shown when writing a response
+    max_instruction_tokens: int = 40
+    max_response_tokens: int = 96
+    repetition_penalty: float = 1.2
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    rouge_threshold: float = 0.7
+    max_attempts: int = 3
+    min_words: int = 3
+    max_words: int = 150
+    min_response_words: int = 8
+    max_repeat_ratio: float = 0.3  # share of repeated word 3-grams above which a response is degenerate
+    batch_size: int = 8
+    public_data: str = ""  # ablation: a .json/.jsonl file whose examples replace self-generated ones, same count
+    task_text: str = "auto"  # what a Phase A demonstration shows: "instruction", "instruction+input" or "auto"
+
+
+TASK_TEXTS = ("auto", "instruction", "instruction+input")
 
 
 @dataclass
@@ -168,6 +193,9 @@ def valid_keys(cfg: Config | None = None) -> list[str]:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a TOML value or a --set string to the field's type."""
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str) and not _utf8_ok(text):
+            raise ConfigError(f"{key}: not valid Unicode text (a lone surrogate; e.g. a path that is not UTF-8)")
     origin = typing.get_origin(tp)
     if origin is list:
         if isinstance(value, str):
@@ -206,6 +234,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return str(value)
         raise ConfigError(f"{key}: expected text, got {value!r}")
     raise ConfigError(f"{key}: unsupported type")  # pragma: no cover
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _field_types(obj) -> dict[str, Any]:
@@ -277,7 +313,7 @@ def to_toml(cfg: Config) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")  # JSON's escapes are TOML's
         if isinstance(v, list):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         return repr(v)
@@ -298,19 +334,24 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
-def validate(cfg: Config) -> None:
-    from .algorithms import REGISTRY
+def _model(cfg: Config) -> None:
+    m = cfg.model
+    _check(m.template in ("alpaca", "chat"), "model.template", "must be alpaca or chat")
+    _check(m.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"), "model.dtype",
+           f"'{m.dtype}' is not one of auto, bf16, fp16, fp32")
+    _check(m.max_seq_len >= 16, "model.max_seq_len", "must be at least 16")
 
-    _check(cfg.algorithm in REGISTRY, "algorithm", f"'{cfg.algorithm}' is not one of {', '.join(REGISTRY)}")
-    _check(cfg.model.template in ("alpaca", "chat"), "model.template", "must be alpaca or chat")
-    _check(cfg.model.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"), "model.dtype",
-           f"'{cfg.model.dtype}' is not one of auto, bf16, fp16, fp32")
-    _check(cfg.model.max_seq_len >= 16, "model.max_seq_len", "must be at least 16")
-    _check(bool(cfg.data.train), "data.train", "must name a dataset ('demo', a file, or hf:NAME)")
-    _check(cfg.data.format in ("auto", "alpaca", "jsonl", "medinstruct", "hf"), "data.format",
+
+def _data(cfg: Config) -> None:
+    d = cfg.data
+    _check(bool(d.train), "data.train", "must name a dataset ('demo', a file, or hf:NAME)")
+    _check(d.format in ("auto", "alpaca", "jsonl", "medinstruct", "hf"), "data.format",
            "must be auto, alpaca, jsonl, medinstruct or hf")
-    _check(cfg.data.on_duplicate in ("error", "drop"), "data.on_duplicate", "must be error or drop")
-    _check(cfg.data.limit >= 0, "data.limit", "must be >= 0")
+    _check(d.on_duplicate in ("error", "drop"), "data.on_duplicate", "must be error or drop")
+    _check(d.limit >= 0, "data.limit", "must be >= 0")
+
+
+def _partition(cfg: Config) -> None:
     p = cfg.partition
     _check(p.method in ("dirichlet", "iid"), "partition.method", "must be dirichlet or iid")
     _check(p.num_clients >= 1, "partition.num_clients", "must be >= 1")
@@ -318,11 +359,17 @@ def validate(cfg: Config) -> None:
     _check(p.label in ("auto", "category", "kmeans"), "partition.label", "must be auto, category or kmeans")
     _check(p.num_clusters >= 1, "partition.num_clusters", "must be >= 1")
     _check(p.min_per_client >= 1, "partition.min_per_client", "must be >= 1")
+
+
+def _lora(cfg: Config) -> None:
     lo = cfg.lora
     _check(lo.r >= 1, "lora.r", "must be >= 1")
     _check(lo.alpha >= 1, "lora.alpha", "must be >= 1")
     _check(0.0 <= lo.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
     _check(len(lo.target_modules) > 0, "lora.target_modules", "must name at least one module")
+
+
+def _train(cfg: Config) -> None:
     t = cfg.train
     _check(t.local_epochs >= 1 or t.local_steps >= 1, "train.local_epochs", "set local_epochs or local_steps >= 1")
     _check(t.local_steps >= 0, "train.local_steps", "must be >= 0")
@@ -331,14 +378,22 @@ def validate(cfg: Config) -> None:
     _check(t.lr > 0 and math.isfinite(t.lr), "train.lr", "must be positive")
     _check(0 <= t.lr_min <= t.lr, "train.lr_min", "must be between 0 and train.lr")
     _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    f = cfg.federation
+
+
+def _federation(cfg: Config) -> None:
+    f, n = cfg.federation, cfg.partition.num_clients
     _check(f.rounds >= 1, "federation.rounds", "must be >= 1")
     _check(0 < f.fraction <= 1, "federation.fraction", "must be in (0, 1]")
-    _check(1 <= f.min_clients <= p.num_clients, "federation.min_clients",
-           f"must be between 1 and partition.num_clients ({p.num_clients})")
+    _check(1 <= f.min_clients <= n, "federation.min_clients", f"must be between 1 and partition.num_clients ({n})")
+
+
+def _eval(cfg: Config) -> None:
     _check(cfg.eval.max_examples >= 0, "eval.max_examples", "must be >= 0")
     _check(cfg.eval.extraction_n >= 0, "eval.extraction_n", "must be >= 0 (0 = all)")
     _check(cfg.eval.extraction_max_new_tokens >= 1, "eval.extraction_max_new_tokens", "must be >= 1")
+
+
+def _selfgen(cfg: Config) -> None:
     g = cfg.selfgen
     _check(g.num_instructions >= 0, "selfgen.num_instructions", "must be >= 0")
     _check(g.demos >= 1, "selfgen.demos", "must be >= 1")
@@ -352,6 +407,11 @@ def validate(cfg: Config) -> None:
     _check(g.batch_size >= 1, "selfgen.batch_size", "must be >= 1")
     _check(g.task_text in TASK_TEXTS, "selfgen.task_text", f"must be one of {', '.join(TASK_TEXTS)}")
     _check(0 < g.temperature and 0 < g.top_p <= 1, "selfgen.temperature", "temperature > 0 and top_p in (0, 1]")
+
+
+def _methods(cfg: Config) -> None:
+    """The method-specific sections (the algorithm's name is checked where methods are looked up)."""
+    _check(bool(cfg.algorithm.strip()), "algorithm", "must name a method")
     _check(0.0 <= cfg.fedpit.beta <= 1.0, "fedpit.beta", "must be in [0, 1]")
     _check(cfg.fedpit.candidates >= 1, "fedpit.candidates", "must be >= 1")
     _check(1 <= cfg.fedpit.keep <= cfg.fedpit.candidates, "fedpit.keep", "must be between 1 and fedpit.candidates")
@@ -360,12 +420,23 @@ def validate(cfg: Config) -> None:
     _check(cfg.fewfedweight.energy_temperature > 0, "fewfedweight.energy_temperature", "must be > 0")
     _check(cfg.fewfedweight.pseudo_samples >= 0, "fewfedweight.pseudo_samples", "must be >= 0")
     _check(cfg.cenit.budget_multiplier >= 1, "cenit.budget_multiplier", "must be >= 1")
-    fl = cfg.flower
+
+
+def _flower(cfg: Config) -> None:
+    fl, n = cfg.flower, cfg.partition.num_clients
     _check(fl.wait_for_nodes_s >= 0, "flower.wait_for_nodes_s", "must be >= 0")
     _check(fl.round_timeout_s > 0, "flower.round_timeout_s", "must be > 0")
-    _check(1 <= fl.min_replies <= p.num_clients, "flower.min_replies",
-           f"must be between 1 and partition.num_clients ({p.num_clients})")
+    _check(1 <= fl.min_replies <= n, "flower.min_replies", f"must be between 1 and partition.num_clients ({n})")
     _check(fl.dp_noise_multiplier >= 0, "flower.dp_noise_multiplier", "must be >= 0")
     _check(fl.dp_clipping_norm >= 0, "flower.dp_clipping_norm", "must be >= 0 (0 = no DP)")
     _check(fl.dp_noise_multiplier == 0 or fl.dp_clipping_norm > 0, "flower.dp_noise_multiplier",
            "needs flower.dp_clipping_norm > 0")
+
+
+SECTION_CHECKS = (_model, _data, _partition, _lora, _train, _federation, _eval, _selfgen, _methods, _flower)
+
+
+def validate(cfg: Config) -> None:
+    """Check every section (first error wins, as a one-line ``ConfigError`` naming the key)."""
+    for check in SECTION_CHECKS:
+        check(cfg)

@@ -6,9 +6,10 @@ tokenized once per run. Algorithms call :meth:`Engine.train` and :meth:`Engine.l
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from .adapters import StateDict, clone_state
 from .backbone import Backbone
 from .prompts import IGNORE_INDEX, Encoded, encode_example
+
+log = logging.getLogger("fedpit.engine")
 
 
 @dataclass
@@ -61,6 +64,24 @@ def make_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generat
     return [batches[i] for i in perm]
 
 
+def micro_batch_stream(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
+                       group_by_length: bool = True) -> Iterator[list[int]]:
+    """:func:`make_batches` epoch after epoch, endlessly (a fixed step budget cycles over the data)."""
+    while True:
+        yield from make_batches(lengths, batch_size, rng, group_by_length)
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                    extra_loss: Callable[[], torch.Tensor] | None, max_grad_norm: float) -> None:
+    """Add the extra loss's gradient (FedProx), clip, step, and clear the gradients."""
+    if extra_loss is not None:
+        extra_loss().backward()
+    if max_grad_norm and max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 class Engine:
     def __init__(self, backbone: Backbone, lora: LoraSpec, *, template: str = "alpaca", max_seq_len: int = 512,
                  seed: int = 0):
@@ -78,6 +99,7 @@ class Engine:
         self.model = get_peft_model(backbone.model, self.peft_config)
         self.initial_adapter = self.adapter_state()
         self._encoded: dict[object, Encoded | None] = {}
+        self._warned_cut = False
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     # ----------------------------------------------------------------------------- adapter weights
@@ -85,6 +107,13 @@ class Engine:
         from peft import get_peft_model_state_dict
 
         return clone_state(get_peft_model_state_dict(self.model))
+
+    def peft_config_dict(self) -> dict:
+        """``adapter_config.json`` of this engine's adapters (what ``PeftModel.from_pretrained`` reads)."""
+        d = self.peft_config.to_dict()
+        d = {k: sorted(v) if isinstance(v, set) else v for k, v in d.items()}
+        d["base_model_name_or_path"] = self.backbone.path
+        return d
 
     def load_adapter(self, state: StateDict) -> None:
         from peft import set_peft_model_state_dict
@@ -99,13 +128,24 @@ class Engine:
 
     # ----------------------------------------------------------------------------- data
     def encode(self, examples: Sequence) -> list[Encoded]:
-        """Tokenize (cached per example for the whole run); examples whose response cannot fit are dropped."""
-        out = []
+        """Tokenize (cached per example for the whole run); examples whose response cannot fit are dropped.
+
+        The first call that meets examples longer than ``max_seq_len`` warns once, with their count and the longest
+        length: they are cut to fit, silently otherwise."""
+        out, cut = [], []
         for ex in examples:
             if ex not in self._encoded:
-                self._encoded[ex] = encode_example(self.tokenizer, ex, template=self.template, max_len=self.max_seq_len)
+                self._encoded[ex] = enc = encode_example(self.tokenizer, ex, template=self.template,
+                                                         max_len=self.max_seq_len)
+                if enc is not None and enc.full_length:
+                    cut.append(enc.full_length)
             if self._encoded[ex] is not None:
                 out.append(self._encoded[ex])
+        if cut and not self._warned_cut:
+            self._warned_cut = True
+            log.warning("%d of %d examples are longer than model.max_seq_len = %d tokens and were cut to fit (the "
+                        "longest has %d tokens); raise model.max_seq_len to keep more of them (warned once)",
+                        len(cut), len(examples), self.max_seq_len, max(cut))
         return out
 
     def _collate(self, items: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -206,6 +246,29 @@ class Engine:
         return total / max(1, count)
 
     # ----------------------------------------------------------------------------- training
+    def _weighted(self, examples: Sequence, weights: Sequence[float] | None) -> tuple[list[Encoded], torch.Tensor]:
+        """The examples that fit, encoded, and their weights (1 each by default)."""
+        weights = [1.0] * len(examples) if weights is None else list(weights)
+        if len(weights) != len(examples):
+            raise ValueError(f"{len(weights)} weights for {len(examples)} examples")
+        pairs = [(e, w) for e, w in zip((self.encode([ex]) for ex in examples), weights) if e]
+        return [e[0] for e, _ in pairs], torch.tensor([w for _, w in pairs], dtype=torch.float32)
+
+    def _accumulate(self, encoded: Sequence[Encoded], group: list[list[int]], sample_w: torch.Tensor, n_target: int,
+                    stats: TrainStats) -> float:
+        """Backward over one optimizer step's micro-batches (gradients accumulate); the step's summed token loss."""
+        step_loss = 0.0
+        for idx in group:
+            mb = [encoded[i] for i in idx]
+            ids, labels, mask = self._collate(mb)
+            tok_loss, rows = self._token_losses(ids, labels, mask)
+            w = sample_w[idx].to(tok_loss.device)[rows]
+            ((tok_loss * w).sum() / n_target).backward()
+            step_loss += float(tok_loss.detach().sum())
+            stats.tokens += int(mask.sum())
+            stats.examples_seen += len(mb)
+        return step_loss
+
     def train(self, examples: Sequence, *, lr: float, epochs: int = 1, steps: int = 0, batch_size: int = 4,
               grad_accum: int = 1, weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
               group_by_length: bool = True, on_step: Callable[[int, int, float], None] | None = None,
@@ -218,12 +281,7 @@ class Engine:
         ``extra_loss`` (e.g. a FedProx proximal term) is added once per optimizer step. ``weights`` (one per example)
         scale each example's token losses (FewFedWeight's pseudo-sample weights).
         """
-        weights = [1.0] * len(examples) if weights is None else list(weights)
-        if len(weights) != len(examples):
-            raise ValueError(f"{len(weights)} weights for {len(examples)} examples")
-        pairs = [(e, w) for e, w in zip((self.encode([ex]) for ex in examples), weights) if e]
-        encoded = [e[0] for e, _ in pairs]
-        sample_w = torch.tensor([w for _, w in pairs], dtype=torch.float32)
+        encoded, sample_w = self._weighted(examples, weights)
         stats = TrainStats()
         if not encoded:
             return stats
@@ -235,33 +293,14 @@ class Engine:
         lengths = [len(e.input_ids) for e in encoded]
         micro_per_epoch = math.ceil(len(encoded) / batch_size)
         total_steps = steps if steps > 0 else max(1, math.ceil(epochs * micro_per_epoch / grad_accum))
-
-        def micro_batches():
-            while True:
-                yield from make_batches(lengths, batch_size, rng, group_by_length)
-
-        stream = micro_batches()
+        stream = micro_batch_stream(lengths, batch_size, rng, group_by_length)
         self.model.train()
         loss_sum, tok_sum = 0.0, 0
         for step in range(total_steps):
             group = [next(stream) for _ in range(grad_accum)]
             n_target = sum(encoded[i].num_target_tokens for mb in group for i in mb)
-            step_loss = 0.0
-            for idx in group:
-                mb = [encoded[i] for i in idx]
-                ids, labels, mask = self._collate(mb)
-                tok_loss, rows = self._token_losses(ids, labels, mask)
-                w = sample_w[idx].to(tok_loss.device)[rows]
-                ((tok_loss * w).sum() / n_target).backward()
-                step_loss += float(tok_loss.detach().sum())
-                stats.tokens += int(mask.sum())
-                stats.examples_seen += len(mb)
-            if extra_loss is not None:
-                extra_loss().backward()
-            if max_grad_norm and max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            step_loss = self._accumulate(encoded, group, sample_w, n_target, stats)
+            _optimizer_step(opt, params, extra_loss, max_grad_norm)
             loss_sum += step_loss
             tok_sum += n_target
             if step == 0:

@@ -8,21 +8,29 @@ model's mean token loss on the reference answer.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .adapters import load_state
-from .backbone import load_backbone
+from .backbone import DEFAULT_MODEL
+from .config import Config, LoraConfig
 from .data import Example
-from .engine import Engine, LoraSpec
-from .errors import ConfigError
+from .engine import Engine
+from .federation import make_engine
 from .generate import generate
 from .metrics import embedding_cosine, rouge_l
 from .prompts import build_prompt
-from .rundir import read_json, write_json
+from .rundir import read_adapter_folder, read_json, write_json
+
+log = logging.getLogger("fedpit.evaluate")
+ANSWERS, GENERATION = "answers.jsonl", "generation.json"
 
 
 @dataclass
@@ -33,39 +41,72 @@ class EvalResult:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows),
-                                              encoding="utf-8")
+        _write_rows(folder / ANSWERS, self.rows)
         write_json(folder / "metrics.json", self.metrics)
 
 
-def adapter_meta(folder: str | Path) -> tuple[dict, dict]:
-    """(adapter_config.json, fedpit.json) of an adapter folder; one-line errors for anything else."""
-    folder = Path(folder)
-    if not (folder / "adapter_model.safetensors").is_file() or not (folder / "adapter_config.json").is_file():
-        raise ConfigError(f"{folder}: not an adapter folder (needs adapter_model.safetensors and adapter_config.json)")
-    meta = read_json(folder / "fedpit.json") if (folder / "fedpit.json").is_file() else {}
-    return read_json(folder / "adapter_config.json"), meta
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def generation_key(engine: Engine, adapter: dict | None, prompts: list[str], max_new_tokens: int,
+                   batch_size: int) -> str:
+    """A digest of everything the greedy answers depend on: backbone, adapter weights, prompts, settings."""
+    h = hashlib.sha256(json.dumps([engine.backbone.path, str(engine.backbone.dtype), engine.template,
+                                   max_new_tokens, batch_size, prompts], ensure_ascii=False).encode("utf-8",
+                                                                                                   "surrogatepass"))
+    for name in sorted(adapter or {}):
+        t = adapter[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def saved_answers(folder: Path, key: str, n: int) -> list[str] | None:
+    """The answers saved in ``folder`` by an earlier evaluation with the same :func:`generation_key`, else None."""
+    try:
+        if read_json(folder / GENERATION).get("key") != key:
+            return None
+        rows = [json.loads(line) for line in (folder / ANSWERS).read_text(encoding="utf-8").splitlines() if line]
+    except (OSError, ValueError, AttributeError):
+        return None
+    answers = [r.get("answer") if isinstance(r, dict) else None for r in rows]
+    return answers if len(answers) == n and all(isinstance(a, str) for a in answers) else None
 
 
 def engine_for(adapter: str | Path | None, *, model: str | None = None, dtype: str = "auto",
                max_seq_len: int = 512, template: str | None = None) -> Engine:
-    """An engine whose LoRA shape matches the adapter (or a default one for the bare backbone)."""
-    lora, meta = LoraSpec(), {}
+    """An engine whose LoRA shape matches the adapter folder (or the default one for the bare backbone), built by
+    :func:`fedpit.federation.make_engine` from the config the folder implies."""
+    cfg = Config(seed=0)
+    cfg.model.max_seq_len, cfg.model.dtype = max_seq_len, dtype
+    meta = {}
     if adapter is not None:
-        pc, meta = adapter_meta(adapter)
-        lora = LoraSpec(r=pc["r"], alpha=pc["lora_alpha"], dropout=0.0, target_modules=tuple(pc["target_modules"]))
+        pc, meta = read_adapter_folder(adapter)
+        cfg.lora = LoraConfig(r=pc["r"], alpha=pc["lora_alpha"], dropout=0.0, target_modules=list(pc["target_modules"]))
         model = model or meta.get("model") or pc.get("base_model_name_or_path")
-    from .backbone import DEFAULT_MODEL
-
-    bb = load_backbone(model or DEFAULT_MODEL, dtype=dtype)
-    return Engine(bb, lora, template=template or meta.get("template", "alpaca"), max_seq_len=max_seq_len)
+    cfg.model.name = model or DEFAULT_MODEL
+    cfg.model.template = template or meta.get("template", "alpaca")
+    return make_engine(cfg)
 
 
 def evaluate(engine: Engine, adapter: str | Path | dict | None, examples: list[Example], *,
-             max_new_tokens: int = 256, batch_size: int = 8, judge=None, embed=None) -> EvalResult:
-    """Answer every example with ``adapter`` loaded (None: the bare backbone) and score the answers."""
+             max_new_tokens: int = 256, batch_size: int = 8, judge=None, embed=None,
+             answers_dir: str | Path | None = None) -> EvalResult:
+    """Answer every example with ``adapter`` loaded (None: the bare backbone) and score the answers.
+
+    With a ``judge``, its endpoint is checked with one cheap request before anything is generated. With
+    ``answers_dir``, the answers are saved there (answers.jsonl, generation.json) as soon as they are generated,
+    before any judging, and an earlier evaluation's answers for the same backbone, adapter, prompts and settings are
+    reused instead of generated again (so a judge that fails midway costs no regeneration on the rerun).
+    """
     import contextlib
 
+    if judge is not None and hasattr(judge, "check"):
+        judge.check()
     if isinstance(adapter, (str, Path)):
         adapter = load_state(Path(adapter) / "adapter_model.safetensors")
     if adapter is not None:
@@ -74,8 +115,20 @@ def evaluate(engine: Engine, adapter: str | Path | dict | None, examples: list[E
     with scope:
         prompts = [build_prompt(e.instruction, e.input, template=engine.template, tokenizer=engine.tokenizer)
                    for e in examples]
-        answers = generate(engine.model, engine.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size)
+        key = generation_key(engine, adapter, prompts, max_new_tokens, batch_size) if answers_dir else ""
+        answers = saved_answers(Path(answers_dir), key, len(prompts)) if answers_dir else None
+        if answers is not None:
+            log.warning("%s: reusing %d answers saved by an earlier evaluation (same model, adapter, prompts and "
+                        "settings)", Path(answers_dir) / ANSWERS, len(answers))
+        else:
+            answers = generate(engine.model, engine.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size)
+            if answers_dir:
+                folder = Path(answers_dir)
+                folder.mkdir(parents=True, exist_ok=True)
+                _write_rows(folder / ANSWERS, [{"instruction": e.instruction, "input": e.input, "reference": e.output,
+                                                "answer": a} for e, a in zip(examples, answers)])
+                write_json(folder / GENERATION, {"key": key, "n": len(answers)})
         ref_loss = engine.mean_loss(engine.encode(examples))
     cos = embedding_cosine(answers, [e.output for e in examples], embed=embed)
     rows = [{"instruction": e.instruction, "input": e.input, "reference": e.output, "answer": a,

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
 from .prompts import build_prompt
 
 
@@ -87,17 +86,14 @@ def load_for_inference(adapter: str | Path | None, *, model: str | None = None, 
                        device: str = "auto", cache_dir: str | None = None):
     """Backbone (+ a trained adapter folder written by fedpit or peft). Returns (model, tokenizer, template)."""
     from .backbone import DEFAULT_MODEL, load_backbone
-    from .rundir import read_json
+    from .rundir import read_adapter_folder
 
     template = "alpaca"
     name = model
     if adapter is not None:
-        folder = Path(adapter)
-        if not (folder / "adapter_model.safetensors").is_file() or not (folder / "adapter_config.json").is_file():
-            raise ConfigError(f"{folder}: not an adapter folder (needs adapter_model.safetensors and adapter_config.json)")
-        meta = read_json(folder / "fedpit.json") if (folder / "fedpit.json").is_file() else {}
+        peft_config, meta = read_adapter_folder(adapter)
         template = meta.get("template", template)
-        name = name or meta.get("model") or read_json(folder / "adapter_config.json").get("base_model_name_or_path")
+        name = name or meta.get("model") or peft_config.get("base_model_name_or_path")
     bb = load_backbone(name or DEFAULT_MODEL, dtype=dtype, device=device, cache_dir=cache_dir)
     m = bb.model
     if adapter is not None:

@@ -248,6 +248,7 @@ class Judge:
         self._client = client
         self._sleep = sleep
         self.calls = 0  # real endpoint calls (every attempt, retries included); cached verdicts cost none
+        self.checked = False  # set by check()
         if cfg.cache_dir:
             self.cache_dir = Path(cfg.cache_dir).expanduser()
         else:
@@ -273,20 +274,32 @@ class Judge:
             msg = msg.replace(key, "***")
         return msg[:200]
 
-    def _complete(self, messages: list[dict]) -> str:
-        for attempt in range(self.cfg.max_retries + 1):
+    def check(self) -> None:
+        """One cheap request (a one-token reply) so that a dead, misaddressed or unauthorized endpoint is reported
+        before any answer is generated; at most one retry. Done once per judge; raises a one-line ConfigError."""
+        if self.checked:
+            return
+        self._complete([{"role": "user", "content": "Reply with the word OK."}], max_tokens=1,
+                       max_retries=min(self.cfg.max_retries, 1))
+        self.checked = True
+
+    def _complete(self, messages: list[dict], *, max_tokens: int | None = None, max_retries: int | None = None) -> str:
+        retries = self.cfg.max_retries if max_retries is None else max_retries
+        for attempt in range(retries + 1):
             self.calls += 1
             try:
                 resp = self.client.chat.completions.create(model=self.cfg.model, messages=messages,
                                                            temperature=self.cfg.temperature,
-                                                           max_tokens=self.cfg.max_tokens)
+                                                           max_tokens=max_tokens or self.cfg.max_tokens)
+                if not resp.choices:
+                    raise ConfigError(f"{self._where()} answered without any choices")
                 return resp.choices[0].message.content or ""
             except openai.APIError as exc:
                 if not _is_transient(exc):
                     status = getattr(exc, "status_code", None)
                     code = f"HTTP {status}: " if status else ""
                     raise ConfigError(f"{self._where()} rejected the request: {code}{self._one_line(exc)}") from None
-                if attempt == self.cfg.max_retries:
+                if attempt == retries:
                     raise ConfigError(f"{self._where()} kept failing after {attempt + 1} attempts: "
                                       f"{type(exc).__name__}: {self._one_line(exc)}") from None
                 self._sleep(_backoff_s(attempt))

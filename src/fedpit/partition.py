@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,9 +133,16 @@ def dirichlet_split(labels: Sequence[str], num_clients: int, alpha: float, seed:
     """Non-IID split of Hsu et al. (2019): client ``k`` draws label priors ``q_k ~ Dir(alpha * p)``.
 
     ``p`` is the global label frequency. Clients get equal sizes (within one). Until every client is full, a random
-    non-full client draws a label from its ``q_k``, renormalized over labels with examples left (by the labels'
-    remaining counts if its prior has no mass there), and receives a random unassigned example of that label.
-    Large ``alpha`` gives near-IID clients; small ``alpha`` gives clients dominated by a few labels.
+    non-full client draws a label from its ``q_k``, renormalized over labels with examples left, and receives a random
+    unassigned example of that label. Large ``alpha`` gives near-IID clients; small ``alpha`` gives clients dominated
+    by a few labels.
+
+    With a small ``alpha`` a prior drawn in floating point is exactly zero on all but a label or two. When every label
+    a client's prior puts mass on has run out, the client's preferences over the labels left are drawn afresh from
+    ``Dir(alpha * p_left)``, in log space so that they cannot underflow: by the neutrality of the Dirichlet this is
+    the distribution of its renormalized prior over those labels, so the client keeps concentrating on few labels
+    (dealing its remaining examples IID instead, as earlier versions did, made a tiny alpha give near-IID clients).
+    The redraw happens only in that case, so splits that never reach it are unchanged.
     """
     _check_int("num_clients", num_clients, 1)
     _check_alpha(alpha)
@@ -158,12 +166,17 @@ def dirichlet_split(labels: Sequence[str], num_clients: int, alpha: float, seed:
 
     room = _client_sizes(n, num_clients)
     open_clients = [k for k in range(num_clients) if room[k] > 0]
+    redrawn: dict[int, np.ndarray] = {}  # client -> log prior over the labels left when its own prior ran dry
     while open_clients:
         slot = int(rng.integers(len(open_clients)))
         k = open_clients[slot]
-        weights = priors[k] * (remaining > 0)
-        if weights.sum() <= 0:
-            weights = remaining.copy()
+        if k in redrawn:
+            weights = _weights_from_log(redrawn[k], remaining > 0)
+        else:
+            weights = priors[k] * (remaining > 0)
+            if weights.sum() <= 0:
+                redrawn[k] = _log_dirichlet(rng, alpha * p, remaining > 0)
+                weights = _weights_from_log(redrawn[k], remaining > 0)
         cum = np.cumsum(weights)
         j = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(names) - 1)
         if weights[j] <= 0:  # a rounding edge at the very top of the range
@@ -175,6 +188,24 @@ def dirichlet_split(labels: Sequence[str], num_clients: int, alpha: float, seed:
             open_clients[slot] = open_clients[-1]
             open_clients.pop()
     return [sorted(c) for c in clients]
+
+
+def _log_dirichlet(rng: np.random.Generator, concentration: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Log of a ``Dir(concentration[support])`` draw (``-inf`` off the support), without underflow for tiny values.
+
+    Uses ``Gamma(a) = Gamma(a + 1) * U**(1/a)``, i.e. ``log G = log Gamma(a + 1) + log(U) / a``.
+    """
+    logs = np.full(len(concentration), -np.inf)
+    a = concentration[support]
+    u = 1.0 - rng.random(len(a))  # in (0, 1]
+    logs[support] = np.log(rng.standard_gamma(a + 1.0)) + np.log(u) / a
+    return logs
+
+
+def _weights_from_log(logs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Unnormalized weights ``exp(logs - max)`` on ``mask`` (zero elsewhere); the largest is 1."""
+    masked = np.where(mask, logs, -np.inf)
+    return np.exp(masked - masked.max())
 
 
 @functools.lru_cache(maxsize=1)
@@ -298,3 +329,44 @@ def counts_text(partition: Partition, width: int = 1000) -> str:
     console = Console(record=True, width=width, file=io.StringIO())
     console.print(format_counts(partition))
     return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+
+
+def plot_partition(partition: Partition, path: str | os.PathLike) -> str:
+    """Draw the split as a clients x labels heat map of example counts (with each client's total), as a PNG.
+
+    Uses matplotlib's Agg backend (no display needed). Returns the path written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = partition.counts()
+    labels = list(counts)
+    grid = np.array([counts[label] for label in labels], dtype=int).T  # clients x labels
+    k, m = grid.shape
+    fig, ax = plt.subplots(figsize=(min(24.0, max(5.0, 0.5 * m + 2.5)), min(16.0, max(2.5, 0.45 * k + 1.6))))
+    im = ax.imshow(grid, aspect="auto", cmap="Blues", interpolation="nearest")
+    ax.set_yticks(range(k), [f"client {c} ({n})" for c, n in enumerate(partition.sizes())], fontsize=8)
+    if m <= 60:
+        ax.set_xticks(range(m), labels, rotation=60, ha="right", fontsize=7)
+    else:
+        ax.set_xticks([])
+    ax.set_xlabel(f"label ({partition.label_source}, {m})")
+    if m <= 25 and k <= 25:
+        top = grid.max() or 1
+        for (c, j), v in np.ndenumerate(grid):
+            if v:
+                ax.text(j, c, str(v), ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
+    alpha = "" if partition.alpha is None else f", alpha {partition.alpha:g}"
+    ax.set_title(f"{partition.method} split over {k} clients{alpha}, seed {partition.seed}: examples per label",
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    fig.tight_layout()
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, format="png")
+    except OSError as e:
+        raise ConfigError(f"--plot {path}: cannot write ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
+    return str(path)

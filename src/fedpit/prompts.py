@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IGNORE_INDEX = -100
 TEMPLATES = ("alpaca", "chat")
@@ -41,6 +41,7 @@ class Encoded:
 
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
+    full_length: int = field(default=0, compare=False)  # tokens before truncation (0: not truncated)
 
     @property
     def num_target_tokens(self) -> int:
@@ -55,12 +56,13 @@ def encode(tokenizer, prompt: str, response: str, max_len: int) -> Encoded | Non
     """
     p_ids = tokenizer(prompt, add_special_tokens=True).input_ids
     r_ids = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    if len(p_ids) + len(r_ids) > max_len:
+    full = len(p_ids) + len(r_ids)
+    if full > max_len:
         p_ids = p_ids[-max(1, min(len(p_ids), max_len // 2)):] if len(p_ids) > max_len // 2 else p_ids
         r_ids = r_ids[: max_len - len(p_ids)]
     if not r_ids:
         return None
-    return Encoded(tuple(p_ids + r_ids), tuple([IGNORE_INDEX] * len(p_ids) + r_ids))
+    return Encoded(tuple(p_ids + r_ids), tuple([IGNORE_INDEX] * len(p_ids) + r_ids), full if full > max_len else 0)
 
 
 def encode_example(tokenizer, example, *, template: str = "alpaca", max_len: int = 512) -> Encoded | None:

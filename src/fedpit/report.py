@@ -8,13 +8,14 @@ deviation over seeds.
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from .rundir import read_json
+from .errors import DataError, FedpitError
 
 METRICS = [  # (key, column title, higher is better)
     ("rouge_l", "Rouge-L", True),
@@ -139,12 +140,89 @@ def _plot_curves(curves: list[dict], key: str, title: str, ylabel: str, path: Pa
     return True
 
 
+def _number_or_none(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def load_results(results_file: str | Path) -> tuple[Path, dict]:
+    """Read and check a ``results.json`` (or the experiment folder holding one): one-line DataErrors naming the
+    file, record and field for anything a report cannot be made from, including an experiment with no records."""
+    path = Path(results_file)
+    if path.is_dir():
+        if not (path / "results.json").is_file():
+            raise DataError(path, "is a folder without a results.json (pass an experiment folder or its results.json)")
+        path = path / "results.json"
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise DataError(path, f"cannot read file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg} (a results.json cut "
+                              "short?)") from None
+    if not isinstance(data, dict):
+        raise DataError(path, f"expected a JSON object with 'records', got {type(data).__name__}")
+    if "records" not in data:
+        raise DataError(path, "no 'records' (not a results.json written by fedpit compare or sweep)",
+                        field="records")
+    records = data["records"]
+    if not isinstance(records, list):
+        raise DataError(path, f"expected a list, got {type(records).__name__}", field="records")
+    if not records:
+        raise DataError(path, "no records: no run of this experiment has been evaluated yet, nothing to report",
+                        field="records")
+    for i, r in enumerate(records, 1):
+        where = f"record {i}"
+        if not isinstance(r, dict):
+            raise DataError(path, f"expected an object, got {type(r).__name__}", record=where)
+        for key, kind in (("algorithm", str), ("model", str), ("seed", int)):
+            if key not in r:
+                raise DataError(path, "missing required field", record=where, field=key)
+            if not isinstance(r[key], kind) or isinstance(r[key], bool):
+                raise DataError(path, f"expected {kind.__name__}, got {type(r[key]).__name__}", record=where,
+                                field=key)
+        if not isinstance(r.get("setting", ""), str):
+            raise DataError(path, f"expected text, got {type(r['setting']).__name__}", record=where, field="setting")
+        for key, _, _ in METRICS:
+            if not _number_or_none(r.get(key)):
+                raise DataError(path, f"expected a number, got {type(r[key]).__name__}", record=where, field=key)
+    curves = data.get("curves", [])
+    if not isinstance(curves, list):
+        raise DataError(path, f"expected a list, got {type(curves).__name__}", field="curves")
+    for i, c in enumerate(curves, 1):
+        where = f"curve {i}"
+        if not isinstance(c, dict) or not isinstance(c.get("algorithm"), str):
+            raise DataError(path, "expected an object with an 'algorithm'", record=where)
+        if not isinstance(c.get("setting", ""), str):
+            raise DataError(path, "expected text", record=where, field="setting")
+        for key in ("train_loss", "test_loss", "leak_rouge_l"):
+            ys = c.get(key, [])
+            if not isinstance(ys, list) or not all(_number_or_none(y) for y in ys):
+                raise DataError(path, "expected a list of numbers", record=where, field=key)
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        raise DataError(path, f"expected an object, got {type(meta).__name__}", field="meta")
+    for key in ("name", "command"):
+        if not isinstance(meta.get(key, ""), (str, type(None))):
+            raise DataError(path, f"expected text, got {type(meta[key]).__name__}", field=f"meta.{key}")
+    return path, data
+
+
 def write_report(results_file: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write report.md, report.html and plots next to ``results.json`` (or into ``out_dir``)."""
-    results_file = Path(results_file)
-    data = read_json(results_file)
+    results_file, data = load_results(results_file)
     out = Path(out_dir or results_file.parent)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return _write(results_file, data, out)
+    except OSError as e:
+        raise FedpitError(f"{out}: cannot write the report ({e.strerror or e})") from None
+
+
+def _write(results_file: Path, data: dict, out: Path) -> dict[str, Path]:
     rows = aggregate(data.get("records", []))
     curves = data.get("curves", [])
     plots = {}

@@ -10,6 +10,10 @@ Layout::
     progress.json          last completed round and status (running / failed / complete)
     final/                 the final global adapter (peft folder + fedpit.json), only when complete
     summary.json           only when complete
+
+A run's life is four calls, the same for every runtime: :meth:`RunDir.start` (or :meth:`RunDir.resume`), then
+:meth:`RunDir.commit_round` after every round (round 0 is the initial adapter), then :meth:`RunDir.finish`.
+Adapter folders are written and read by :func:`save_adapter_folder` and :func:`read_adapter_folder` only.
 """
 
 from __future__ import annotations
@@ -17,9 +21,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .adapters import StateDict, load_state, save_state
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+AdapterSaver = Callable[[Path, StateDict], None]  # writes one adapter folder (see save_adapter_folder)
 
 
 def write_json(path: Path, data) -> None:
@@ -32,9 +45,72 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def save_adapter_folder(folder: Path, state: StateDict, peft_config: dict, meta: dict) -> None:
+    """A folder ``peft.PeftModel.from_pretrained`` loads, plus ``fedpit.json`` (backbone name, template, ...)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_state(state, folder / ADAPTER_FILES[0], metadata={"format": "pt"})
+    write_json(folder / ADAPTER_FILES[1], peft_config)
+    write_json(folder / "fedpit.json", meta)
+
+
+def read_adapter_folder(folder: str | os.PathLike) -> tuple[dict, dict]:
+    """(adapter_config.json, fedpit.json or {}) of an adapter folder; a one-line error for anything else."""
+    folder = Path(folder)
+    if not all((folder / f).is_file() for f in ADAPTER_FILES):
+        raise ConfigError(f"{folder}: not an adapter folder (needs {' and '.join(ADAPTER_FILES)})")
+    meta = read_json(folder / "fedpit.json") if (folder / "fedpit.json").is_file() else {}
+    return read_json(folder / ADAPTER_FILES[1]), meta
+
+
 class RunDir:
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, saver: AdapterSaver | None = None):
         self.path = Path(path)
+        self.saver = saver
+
+    # -------------------------------------------------------------------- life
+    @classmethod
+    def start(cls, path: str | os.PathLike, cfg: Config, partition: dict, saver: AdapterSaver, **progress) -> RunDir:
+        """A new run folder with its config and partition; refuses a folder that holds anything."""
+        from .config import to_toml
+
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise ConfigError(f"run_name: {path} already exists and is not empty; choose another name or --resume it")
+        path.mkdir(parents=True, exist_ok=True)
+        rd = cls(path, saver)
+        rd.config_file.write_text(to_toml(cfg), encoding="utf-8")
+        write_json(path / "partition.json", partition)
+        rd.set_progress(completed_rounds=-1, status="starting", **progress)
+        return rd
+
+    @staticmethod
+    def check_resumable(path: str | os.PathLike) -> None:
+        rd = RunDir(path)
+        if not rd.config_file.is_file():
+            raise ConfigError(f"{path}: not a fedpit run folder (no config.toml)")
+        if rd.is_complete():
+            raise ConfigError(f"{path}: this run is already complete (summary.json exists)")
+        if rd.progress()["completed_rounds"] < 0:
+            raise ConfigError(f"{path}: the run never committed its initial adapter; start it again")
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, saver: AdapterSaver) -> tuple[RunDir, int]:
+        """An interrupted run folder, rolled back to its last committed round; returns (folder, next round)."""
+        cls.check_resumable(path)
+        rd = cls(path, saver)
+        done = rd.progress()["completed_rounds"]
+        rd.truncate_metrics(done)
+        return rd, done + 1
+
+    def commit_round(self, r: int, global_state: StateDict, rows: list[dict]) -> None:
+        """Commit order: adapter, metrics, then progress. A crash before progress is written re-runs the round."""
+        self.saver(self.round_dir(r), global_state)
+        self.append_metrics(rows)
+        self.set_progress(completed_rounds=r, status="running")
+
+    def finish(self, summary: dict, rounds: int) -> None:
+        write_json(self.path / "summary.json", summary)
+        self.set_progress(status="complete", completed_rounds=rounds)
 
     # -------------------------------------------------------------------- layout
     @property
@@ -71,13 +147,6 @@ class RunDir:
         return (self.path / "summary.json").is_file()
 
     # -------------------------------------------------------------------- adapters
-    def save_adapter(self, folder: Path, state: StateDict, peft_config: dict, extra: dict) -> None:
-        """A folder ``peft.PeftModel.from_pretrained`` loads, plus ``fedpit.json`` (backbone name, template)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        save_state(state, folder / "adapter_model.safetensors", metadata={"format": "pt"})
-        write_json(folder / "adapter_config.json", peft_config)
-        write_json(folder / "fedpit.json", extra)
-
     def load_global(self, r: int) -> StateDict:
         return load_state(self.round_dir(r) / "adapter_model.safetensors")
 

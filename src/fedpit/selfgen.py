@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from rouge_score import rouge_scorer
 
+from .config import TASK_TEXTS, SelfGenSettings  # the [selfgen] section (config stays torch-free)
 from .data import Example
 from .generate import generate
 from .prompts import build_prompt
@@ -37,31 +38,6 @@ REFUSAL_PREFIXES = ("as a", "as an", "sorry", "i'm sorry", "i am sorry", "i cann
                     "i apologize", "i'm unable", "i am unable", "unfortunately", "i do not", "i don't")
 FILTERS = ("unparseable", "length", "truncated", "refusal", "bad_start", "similar", "response_empty", "response_short",
            "response_degenerate", "response_copy")
-
-
-@dataclass
-class SelfGenSettings:
-    num_instructions: int = 6  # synthetic examples wanted per client and round (CPU demo; the journal: 32)
-    demos: int = 8  # instructions shown when writing a new one (the journal: 8)
-    response_demos: int = 1  # worked local examples shown when writing a response
-    max_instruction_tokens: int = 40
-    max_response_tokens: int = 96
-    repetition_penalty: float = 1.2
-    do_sample: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-    rouge_threshold: float = 0.7
-    max_attempts: int = 3
-    min_words: int = 3
-    max_words: int = 150
-    min_response_words: int = 8
-    max_repeat_ratio: float = 0.3  # share of repeated word 3-grams above which a response is degenerate
-    batch_size: int = 8
-    public_data: str = ""  # ablation: a .json/.jsonl file whose examples replace self-generated ones, same count
-    task_text: str = "auto"  # what a Phase A demonstration shows: "instruction", "instruction+input" or "auto"
-
-
-TASK_TEXTS = ("auto", "instruction", "instruction+input")
 
 
 def task_texts(local: list[Example], mode: str = "auto") -> list[str]:

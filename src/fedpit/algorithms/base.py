@@ -7,14 +7,20 @@ same functions. Anything a client keeps private (a local adapter, synthetic data
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 
 from ..adapters import StateDict
-from ..config import FedPITConfig, FedProxConfig, FewFedWeightConfig
-from ..selfgen import SelfGenSettings
+from ..config import Config, FedPITConfig, FedProxConfig, FewFedWeightConfig, SelfGenSettings
+
+if TYPE_CHECKING:
+    from ..data import Example
+    from ..engine import Engine
+    from ..partition import Partition
 
 ClientState = dict[str, torch.Tensor]  # private per-client tensors, persisted on the client between rounds
 LOCAL_PREFIX = "local."  # state keys of a client's private (personalized) adapter
@@ -79,16 +85,66 @@ class ClientResult:
     artifacts: dict = field(default_factory=dict)  # stays on the client's disk: synthetic data, filter counts
 
 
-class Method(Protocol):
-    NAME: str
-    DESCRIPTION: str
-    FEDERATED: bool  # False: clients never share anything (locit, locit-sa)
-    CENTRALIZED: bool  # True: one virtual client holding the pooled data (cenit)
+OnStep = Callable[[int, int, float], None]  # (step, total steps, loss): progress display
 
-    def client_update(self, engine, global_adapter: StateDict, examples: list, state: ClientState,
-                      ctx: RoundContext, on_step=None) -> ClientResult: ...
 
-    def server_aggregate(self, global_adapter: StateDict, replies: list[ClientReply]) -> StateDict: ...
+class ClientUpdate(Protocol):
+    def __call__(self, engine: Engine, global_adapter: StateDict, examples: list[Example], state: ClientState,
+                 ctx: RoundContext, on_step: OnStep | None = None) -> ClientResult: ...
+
+
+ServerAggregate = Callable[[StateDict, list["ClientReply"]], StateDict]
+
+
+def client_seed(seed: int, round_idx: int, client: int) -> int:
+    return int(np.random.SeedSequence([seed, round_idx, client]).generate_state(1)[0])
+
+
+def sample_clients(seed: int, round_idx: int, num_clients: int, fraction: float, min_clients: int) -> list[int]:
+    """The clients of one round: a seeded draw without replacement (the same for every method)."""
+    k = min(num_clients, max(min_clients, int(round(fraction * num_clients))))
+    rng = np.random.default_rng([seed, round_idx, 7919])
+    return sorted(int(i) for i in rng.choice(num_clients, size=k, replace=False))
+
+
+def budget_of(cfg: Config) -> LocalBudget:
+    t = cfg.train
+    return LocalBudget(epochs=t.local_epochs, steps=t.local_steps, batch_size=t.batch_size, grad_accum=t.grad_accum,
+                       weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, group_by_length=t.group_by_length)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One federated method: a client update and a server aggregate, plus what a runtime must know about it."""
+
+    name: str
+    description: str
+    client_update: ClientUpdate
+    server_aggregate: ServerAggregate
+    shares_adapter: bool = True  # False: clients never share anything (locit, locit-sa)
+    pools_data: bool = False  # True: one virtual client holding every client's data (cenit; not deployable)
+
+    def clients(self, cfg: Config, r: int) -> list[int]:
+        """The clients that train in round ``r`` (a seeded draw, the same for every method that samples)."""
+        f = cfg.federation
+        return sample_clients(cfg.seed, r, cfg.partition.num_clients, f.fraction, f.min_clients)
+
+    def budget(self, cfg: Config) -> LocalBudget:
+        """How much each of this method's clients trains per round."""
+        return budget_of(cfg)
+
+    def examples(self, train: list[Example], partition: Partition, k: int) -> list[Example]:
+        """Client ``k``'s training data (in-process: the runtime holds every client's data)."""
+        return partition.subset(train, k)
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method to the registry (each module in ``fedpit.algorithms`` registers its own)."""
+    REGISTRY[method.name] = method
+    return method
 
 
 def split_state(state: ClientState, prefix: str = LOCAL_PREFIX) -> StateDict:

@@ -7,12 +7,7 @@ averages the uploads weighted by the clients' example counts (LoRA A and B avera
 from __future__ import annotations
 
 from ..adapters import StateDict
-from .base import ClientReply, ClientResult, ClientState, RoundContext, fedavg
-
-NAME = "fedit"
-DESCRIPTION = "FedAvg over LoRA adapters trained on each client's own data (Zhang et al. 2023)"
-FEDERATED = True
-CENTRALIZED = False
+from .base import ClientReply, ClientResult, ClientState, Method, RoundContext, fedavg, register
 
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
@@ -22,4 +17,7 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
     return ClientResult(ClientReply(engine.adapter_state(), len(examples), stats.as_dict()), state)
 
 
-server_aggregate = fedavg
+METHOD = register(Method(
+    name="fedit",
+    description="FedAvg over LoRA adapters trained on each client's own data (Zhang et al. 2023)",
+    client_update=client_update, server_aggregate=fedavg))

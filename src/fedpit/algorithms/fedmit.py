@@ -8,12 +8,7 @@ from __future__ import annotations
 
 from ..adapters import StateDict
 from ..selfgen import self_generate
-from .base import ClientReply, ClientResult, ClientState, RoundContext, fedavg
-
-NAME = "fedmit"
-DESCRIPTION = "FedIT on local + self-generated data mixed in one adapter (no isolation; privacy baseline)"
-FEDERATED = True
-CENTRALIZED = False
+from .base import ClientReply, ClientResult, ClientState, Method, RoundContext, fedavg, register
 
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
@@ -28,4 +23,7 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
                         {"synthetic": synthetic, "selfgen": report.as_dict()})
 
 
-server_aggregate = fedavg
+METHOD = register(Method(
+    name="fedmit",
+    description="FedIT on local + self-generated data mixed in one adapter (no isolation; privacy baseline)",
+    client_update=client_update, server_aggregate=fedavg))

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 from ..adapters import StateDict
 from ..selfgen import self_generate
-from .base import (ClientReply, ClientResult, ClientState, RoundContext, fedavg, join_state, split_state,
-                   train_stats)
-
-NAME = "fedpit"
-DESCRIPTION = "shared adapter trained on self-generated data only; private local adapter on local + synthetic data"
-FEDERATED = True
-CENTRALIZED = False
+from .base import (
+    ClientReply,
+    ClientResult,
+    ClientState,
+    Method,
+    RoundContext,
+    fedavg,
+    join_state,
+    register,
+    split_state,
+    train_stats,
+)
 
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
@@ -44,4 +49,8 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
                         {"synthetic": synthetic, "selfgen": report.as_dict()})
 
 
-server_aggregate = fedavg
+METHOD = register(Method(
+    name="fedpit",
+    description="shared adapter trained on self-generated data only; "
+                "private local adapter on local + synthetic data",
+    client_update=client_update, server_aggregate=fedavg))

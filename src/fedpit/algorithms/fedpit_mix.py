@@ -16,12 +16,7 @@ from __future__ import annotations
 from ..adapters import StateDict, mix
 from ..prompts import encode
 from ..selfgen import self_generate
-from .base import ClientReply, ClientResult, ClientState, RoundContext, fedavg, train_stats
-
-NAME = "fedpit-mix"
-DESCRIPTION = "journal variant: upload beta*private + (1-beta)*public, synthetic data kept by lowest IFS"
-FEDERATED = True
-CENTRALIZED = False
+from .base import ClientReply, ClientResult, ClientState, Method, RoundContext, fedavg, register, train_stats
 
 
 def ifs_scores(engine, examples: list) -> list[float]:
@@ -63,4 +58,7 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
                          "ifs": [{"instruction": c.instruction, "ifs": s} for c, s in zip(candidates, scores)]})
 
 
-server_aggregate = fedavg
+METHOD = register(Method(
+    name="fedpit-mix",
+    description="journal variant: upload beta*private + (1-beta)*public, synthetic data kept by lowest IFS",
+    client_update=client_update, server_aggregate=fedavg))

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 from ..adapters import StateDict
-from .base import ClientReply, ClientResult, ClientState, RoundContext, fedavg
-
-NAME = "fedprox"
-DESCRIPTION = "FedIT plus a proximal term mu/2 ||w - w_global||^2 that keeps local adapters near the global one"
-FEDERATED = True
-CENTRALIZED = False
+from .base import ClientReply, ClientResult, ClientState, Method, RoundContext, fedavg, register
 
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
@@ -19,4 +14,7 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
     return ClientResult(ClientReply(engine.adapter_state(), len(examples), stats.as_dict()), state)
 
 
-server_aggregate = fedavg
+METHOD = register(Method(
+    name="fedprox",
+    description="FedIT plus a proximal term mu/2 ||w - w_global||^2 that keeps local adapters near the global one",
+    client_update=client_update, server_aggregate=fedavg))

@@ -23,12 +23,7 @@ from ..data import Example
 from ..generate import generate
 from ..prompts import build_prompt
 from ..selfgen import clean_response
-from .base import ClientReply, ClientResult, ClientState, RoundContext
-
-NAME = "fewfedweight"
-DESCRIPTION = "pseudo responses from the global model, energy-weighted; aggregation weights from client loss (approx.)"
-FEDERATED = True
-CENTRALIZED = False
+from .base import ClientReply, ClientResult, ClientState, Method, RoundContext, register
 
 
 def energy_weights(energies: list[float]) -> list[float]:
@@ -79,3 +74,10 @@ def aggregation_weights(replies: list[ClientReply]) -> list[float]:
 
 def server_aggregate(global_adapter: StateDict, replies: list[ClientReply]) -> StateDict:
     return weighted_average([r.adapter for r in replies], aggregation_weights(replies))
+
+
+METHOD = register(Method(
+    name="fewfedweight",
+    description="pseudo responses from the global model, energy-weighted; "
+                "aggregation weights from client loss (approx.)",
+    client_update=client_update, server_aggregate=server_aggregate))

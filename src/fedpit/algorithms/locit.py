@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from ..adapters import StateDict
-from .base import ClientReply, ClientResult, ClientState, RoundContext, join_state, keep_global, split_state
-
-NAME = "locit"
-DESCRIPTION = "each client alone on its own data; no communication"
-FEDERATED = False
-CENTRALIZED = False
+from .base import (
+    ClientReply,
+    ClientResult,
+    ClientState,
+    Method,
+    RoundContext,
+    join_state,
+    keep_global,
+    register,
+    split_state,
+)
 
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
@@ -18,4 +23,7 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
     return ClientResult(ClientReply({}, len(examples), stats.as_dict()), join_state(engine.adapter_state()))
 
 
-server_aggregate = keep_global
+METHOD = register(Method(
+    name="locit",
+    description="each client alone on its own data; no communication",
+    client_update=client_update, server_aggregate=keep_global, shares_adapter=False))

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from ..adapters import StateDict
 from ..selfgen import self_generate
-from .base import ClientReply, ClientResult, ClientState, RoundContext, join_state, keep_global, split_state
-
-NAME = "locit-sa"
-DESCRIPTION = "each client alone, augmented with data its own local model self-generates"
-FEDERATED = False
-CENTRALIZED = False
+from .base import (
+    ClientReply,
+    ClientResult,
+    ClientState,
+    Method,
+    RoundContext,
+    join_state,
+    keep_global,
+    register,
+    split_state,
+)
 
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
@@ -26,4 +31,7 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
                         {"synthetic": synthetic, "selfgen": report.as_dict()})
 
 
-server_aggregate = keep_global
+METHOD = register(Method(
+    name="locit-sa",
+    description="each client alone, augmented with data its own local model self-generates",
+    client_update=client_update, server_aggregate=keep_global, shares_adapter=False))

@@ -179,6 +179,7 @@ def validate_record(
     def text(field: str, value: object) -> str:
         if not isinstance(value, str):
             raise DataError(path, f"expected text, got {_type_name(value)}", record=record, field=field)
+        check_utf8(value, path=path, record=record, field=field)
         return value.strip()
 
     def required(field: str, value: object) -> str:
@@ -206,6 +207,17 @@ def validate_record(
     if category is not None:
         category = required("category", category)
     return Example(instruction=instruction, output=output, input=inp, category=category)
+
+
+def check_utf8(value: str, *, path: str | Path, record: str | None = None, field: str | None = None) -> None:
+    """Raise a DataError unless ``value`` encodes as UTF-8. JSON's ``\\ud800`` escapes decode to lone surrogates,
+    which Python strings hold but no tokenizer or UTF-8 file can."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(path, f"not valid Unicode text: a lone surrogate U+{ord(value[e.start]):04X} at character "
+                              f"{e.start + 1} (an unpaired \\u{ord(value[e.start]):04x} escape?)",
+                        record=record, field=field) from None
 
 
 def _type_name(value: object) -> str:

@@ -3,9 +3,10 @@
 - ``fedpit.flower.client_app:app``: the ClientApp. It trains with the method's ``client_update`` on the node's own
   data, keeps the private state (local adapter, synthetic data) on the node's disk, and replies with the upload only;
   the :func:`~fedpit.flower.client_app.private_guard` mod checks every outgoing message for private tensors.
-- ``fedpit.flower.server_app:app``: the ServerApp. Its round loop samples clients with the in-process runner's
-  :func:`~fedpit.runner.round_plan`, aggregates with the method's ``server_aggregate`` (optionally through Flower's
-  differential-privacy wrapper), records dropped clients, and writes the same run folder as ``fedpit run``.
+- ``fedpit.flower.server_app:app``: the ServerApp. Its round loop samples clients with
+  :func:`~fedpit.federation.round_plan` (as the in-process runner does), aggregates with the method's
+  ``server_aggregate`` (optionally through Flower's differential-privacy wrapper), records dropped clients, and
+  writes the same run folder as ``fedpit run`` (both through :mod:`fedpit.federation` and :mod:`fedpit.rundir`).
 - :mod:`fedpit.flower.simulation`: Flower's simulation runtime (Ray), one client at a time.
 - :mod:`fedpit.flower.deploy`: certificates, SuperNode keys, and a SuperLink + SuperNodes launcher for localhost.
 """

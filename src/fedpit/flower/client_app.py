@@ -23,17 +23,29 @@ from flwr.clientapp import ClientApp
 
 from ..adapters import load_state, nbytes, save_state
 from ..algorithms import get_method
-from ..algorithms.base import split_state
+from ..algorithms.base import LOCAL_PREFIX, split_state
 from ..config import Config
 from ..data import Example, load_examples
+from ..engine import Engine
 from ..errors import ConfigError
+from ..federation import client_context, client_share, make_engine, save_adapter, write_artifacts
 from ..rundir import RunDir
-from ..runner import client_context, make_engine, peft_config_dict, prepare, write_artifacts
-from .common import ARRAYS, CONFIG, METRICS, config_of, fingerprint, from_record, informative, metric_record, node_root, to_record
+from .common import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    config_of,
+    fingerprint,
+    from_record,
+    informative,
+    metric_record,
+    node_root,
+    to_record,
+)
 
 log = logging.getLogger("fedpit.flower.client")
 
-_ENGINES: dict[str, object] = {}  # one backbone per process (a Ray actor keeps it across messages)
+_ENGINES: dict[str, Engine] = {}  # one backbone per process (a Ray actor keeps it across messages)
 _DATA: dict[tuple, list[Example]] = {}
 _PRIVATE: set[bytes] = set()  # fingerprints of this process's private tensors, for private_guard
 
@@ -48,7 +60,8 @@ def client_id(node_config: Mapping) -> int:
         raise ConfigError(f"node config: partition-id '{node_config['partition-id']}' is not an integer") from None
 
 
-def engine_for(cfg: Config):
+def cached_engine(cfg: Config) -> Engine:
+    """:func:`fedpit.federation.make_engine`, built once per process for a given backbone, LoRA shape and seed."""
     key = repr((cfg.model, cfg.lora, cfg.seed))  # backbone, LoRA shape, initial-adapter seed
     if key not in _ENGINES:
         _ENGINES.clear()
@@ -67,10 +80,7 @@ def local_examples(cfg: Config, node_config: Mapping, k: int) -> list[Example]:
                                        output_field=str(node_config.get("output-field", "")) or cfg.data.output_field or None,
                                        on_duplicate=cfg.data.on_duplicate)
         else:
-            if not 0 <= k < cfg.partition.num_clients:
-                raise ConfigError(f"node config: partition-id {k} is outside 0..{cfg.partition.num_clients - 1} "
-                                  f"(partition.num_clients = {cfg.partition.num_clients})")
-            _DATA[key] = prepare(cfg).client_examples(k)
+            _DATA[key] = client_share(cfg, k)
     return _DATA[key]
 
 
@@ -85,7 +95,7 @@ def private_guard(msg: Message, context: Context, call_next) -> Message:
     if reply.has_content():
         for name, record in reply.content.array_records.items():
             for key, arr in record.items():
-                if key.startswith("local."):
+                if key.startswith(LOCAL_PREFIX):
                     raise RuntimeError(f"private_guard: outgoing record '{name}' carries private key '{key}'")
                 a = arr.numpy()
                 if informative(a) and fingerprint(a) in _PRIVATE:
@@ -111,7 +121,7 @@ def train(msg: Message, context: Context) -> Message:
     k = client_id(context.node_config)
     method = get_method(cfg.algorithm)
     examples = local_examples(cfg, context.node_config, k)
-    engine = engine_for(cfg)
+    engine = cached_engine(cfg)
     global_state = from_record(msg.content.array_records.get(ARRAYS))
     rd = RunDir(node_root(cfg, context.node_config))
     f = rd.latest_client_state(k, r - 1)
@@ -124,9 +134,7 @@ def train(msg: Message, context: Context) -> Message:
         save_state(result.state, rd.client_state_file(k, r))
         _register_private(split_state(result.state))
         if r == cfg.federation.rounds:  # the personalized model stays here, as a peft folder
-            rd.save_adapter(rd.path / "clients" / f"client_{k}" / "final", split_state(result.state),
-                            peft_config_dict(engine), {"model": cfg.model.name, "template": cfg.model.template,
-                                                       "algorithm": cfg.algorithm, "client": k})
+            save_adapter(cfg, engine, rd.path / "clients" / f"client_{k}" / "final", split_state(result.state), k)
     write_artifacts(rd.path / "clients" / f"client_{k}" / f"round_{r:03d}", result.artifacts)
     reply = result.reply
     metrics = {**reply.metrics, "client-id": k, "num-examples": reply.num_examples,

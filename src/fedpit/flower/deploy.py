@@ -34,25 +34,91 @@ DEFAULT_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 # ---------------------------------------------------------------------------------------------------------- keys
-def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
-    if private:
-        os.chmod(path, 0o600)
+def check_key_name(name: str) -> str:
+    """A key's name must be a plain file name: it becomes ``OUT/NAME`` and ``OUT/NAME.pub``, never a path elsewhere."""
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") \
+            or name != name.strip() or not name.isprintable():
+        raise FedpitError(f"key name {name!r} is not a plain file name (e.g. site-a; no '/', not '.' or '..', "
+                          "not empty)")
+    return name
 
 
-def make_certificates(out: str | Path, hosts: list[str] | tuple[str, ...] = (), days: int = 365) -> dict[str, Path]:
+def _prepare_out(out: Path, files: list[Path], force: bool) -> None:
+    """Create the output folder and refuse (unless ``force``) to replace any of ``files``; all are checked before
+    any key is made, so a refusal leaves nothing half-written."""
+    if out.exists() and not out.is_dir():
+        raise FedpitError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FedpitError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    existing = [str(f) for f in files if f.exists() or f.is_symlink()]
+    if existing and not force:
+        raise FedpitError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; refusing to "
+                          "overwrite (a replaced key or certificate cannot be recovered): pass --force to replace")
+
+
+def _write(path: Path, data: bytes, private: bool = False, force: bool = False) -> None:
+    """Write ``data`` to ``path``, created with mode 600 (``private``) or 644 from the start (never chmod-ed after).
+
+    Without ``force`` the file must not exist (``O_EXCL``: a file created meanwhile is not clobbered either); with
+    it, a new file is written next to it and moved over it, so the old one is replaced atomically."""
+    mode = 0o600 if private else 0o644
+    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if force else path
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise FedpitError(f"{target} already exists; refusing to overwrite it (pass --force to replace)") from None
+    except OSError as e:
+        raise FedpitError(f"{target}: cannot create ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # exactly this mode, whatever the umask
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if force:
+            os.replace(target, path)
+    except OSError as e:
+        target.unlink(missing_ok=True)
+        raise FedpitError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def _make_ca(start: dt.datetime, end: dt.datetime):
+    """(key, name, certificate) of a fresh private CA valid from ``start`` to ``end``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedpit deployment CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    return ca_key, ca_name, ca
+
+
+def make_certificates(out: str | Path, hosts: list[str] | tuple[str, ...] = (), days: int = 365, *,
+                      force: bool = False) -> dict[str, Path]:
     """A private CA and a SuperLink certificate for ``hosts`` (plus 127.0.0.1, localhost, ::1).
 
     Writes ca.crt (give it to every SuperNode and to ``flwr``), ca.key (keep offline), server.pem and server.key
-    (the SuperLink's)."""
+    (the SuperLink's), the keys with mode 600. Existing files are never replaced unless ``force``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    files = {"ca_key": out / "ca.key", "ca": out / "ca.crt", "key": out / "server.key", "cert": out / "server.pem"}
+    _prepare_out(out, list(files.values()), force)
+    now = dt.datetime.now(dt.UTC)
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
 
     def pem_key(key) -> bytes:
@@ -65,16 +131,7 @@ def make_certificates(out: str | Path, hosts: list[str] | tuple[str, ...] = (), 
         except ValueError:
             return x509.DNSName(name)
 
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedpit deployment CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca_key, ca_name, ca = _make_ca(start, end)
     names = list(dict.fromkeys([*DEFAULT_HOSTS, *hosts]))
     srv_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     srv = (x509.CertificateBuilder()
@@ -86,28 +143,46 @@ def make_certificates(out: str | Path, hosts: list[str] | tuple[str, ...] = (), 
            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
            .sign(ca_key, hashes.SHA256()))
-    files = {"ca_key": out / "ca.key", "ca": out / "ca.crt", "key": out / "server.key", "cert": out / "server.pem"}
-    _write(files["ca_key"], pem_key(ca_key), private=True)
-    _write(files["ca"], ca.public_bytes(serialization.Encoding.PEM))
-    _write(files["key"], pem_key(srv_key), private=True)
-    _write(files["cert"], srv.public_bytes(serialization.Encoding.PEM))
+    _write(files["ca_key"], pem_key(ca_key), private=True, force=force)
+    _write(files["ca"], ca.public_bytes(serialization.Encoding.PEM), force=force)
+    _write(files["key"], pem_key(srv_key), private=True, force=force)
+    _write(files["cert"], srv.public_bytes(serialization.Encoding.PEM), force=force)
     return files
 
 
-def make_node_key(out: str | Path, name: str) -> tuple[Path, Path]:
-    """An ECDSA P-384 key pair for SuperNode authentication: (private key, public key), OpenSSH format."""
+def make_node_keys(out: str | Path, names: list[str] | tuple[str, ...], *,
+                   force: bool = False) -> list[tuple[Path, Path]]:
+    """An ECDSA P-384 key pair per name for SuperNode authentication: [(private key, public key)], OpenSSH format.
+
+    Every name is checked (a plain file name, no repeats, no name that is another's ``.pub``) and every target file
+    is checked for existence before the first key is written."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                             serialization.NoEncryption())
-    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    _write(out / name, priv, private=True)
-    _write(out / f"{name}.pub", pub + b"\n")
-    return out / name, out / f"{name}.pub"
+    names = [check_key_name(n) for n in names]
+    if not names:
+        raise FedpitError("no key names given")
+    targets = [f for n in names for f in (n, f"{n}.pub")]
+    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    if repeated:
+        raise FedpitError(f"key names collide: {', '.join(repeated)} would be written twice")
+    _prepare_out(out, [out / t for t in targets], force)
+    made = []
+    for name in names:
+        key = ec.generate_private_key(ec.SECP384R1())
+        priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                 serialization.NoEncryption())
+        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        _write(out / name, priv, private=True, force=force)
+        _write(out / f"{name}.pub", pub + b"\n", force=force)
+        made.append((out / name, out / f"{name}.pub"))
+    return made
+
+
+def make_node_key(out: str | Path, name: str, *, force: bool = False) -> tuple[Path, Path]:
+    """One ECDSA P-384 key pair (see :func:`make_node_keys`): (private key, public key)."""
+    return make_node_keys(out, [name], force=force)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------- processes
@@ -224,7 +299,7 @@ class LocalCluster:
         link = [_bin("flower-superlink"), "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
                 "--port", str(self.port), "--database", str(self.workdir / "superlink.db")]
         if self.tls:
-            self.certs = make_certificates(self.workdir / "certs")
+            self.certs = make_certificates(self.workdir / "certs", force=True)  # its own: remade each start
             link += ["--ssl-ca-certfile", str(self.certs["ca"]), "--ssl-certfile", str(self.certs["cert"]),
                      "--ssl-keyfile", str(self.certs["key"])]
             conn.append(f'root-certificates = "{self.certs["ca"]}"')
@@ -356,4 +431,5 @@ def repo_app_dir() -> Path:
                       "run from a source checkout or pass --app DIR")
 
 
-__all__ = ["LocalCluster", "free_port", "make_certificates", "make_node_key", "repo_app_dir", "stop_tree"]
+__all__ = ["LocalCluster", "check_key_name", "free_port", "make_certificates", "make_node_key", "make_node_keys",
+           "repo_app_dir", "stop_tree"]

@@ -1,6 +1,6 @@
 """The Flower ServerApp: fedpit's round loop over a Flower Grid.
 
-Per round it asks :func:`fedpit.runner.round_plan` which clients train (the same draw as ``fedpit run``), sends each
+Per round it asks :func:`fedpit.federation.round_plan` which clients train (the same draw as ``fedpit run``), sends each
 one's SuperNode the global adapter and the resolved config, waits up to ``flower.round_timeout_s``, and aggregates
 the replies that arrived with the method's ``server_aggregate``; optionally through Flower's
 ``DifferentialPrivacyServerSideFixedClipping`` wrapper. A sampled client that is not connected, errs or times out is
@@ -15,61 +15,153 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from .. import __version__
 from ..adapters import StateDict, nbytes
-from ..algorithms import ClientReply, get_method
-from ..config import Config, to_toml
+from ..algorithms import ClientReply, Method, get_method
+from ..config import Config
 from ..errors import ConfigError, FedpitError
-from ..rundir import RunDir, write_json
-from ..runner import default_run_name, load_split, make_engine, new_run_dir, peak_rss_mb, round_plan, save_adapter_folder
-from .common import ARRAYS, CONFIG, METRICS, config_from_run_config, config_record, from_record, to_record
+from ..federation import (
+    client_row,
+    encoded_test,
+    evaluate_round,
+    finish_run,
+    make_engine,
+    named,
+    open_run,
+    prepare,
+    round_plan,
+    round_row,
+)
+from ..rundir import RunDir
+from .common import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    config_from_run_config,
+    config_record,
+    from_record,
+    metric_record,
+    to_record,
+)
 
 log = logging.getLogger("fedpit.flower.server")
+TRANSPORT = "flower"
 
 
 class FedpitStrategy(Strategy):
-    """A fedpit method as a Flower strategy: ``configure_train`` addresses the round's clients,
-    ``aggregate_train`` calls the method's ``server_aggregate``. Being a Strategy lets Flower's DP wrappers wrap it."""
+    """A fedpit method as a Flower strategy, shaped like Flower's ``FedAvg``:
 
-    def __init__(self, method):
-        self.method = method
-        self.targets: dict[int, int] = {}  # client id -> node id, set by the server before each round
-        self.global_state: StateDict = {}
+    - ``configure_train`` samples the round's clients (fedpit's seeded draw, the in-process runner's), maps them to
+      connected nodes (new nodes are asked which client they are) and addresses a train message to each;
+    - ``check_replies`` sorts the replies into answers, dropped clients and errors, and fails below quorum;
+      ``aggregate_train`` calls the method's ``server_aggregate`` on the well-formed answers, in client order;
+    - ``evaluate_fn(server_round, arrays)`` is the server-side evaluation, as in ``Strategy.start``.
 
+    Being a Strategy lets Flower's DP wrappers wrap it."""
+
+    def __init__(self, cfg: Config, method: Method,
+                 evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None):
+        self.cfg, self.method, self.evaluate_fn = cfg, method, evaluate_fn
+        self.nodes: dict[int, int] = {}  # client id -> node id
+        self.node_errors: dict[int, str] = {}  # node id -> why it cannot take part
+        self.current: StateDict = {}  # the global adapter the round started from
+        self.sampled: list[int] = []
+        self.targets: dict[int, int] = {}  # sampled client id -> node id, this round
+        self.dropped: list[int] = []
+        self.errors: dict[int, str] = {}
+
+    # ------------------------------------------------------------------------------------------ nodes
+    def discover(self, grid: Grid) -> dict[int, int]:
+        """Map client ids to connected nodes; ask new nodes who they are (a restarted node is new)."""
+        connected = set(grid.get_node_ids())
+        self.nodes = {k: n for k, n in self.nodes.items() if n in connected}
+        new = sorted(connected - set(self.nodes.values()) - set(self.node_errors))
+        q = [Message(RecordDict({CONFIG: config_record(self.cfg, 0)}), dst_node_id=n, message_type=MessageType.QUERY)
+             for n in new]
+        for reply in grid.send_and_receive(q, timeout=min(self.cfg.flower.round_timeout_s, 300.0)) if q else []:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.node_errors[node] = reply.error.reason
+                log.warning("node %d cannot take part: %s", node, reply.error.reason)
+                continue
+            k = _client_of(reply)
+            if k in self.nodes and self.nodes[k] != node:
+                log.warning("client id %d claimed by nodes %d and %d; using the newer one", k, self.nodes[k], node)
+            self.nodes[k] = node
+        return self.nodes
+
+    def wait_for_nodes(self, grid: Grid) -> None:
+        fl = self.cfg.flower
+        deadline = time.monotonic() + fl.wait_for_nodes_s
+        want = self.cfg.partition.num_clients
+        while len(self.discover(grid)) < want and time.monotonic() < deadline:
+            time.sleep(1.0)
+        log.info("%d of %d clients connected: %s", len(self.nodes), want, sorted(self.nodes))
+        if len(self.nodes) < fl.min_replies:
+            raise FedpitError(f"only {len(self.nodes)} client node(s) connected within flower.wait_for_nodes_s = "
+                              f"{fl.wait_for_nodes_s} s (flower.min_replies = {fl.min_replies})")
+
+    # ------------------------------------------------------------------------------------------ train
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self.current = from_record(arrays)
+        self.sampled, _ = round_plan(self.cfg, self.method, server_round)
+        self.discover(grid)
+        self.targets = {k: self.nodes[k] for k in self.sampled if k in self.nodes}
+        if len(self.targets) < self.cfg.flower.min_replies:  # cannot reach quorum: fail now, not after the timeout
+            raise FedpitError(f"round {server_round}: only {len(self.targets)} of the sampled clients {self.sampled} "
+                              f"are connected, fewer than flower.min_replies = {self.cfg.flower.min_replies}")
         return [Message(RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=node,
                         message_type=MessageType.TRAIN) for _, node in sorted(self.targets.items())]
 
+    def check_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The well-formed answers; records the round's dropped clients and errors; fails below quorum."""
+        by_node = {n: k for k, n in self.targets.items()}
+        replies = list(replies)
+        ok = [m for m in replies if _well_formed(m)]
+        self.errors = {by_node.get(m.metadata.src_node_id, -1): m.error.reason if m.has_error() else "malformed reply"
+                       for m in replies if not _well_formed(m)}
+        answered = {_client_of(m) for m in ok}
+        self.dropped = sorted(k for k in self.sampled if k not in answered)
+        for k in self.dropped:
+            log.warning("round %d: client %d dropped (%s)", server_round, k, self.errors.get(k) or
+                        ("not connected" if k not in self.targets else "no reply before flower.round_timeout_s"))
+        if len(ok) < self.cfg.flower.min_replies:
+            raise FedpitError(f"round {server_round}: {len(ok)} client(s) replied, fewer than flower.min_replies = "
+                              f"{self.cfg.flower.min_replies}; dropped {self.dropped}")
+        return ok
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        ordered = sorted(replies, key=lambda m: int(m.content[METRICS]["client-id"]))  # the in-process order
+        ordered = sorted((m for m in replies if _well_formed(m)), key=_client_of)  # the in-process order
         uploads = [ClientReply(from_record(m.content.array_records.get(ARRAYS)), int(m.content[METRICS]["num-examples"]))
                    for m in ordered]
-        new = self.method.server_aggregate(self.global_state, uploads)
+        if not uploads:
+            return None, None
+        new = self.method.server_aggregate(self.current, uploads)
         return to_record(new), MetricRecord({"clients": len(uploads)})
 
     def configure_evaluate(self, server_round, arrays, config, grid):
-        return []
+        return []  # evaluation is server-side (evaluate_fn): the held-out set stays on the server
 
     def aggregate_evaluate(self, server_round, replies):
         return None
 
     def summary(self) -> None:
-        log.info("fedpit strategy: %s", self.method.NAME)
+        log.info("fedpit strategy: %s", self.method.name)
 
 
-def _dp_wrap(cfg: Config, strategy: FedpitStrategy, method) -> Strategy:
+def _dp_wrap(cfg: Config, strategy: FedpitStrategy, method: Method) -> Strategy:
     fl = cfg.flower
     if fl.dp_clipping_norm <= 0:
         return strategy
-    if not method.FEDERATED:
-        raise ConfigError(f"flower.dp_clipping_norm: {method.NAME} shares nothing, so there is nothing to privatise")
+    if not method.shares_adapter:
+        raise ConfigError(f"flower.dp_clipping_norm: {method.name} shares nothing, so there is nothing to privatise")
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
     sampled = len(round_plan(cfg, method, 1)[0])
@@ -78,165 +170,92 @@ def _dp_wrap(cfg: Config, strategy: FedpitStrategy, method) -> Strategy:
 
 
 class FlowerServer:
-    """Runs (or resumes) one fedpit job over a Flower Grid."""
+    """Runs (or resumes) one fedpit job over a Flower Grid: the same run folder as ``fedpit run``, with the clients
+    on SuperNodes."""
 
     def __init__(self, cfg: Config, grid: Grid, *, resume: bool = False):
-        self.cfg, self.grid, self.resume = cfg, grid, resume
-        self.method = get_method(cfg.algorithm)
-        if self.method.CENTRALIZED:
+        self.method: Method = get_method(cfg.algorithm)
+        if self.method.pools_data:
             raise ConfigError(f"algorithm: {cfg.algorithm} pools every client's data in one place; it is a reference "
                               "for `fedpit run`, not something to deploy")
-        self.nodes: dict[int, int] = {}  # client id -> node id
-        self.node_errors: dict[int, str] = {}  # node id -> why it cannot take part
+        if resume and not cfg.run_name:
+            raise ConfigError("resume: needs run_name (the run folder to continue)")
+        self.cfg, self.grid, self.resume = named(cfg, TRANSPORT), grid, resume
 
-    # ------------------------------------------------------------------------------------------ nodes
-    def _send(self, messages: list[Message], timeout: float) -> list[Message]:
-        return list(self.grid.send_and_receive(messages, timeout=timeout)) if messages else []
-
-    def discover(self) -> dict[int, int]:
-        """Map client ids to connected nodes; ask new nodes who they are (a restarted node is new)."""
-        connected = set(self.grid.get_node_ids())
-        self.nodes = {k: n for k, n in self.nodes.items() if n in connected}
-        new = sorted(connected - set(self.nodes.values()) - set(self.node_errors))
-        q = [Message(RecordDict({CONFIG: config_record(self.cfg, 0)}), dst_node_id=n, message_type=MessageType.QUERY)
-             for n in new]
-        for reply in self._send(q, min(self.cfg.flower.round_timeout_s, 300.0)):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                self.node_errors[node] = reply.error.reason
-                log.warning("node %d cannot take part: %s", node, reply.error.reason)
-                continue
-            k = int(reply.content[METRICS]["client-id"])
-            if k in self.nodes and self.nodes[k] != node:
-                log.warning("client id %d claimed by nodes %d and %d; using the newer one", k, self.nodes[k], node)
-            self.nodes[k] = node
-        return self.nodes
-
-    def wait_for_nodes(self) -> None:
-        deadline = time.monotonic() + self.cfg.flower.wait_for_nodes_s
-        want = self.cfg.partition.num_clients
-        while True:
-            self.discover()
-            if len(self.nodes) >= want or time.monotonic() >= deadline:
-                break
-            time.sleep(1.0)
-        log.info("%d of %d clients connected: %s", len(self.nodes), want, sorted(self.nodes))
-        if len(self.nodes) < self.cfg.flower.min_replies:
-            raise FedpitError(f"only {len(self.nodes)} client node(s) connected within flower.wait_for_nodes_s = "
-                              f"{self.cfg.flower.wait_for_nodes_s} s (flower.min_replies = {self.cfg.flower.min_replies})")
-
-    # ------------------------------------------------------------------------------------------ run
     def run(self) -> dict:
         cfg = self.cfg
         t_start = time.perf_counter()
-        test = load_split(cfg, "test")[: cfg.eval.max_examples] if cfg.eval.test_loss else []
+        prep = prepare(cfg)  # the partition (written to partition.json, read by the nodes) and the held-out set
         engine = make_engine(cfg)
-        if self.resume:
-            if not cfg.run_name:
-                raise ConfigError("resume: needs run_name (the run folder to continue)")
-            rd = RunDir(f"{cfg.output_dir}/{cfg.run_name}")
-            if not rd.config_file.is_file():
-                raise ConfigError(f"resume: {rd.path} is not a fedpit run folder (no config.toml)")
-            start = rd.progress()["completed_rounds"] + 1
-            rd.truncate_metrics(start - 1)
-            global_state = rd.load_global(start - 1)
-        else:
-            if not cfg.run_name:
-                from dataclasses import replace
+        resume = Path(cfg.output_dir) / cfg.run_name if self.resume else None
+        rd, start, global_state = open_run(cfg, engine, prep, resume, TRANSPORT)
+        test_enc = encoded_test(cfg, engine, prep)
 
-                cfg = self.cfg = replace(cfg, run_name=default_run_name(cfg, "flower"))
-            rd = new_run_dir(cfg)
-            rd.config_file.write_text(to_toml(cfg), encoding="utf-8")
-            global_state = engine.initial_adapter
-            save_adapter_folder(cfg, rd, rd.round_dir(0), global_state, engine)
-            start = 1
-            rd.set_progress(completed_rounds=0, status="running", transport="flower")
-        test_enc = engine.encode(test) if test else []
-        if start == 1 and test_enc:
-            engine.load_adapter(global_state)
-            rd.append_metrics([{"kind": "round", "round": 0, "test_loss": engine.mean_loss(test_enc)}])
-        strategy = FedpitStrategy(self.method)
+        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            loss, extraction = evaluate_round(cfg, self.method, engine, rd, prep, server_round, from_record(arrays),
+                                              test_enc)
+            return metric_record({"test_loss": loss, "extraction": extraction or {}})
+
+        strategy = FedpitStrategy(cfg, self.method, evaluate_fn)
         wrapped = _dp_wrap(cfg, strategy, self.method)
         try:
-            self.wait_for_nodes()
+            strategy.wait_for_nodes(self.grid)
             for r in range(start, cfg.federation.rounds + 1):
-                global_state = self._round(r, rd, engine, strategy, wrapped, global_state, test_enc)
+                global_state = self.round(r, rd, strategy, wrapped, global_state)
         except BaseException as e:
             rd.set_progress(status="failed", error=f"{type(e).__name__}: {e}")
             raise
-        save_adapter_folder(cfg, rd, rd.path / "final", global_state, engine)
-        rounds = [m for m in rd.read_metrics() if m.get("kind") == "round"]
-        personal = sorted(str(p) for p in (rd.path / "clients").glob("client_*/final") if p.is_dir())
-        summary = {
-            "run_dir": str(rd.path), "algorithm": cfg.algorithm, "transport": "flower", "rounds": cfg.federation.rounds,
-            "num_clients": cfg.partition.num_clients, "final_adapter": str(rd.path / "final"),
-            "shares_global_adapter": self.method.FEDERATED,
-            "personal_adapters": personal,  # only those on this machine's disk; a real site keeps its own
-            "train_loss_per_round": [m.get("train_loss") for m in rounds if m["round"] > 0],
-            "test_loss_per_round": [m.get("test_loss") for m in rounds],
-            "dropped_per_round": {m["round"]: m["dropped"] for m in rounds if m["round"] > 0 and m.get("dropped")},
-            "seconds_this_process": round(time.perf_counter() - t_start, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-            "bytes_up_total": sum(m["bytes_up"] for m in rounds if m["round"] > 0),
-            "bytes_down_total": sum(m["bytes_down"] for m in rounds if m["round"] > 0),
-            "fedpit_version": __version__,
-        }
-        write_json(rd.path / "summary.json", summary)
-        rd.set_progress(status="complete", completed_rounds=cfg.federation.rounds)
-        return summary
+        return finish_run(cfg, self.method, engine, rd, prep, global_state, test_enc, transport=TRANSPORT,
+                          t_start=t_start)
 
-    def _round(self, r: int, rd: RunDir, engine, strategy: FedpitStrategy, wrapped: Strategy,
-               global_state: StateDict, test_enc: list) -> StateDict:
+    def round(self, r: int, rd: RunDir, strategy: FedpitStrategy, wrapped: Strategy, global_state: StateDict
+              ) -> StateDict:
+        """One round, as Flower's ``Strategy.start`` runs it (configure, send and receive, aggregate, evaluate),
+        then committed to the run folder with the dropped clients recorded."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        chosen, lr = round_plan(cfg, self.method, r)
-        self.discover()
-        strategy.targets = {k: self.nodes[k] for k in chosen if k in self.nodes}
-        if len(strategy.targets) < cfg.flower.min_replies:  # cannot reach quorum: fail now, not after the timeout
-            raise FedpitError(f"round {r}: only {len(strategy.targets)} of the sampled clients {chosen} are connected, "
-                              f"fewer than flower.min_replies = {cfg.flower.min_replies}")
-        strategy.global_state = global_state
+        _, lr = round_plan(cfg, self.method, r)
         messages = list(wrapped.configure_train(r, to_record(global_state), config_record(cfg, r), self.grid))
-        replies = self._send(messages, cfg.flower.round_timeout_s)
-        by_node = {n: k for k, n in strategy.targets.items()}
-        ok = [m for m in replies if not m.has_error()]
-        errors = {by_node.get(m.metadata.src_node_id, -1): m.error.reason for m in replies if m.has_error()}
-        answered = {int(m.content[METRICS]["client-id"]) for m in ok}
-        dropped = sorted(k for k in chosen if k not in answered)
-        for k in dropped:
-            log.warning("round %d: client %d dropped (%s)", r, k, errors.get(k) or
-                        ("not connected" if k not in strategy.targets else "no reply before flower.round_timeout_s"))
-        if len(ok) < cfg.flower.min_replies:
-            raise FedpitError(f"round {r}: {len(ok)} client(s) replied, fewer than flower.min_replies = "
-                              f"{cfg.flower.min_replies}; dropped {dropped}")
+        sent = self.grid.send_and_receive(messages, timeout=cfg.flower.round_timeout_s) if messages else []
+        ok = strategy.check_replies(r, sent)
         arrays, _ = wrapped.aggregate_train(r, ok)
         new_global = from_record(arrays) if arrays is not None and len(arrays) else global_state
-        down = nbytes(global_state) if self.method.FEDERATED else 0
-        rows = []
-        for m in sorted(ok, key=lambda m: int(m.content[METRICS]["client-id"])):
-            met = dict(m.content[METRICS])
-            head = {"kind": "client", "round": r, "client": int(met.pop("client-id")), "lr": lr,
-                    "examples": int(met.pop("num-examples"))}
-            sent = int(met.pop("bytes-sent", 0))
-            met.pop("bytes-received", None)
-            rows.append({**head, **met, "bytes_received": down, "bytes_sent": sent,
-                         "wire_bytes_sent": m.content.array_records[ARRAYS].count_bytes()})
-        test_loss = None
-        if test_enc and self.method.FEDERATED:
-            engine.load_adapter(new_global)
-            test_loss = engine.mean_loss(test_enc)
-        tokens = sum(row.get("target_tokens", 0) for row in rows)
-        train_loss = sum(row.get("loss", 0.0) * row.get("target_tokens", 0) for row in rows) / tokens if tokens else None
-        rows.append({"kind": "round", "round": r, "clients": chosen, "trained": sorted(answered), "dropped": dropped,
-                     "errors": {str(k): v for k, v in errors.items()}, "lr": lr, "train_loss": train_loss,
-                     "test_loss": test_loss, "seconds": round(time.perf_counter() - t0, 3),
-                     "bytes_up": sum(row["bytes_sent"] for row in rows), "bytes_down": down * len(strategy.targets),
-                     "synthetic": sum(row.get("synthetic", 0) for row in rows), "peak_rss_mb": round(peak_rss_mb(), 1)})
-        save_adapter_folder(cfg, rd, rd.round_dir(r), new_global, engine)
-        rd.append_metrics(rows)
-        rd.set_progress(completed_rounds=r, status="running")
-        log.info("round %d: %d/%d clients, train loss %s, held-out loss %s", r, len(ok), len(chosen),
-                 f"{train_loss:.3f}" if train_loss is not None else "-", f"{test_loss:.3f}" if test_loss else "-")
+        down = nbytes(global_state) if self.method.shares_adapter else 0
+        rows = [_client_row(r, lr, m, down) for m in sorted(ok, key=_client_of)]
+        ev = dict(strategy.evaluate_fn(r, to_record(new_global)))
+        extraction = {k.split(".", 1)[1]: v for k, v in ev.items() if k.startswith("extraction.")} or None
+        rows.append(round_row(r, lr, rows, chosen=strategy.sampled, trained=sorted(_client_of(m) for m in ok),
+                              bytes_down=down * len(strategy.targets), t0=t0, test_loss=ev.get("test_loss"),
+                              extraction=extraction, dropped=strategy.dropped, errors=strategy.errors))
+        rd.commit_round(r, new_global, rows)
+        log.info("round %d: %d/%d clients, train loss %s, held-out loss %s", r, len(ok), len(strategy.sampled),
+                 _fmt(rows[-1]["train_loss"]), _fmt(ev.get("test_loss")))
         return new_global
+
+
+def _well_formed(m: Message) -> bool:
+    """A reply that carries what aggregation needs: no error, an upload record, and the client's id and weight."""
+    if m.has_error() or ARRAYS not in m.content.array_records or METRICS not in m.content.metric_records:
+        return False
+    return {"client-id", "num-examples"} <= set(m.content[METRICS])
+
+
+def _client_of(m: Message) -> int:
+    return int(m.content[METRICS]["client-id"])
+
+
+def _client_row(r: int, lr: float, m: Message, down: int) -> dict:
+    """A client's metrics line from its reply (the same keys as in-process, plus the bytes on the wire)."""
+    met = dict(m.content[METRICS])
+    k, n = int(met.pop("client-id")), int(met.pop("num-examples"))
+    sent, seconds = int(met.pop("bytes-sent", 0)), float(met.pop("client-seconds", 0.0))
+    met.pop("bytes-received", None)
+    row = client_row(r, k, lr, ClientReply({}, n, met), seconds=seconds, received=down, sent=sent)
+    return {**row, "wire_bytes_sent": m.content.array_records[ARRAYS].count_bytes()}
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def make_server_app(base: Mapping | None = None) -> ServerApp:

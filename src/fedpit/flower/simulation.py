@@ -22,14 +22,14 @@ def simulate(cfg: Config, *, resume: bool = False, num_cpus_per_client: float | 
     import torch
     from flwr.simulation import run_simulation
 
-    from ..runner import default_run_name
+    from ..algorithms import get_method
+    from ..federation import named
     from .client_app import app as client_app
     from .server_app import make_server_app
 
     # output_dir is made absolute for Ray's workers; the ServerApp reads a config file, exactly as in a deployment.
-    cfg = replace(cfg, output_dir=str(Path(cfg.output_dir).absolute()),
-                  run_name=cfg.run_name or default_run_name(cfg, "flowersim"))
-    cfg = cfg.validate()
+    get_method(cfg.algorithm)
+    cfg = named(replace(cfg, output_dir=str(Path(cfg.output_dir).absolute())), "flowersim").validate()
     cfg_file = Path(cfg.output_dir) / f".{cfg.run_name}.flower-config.toml"
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     cfg_file.write_text(to_toml(cfg), encoding="utf-8")

@@ -38,13 +38,27 @@ class Benchmark:
 
 
 BENCHMARKS = {
-    "pubmedqa": Benchmark("pubmedqa", "pubmedqa", ("pubmedqa/ori_pqal.json", "pubmedqa/test_ground_truth.json"),
-                          ("yes", "no", "maybe"), "official 500-item test split (PQA-L items selected by PMID)"),
-    "medqa": Benchmark("medqa", "medqa_4options", ("medagents-benchmark/medqa/test.jsonl",), LETTERS,
-                       "MedQA-USMLE 4-option test set, 1,273 items (as FlowerTune and lm-eval)"),
-    "medmcqa": Benchmark("medmcqa", "medmcqa", ("medagents-benchmark/medmcqa/test.jsonl",), LETTERS,
-                         "MedMCQA dev set filtered to 2,816 single-answer items: NOT the 4,183-item validation "
-                         "split FlowerTune uses"),
+    "pubmedqa": Benchmark(
+        "pubmedqa",
+        "pubmedqa",
+        ("pubmedqa/ori_pqal.json", "pubmedqa/test_ground_truth.json"),
+        ("yes", "no", "maybe"),
+        "official 500-item test split (PQA-L items selected by PMID)",
+    ),
+    "medqa": Benchmark(
+        "medqa",
+        "medqa_4options",
+        ("medagents-benchmark/medqa/test.jsonl",),
+        LETTERS,
+        "MedQA-USMLE 4-option test set, 1,273 items (as FlowerTune and lm-eval)",
+    ),
+    "medmcqa": Benchmark(
+        "medmcqa",
+        "medmcqa",
+        ("medagents-benchmark/medmcqa/test.jsonl",),
+        LETTERS,
+        "MedMCQA dev set filtered to 2,816 single-answer items: NOT the 4,183-item validation split FlowerTune uses",
+    ),
 }
 
 
@@ -67,8 +81,10 @@ def default_data_dir() -> Path | None:
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     path = Path(data_dir).expanduser() if data_dir else default_data_dir()
     if path is None:
-        raise ConfigError("--benchmark-data: no folder given and no ../shared/data beside the checkout; pass the "
-                          "folder holding pubmedqa/ and medagents-benchmark/")
+        raise ConfigError(
+            "--benchmark-data: no folder given and no ../shared/data beside the checkout; pass the "
+            "folder holding pubmedqa/ and medagents-benchmark/"
+        )
     if not path.is_dir():
         raise DataError(path, "not a folder (expected the folder holding pubmedqa/ and medagents-benchmark/)")
     return path
@@ -138,10 +154,21 @@ def pubmedqa_records(folder: Path) -> list[dict]:
         if not isinstance(ctx, list) or not ctx or not all(isinstance(c, str) for c in ctx):
             raise DataError(ori_p, "expected a non-empty list of strings", record=rec, field="CONTEXTS")
         if row.get("final_decision") != label:
-            raise DataError(ori_p, f"'{row.get('final_decision')}' disagrees with {gt_p.name} ('{label}')",
-                            record=rec, field="final_decision")
-        out.append({"pubid": pmid, "QUESTION": q, "CONTEXTS": ctx, "LONG_ANSWER": str(row.get("LONG_ANSWER", "")),
-                    "final_decision": label})
+            raise DataError(
+                ori_p,
+                f"'{row.get('final_decision')}' disagrees with {gt_p.name} ('{label}')",
+                record=rec,
+                field="final_decision",
+            )
+        out.append(
+            {
+                "pubid": pmid,
+                "QUESTION": q,
+                "CONTEXTS": ctx,
+                "LONG_ANSWER": str(row.get("LONG_ANSWER", "")),
+                "final_decision": label,
+            }
+        )
     return out
 
 
@@ -165,8 +192,14 @@ def medqa_records(folder: Path) -> list[dict]:
         rec = f"line {i}"
         q = _need_str(path, rec, row, "question")
         opts = _options(path, rec, row)
-        out.append({"id": str(row.get("realidx", i)), "sent1": q, **{f"ending{j}": o for j, o in enumerate(opts)},
-                    "label": LETTERS.index(row["answer_idx"])})
+        out.append(
+            {
+                "id": str(row.get("realidx", i)),
+                "sent1": q,
+                **{f"ending{j}": o for j, o in enumerate(opts)},
+                "label": LETTERS.index(row["answer_idx"]),
+            }
+        )
     return out
 
 
@@ -178,8 +211,17 @@ def medmcqa_records(folder: Path) -> list[dict]:
         rec = f"line {i}"
         q = _need_str(path, rec, row, "question")
         opts = _options(path, rec, row)
-        out.append({"id": str(row.get("realidx", i)), "question": q, "opa": opts[0], "opb": opts[1], "opc": opts[2],
-                    "opd": opts[3], "cop": LETTERS.index(row["answer_idx"])})
+        out.append(
+            {
+                "id": str(row.get("realidx", i)),
+                "question": q,
+                "opa": opts[0],
+                "opb": opts[1],
+                "opc": opts[2],
+                "opd": opts[3],
+                "cop": LETTERS.index(row["answer_idx"]),
+            }
+        )
     return out
 
 
@@ -204,7 +246,9 @@ def source_fingerprint(folder: Path, name: str) -> str:
     return h.hexdigest()[:12]
 
 
-def prepare(name: str, data_dir: str | os.PathLike | None = None, cache_dir: str | None = None) -> tuple[Path, list[dict]]:
+def prepare(
+    name: str, data_dir: str | os.PathLike | None = None, cache_dir: str | None = None
+) -> tuple[Path, list[dict]]:
     """Validate and convert one benchmark; returns (converted JSONL path, records). Reuses an earlier conversion."""
     folder = resolve_data_dir(data_dir)
     fp = source_fingerprint(folder, name)

@@ -25,7 +25,7 @@ INSTRUCTIONS = {
     "pubmedqa": "Read the research abstract below and answer the question about it with yes, no or maybe.",
     "medqa": "This is a question from a US medical licensing exam. Choose the one best option and give its letter.",
     "medmcqa": "This is a question from an Indian medical entrance exam. Choose the one best option and give its "
-               "letter.",
+    "letter.",
 }
 
 
@@ -68,8 +68,17 @@ def parse_answer(name: str, output: str) -> str | None:
     return None
 
 
-def run_flowertune(name: str, records: list[dict], *, model_path: str, adapter: str | Path | None, dtype: str,
-                   limit: int | None = None, device: str = "cpu", progress: bool = True) -> dict:
+def run_flowertune(
+    name: str,
+    records: list[dict],
+    *,
+    model_path: str,
+    adapter: str | Path | None,
+    dtype: str,
+    limit: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     import math
 
     import torch
@@ -98,12 +107,21 @@ def run_flowertune(name: str, records: list[dict], *, model_path: str, adapter: 
             max_new = max(1, len(tok(gold_answer(name, rec), add_special_tokens=False)["input_ids"]))
         enc = tok(build_prompt(name, rec), return_tensors="pt", add_special_tokens=False).to(device)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, num_beams=1,
-                                 pad_token_id=tok.pad_token_id)
-        text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = model.generate(
+                **enc, max_new_tokens=max_new, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id
+            )
+        text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         pred, gold = parse_answer(name, text), gold_answer(name, rec)
-        rows.append({"doc_id": i, "id": rec.get("pubid", rec.get("id")), "gold": gold, "output": text,
-                     "pred": pred, "acc": float(pred == gold)})
+        rows.append(
+            {
+                "doc_id": i,
+                "id": rec.get("pubid", rec.get("id")),
+                "gold": gold,
+                "output": text,
+                "pred": pred,
+                "acc": float(pred == gold),
+            }
+        )
     n = len(rows)
     acc = sum(r["acc"] for r in rows) / n if n else float("nan")
     # the same closed form lm-eval uses for a mean (sample standard deviation with n - 1, over sqrt(n))

@@ -34,8 +34,16 @@ def model_args(model_path: str, adapter: str | Path | None, dtype: str) -> dict:
     return args
 
 
-def run_lm_eval(data_files: dict[str, str | Path], *, model_path: str, adapter: str | Path | None, dtype: str,
-                batch_size: int = 8, limit: int | None = None, device: str = "cpu") -> dict[str, dict]:
+def run_lm_eval(
+    data_files: dict[str, str | Path],
+    *,
+    model_path: str,
+    adapter: str | Path | None,
+    dtype: str,
+    batch_size: int = 8,
+    limit: int | None = None,
+    device: str = "cpu",
+) -> dict[str, dict]:
     """Benchmarks {name: converted file} in one ``lm_eval.simple_evaluate`` call (the model loads once).
 
     Returns {name: {"metrics": {n, acc, acc_stderr, acc_norm, acc_norm_stderr}, "samples": [one row per item]}}.
@@ -44,10 +52,16 @@ def run_lm_eval(data_files: dict[str, str | Path], *, model_path: str, adapter: 
     from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # e.g. "chat template is not applied": by design
-    out = lm_eval.simple_evaluate(model="hf", model_args=model_args(model_path, adapter, dtype),
-                                  tasks=[task_config(n, f) for n, f in data_files.items()],
-                                  task_manager=TaskManager(include_defaults=False),  # indexing all tasks: ~1 min
-                                  batch_size=batch_size, device=device, limit=limit or None, log_samples=True)
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=model_args(model_path, adapter, dtype),
+        tasks=[task_config(n, f) for n, f in data_files.items()],
+        task_manager=TaskManager(include_defaults=False),  # indexing all tasks: ~1 min
+        batch_size=batch_size,
+        device=device,
+        limit=limit or None,
+        log_samples=True,
+    )
     return {n: task_result(out, f"fedpit_{n}") for n in data_files}
 
 
@@ -67,7 +81,13 @@ def sample_row(s: dict) -> dict:
     """One logged lm-eval sample, trimmed to what a reader needs: id, gold, per-choice log-likelihoods, scores."""
     doc = s.get("doc", {})
     lls = [float(r[0]) for r in s.get("filtered_resps", [])]
-    return {"doc_id": s.get("doc_id"), "id": doc.get("pubid", doc.get("id")), "target": s.get("target"),
-            "loglikelihoods": lls, "greedy": [bool(r[1]) for r in s.get("filtered_resps", [])],
-            "pred": max(range(len(lls)), key=lls.__getitem__) if lls else None,
-            "acc": s.get("acc"), "acc_norm": s.get("acc_norm")}
+    return {
+        "doc_id": s.get("doc_id"),
+        "id": doc.get("pubid", doc.get("id")),
+        "target": s.get("target"),
+        "loglikelihoods": lls,
+        "greedy": [bool(r[1]) for r in s.get("filtered_resps", [])],
+        "pred": max(range(len(lls)), key=lls.__getitem__) if lls else None,
+        "acc": s.get("acc"),
+        "acc_norm": s.get("acc_norm"),
+    }
