@@ -123,6 +123,10 @@ def cmd_chat(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if args.benchmarks:  # multiple-choice accuracy through lm-evaluation-harness (fedpit.mcq)
+        from .mcq import cli_evaluate
+
+        return cli_evaluate(args)
     import json
     from pathlib import Path
 
@@ -181,8 +185,16 @@ def cmd_compare(args) -> int:
     command = " ".join(shlex.quote(a) for a in ["fedpit", *args.argv])
     args.interrupt_hint = "continue with: " + command + ("" if args.out else f" --out {shlex.quote(str(out))}") + \
         " (finished runs and evaluations are reused)"
+    if args.benchmarks:  # check the benchmark data before hours of training
+        from .mcq import check_data
+
+        check_data(args.benchmarks, args.benchmark_data)
     results = run_experiment(cells, out, _eval_options(args), name=out.name, command=command)
     print(f"fedpit: {args.command} done: {len(cells)} runs; results in {results}, report in {out / 'report.md'}")
+    if args.benchmarks:
+        from .mcq import cli_experiment
+
+        cli_experiment(args, results)
     return 0
 
 
@@ -275,6 +287,15 @@ def cmd_flower(args) -> int:
     return 0
 
 
+def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmarks", metavar="LIST",
+                   help="multiple-choice accuracy instead of --test: any of pubmedqa,medqa,medmcqa (lm-eval tasks)")
+    p.add_argument("--benchmark-data", metavar="DIR",
+                   help="folder with pubmedqa/ and medagents-benchmark/ (default: ../shared/data beside the checkout)")
+    p.add_argument("--protocol", default="lm-eval", choices=["lm-eval", "flowertune-style"],
+                   help="lm-eval log-likelihood scoring (default) or FlowerTune-style generation")
+
+
 def _add_compare_parsers(sub) -> None:
     for name, helptext in (("compare", "run methods x seeds on the same partition and budget, evaluate, report"),
                            ("sweep", "like compare, over the values of one setting (--set-values key=v1,v2,...)")):
@@ -286,6 +307,7 @@ def _add_compare_parsers(sub) -> None:
             p.add_argument("--set-values", required=True, metavar="KEY=V1,V2,...")
         p.add_argument("--out", help="experiment folder (default: experiments/<time>-<command>)")
         _add_eval_args(p, test_default="")
+        _add_benchmark_args(p)
         p.set_defaults(func=cmd_compare)
 
 
@@ -360,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", help="output folder (default: ADAPTER/eval)")
     _add_eval_args(p, test_default="demo")
+    _add_benchmark_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     _add_flower_parser(sub)
