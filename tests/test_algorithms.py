@@ -218,3 +218,41 @@ def test_extraction_attack_every_round_and_on_every_final_model(tiny_cfg, fixed_
                                           "private_client_2"}
     rows = (rd / "extraction" / "shared_round_002.jsonl").read_text().splitlines()
     assert len(rows) == 3 and {"continuation", "rouge_l", "exact", "prefix_exact"} <= set(json.loads(rows[0]))
+
+
+def _ctx_with(budget, **fedpit_kw):
+    params = MethodParams(fedpit=FedPITConfig(**fedpit_kw))
+    return RoundContext(round=1, num_rounds=2, client_id=0, lr=5e-3, seed=5, budget=budget, params=params)
+
+
+@pytest.mark.parametrize("budget", [LocalBudget(steps=3, batch_size=2), LocalBudget(epochs=1, steps=0, batch_size=2)])
+def test_budget_parity_gives_the_shared_adapter_fedits_step_count(engine, fixed_synthetic, budget):
+    g = _perturbed(engine)
+    data = load_demo("train")[:10]  # FedIT by epochs: 5 steps of 2; the 5 synthetic examples alone: 3 steps
+    plain = fedit.client_update(engine, g, data, {}, _ctx_with(budget))
+    parity = fedpit.client_update(engine, g, data, {}, _ctx_with(budget, shared_budget="parity"))
+    default = fedpit.client_update(engine, g, data, {}, _ctx_with(budget))
+    assert parity.reply.metrics["steps"] == plain.reply.metrics["steps"] == (3 if budget.steps else 5)
+    assert default.reply.metrics["steps"] == 3  # one pass over 5 synthetic examples in batches of 2
+    mix = fedpit_mix.client_update(engine, g, data, {}, _ctx_with(budget, shared_budget="parity", keep=4))
+    assert mix.reply.metrics["public_steps"] == plain.reply.metrics["steps"]
+
+
+@pytest.mark.parametrize("by", ["ifs", "relevance", "none"])
+def test_fedpit_v1_selects_candidates_and_records_the_counts(engine, fixed_synthetic, by):
+    g = _perturbed(engine)
+    data = load_demo("train")[:6]
+    r = fedpit.client_update(engine, g, data, {}, _ctx_with(LocalBudget(steps=2, batch_size=2), candidates=5, keep=2,
+                                                           select_by=by))
+    m = r.reply.metrics
+    assert m["candidates"] == 5 and m["kept"] == 2 == m["synthetic"] == len(r.artifacts["synthetic"])
+    sel = r.artifacts["selfgen"]
+    assert sel["select_by"] == by and [row["kept"] for row in sel["rows"]].count(True) == 2
+    assert {"on_task", "answer_relevance", "private_rouge_l", "ifs"} <= set(sel["rows"][0])
+    assert m["selfgen"]["quality"]["n"] == 2 and "rows" not in m["selfgen"] and json.dumps(m)
+    if by == "ifs":
+        kept_ifs = sorted(row["ifs"] for row in sel["rows"] if row["kept"])
+        assert kept_ifs == sorted(row["ifs"] for row in sel["rows"])[:2]
+    again = fedpit.client_update(engine, g, data, {}, _ctx_with(LocalBudget(steps=2, batch_size=2), candidates=5,
+                                                               keep=2, select_by=by))
+    assert again.artifacts["synthetic"] == r.artifacts["synthetic"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .selfgen import TASK_TEXTS, SelfGenSettings
+from .selfgen import GEN_TEMPLATES, SELECT_BY, TASK_TEXTS, SelfGenSettings
 
 
 
@@ -90,9 +90,11 @@ class EvalConfig:
 @dataclass
 class FedPITConfig:
     beta: float = 0.5  # fedpit-mix: upload = beta * private + (1 - beta) * public; 1.0 is FedIT
-    candidates: int = 8  # fedpit-mix: synthetic candidates per client and round (the journal: 32)
-    keep: int = 4  # fedpit-mix: candidates kept by lowest instruction-following score (the journal: 16)
+    candidates: int = 8  # fedpit-mix, and fedpit when it selects: candidates per client and round (the journal: 32)
+    keep: int = 4  # fedpit-mix, and fedpit when it selects: candidates kept by the best score (the journal: 16)
     synthetic_epochs: int = 1  # passes over the synthetic set for adapters trained on synthetic data only
+    select_by: str = "auto"  # ifs | relevance | none | auto (fedpit-mix: ifs; fedpit: none = num_instructions, all kept)
+    shared_budget: str = "synthetic_epochs"  # synthetic_epochs | parity (FedIT's local step count)
 
 
 @dataclass
@@ -356,6 +358,11 @@ def validate(cfg: Config) -> None:
     _check(cfg.fedpit.candidates >= 1, "fedpit.candidates", "must be >= 1")
     _check(1 <= cfg.fedpit.keep <= cfg.fedpit.candidates, "fedpit.keep", "must be between 1 and fedpit.candidates")
     _check(cfg.fedpit.synthetic_epochs >= 1, "fedpit.synthetic_epochs", "must be >= 1")
+    _check(cfg.fedpit.select_by in SELECT_BY, "fedpit.select_by", f"must be one of {', '.join(SELECT_BY)}")
+    _check(cfg.fedpit.shared_budget in ("synthetic_epochs", "parity"), "fedpit.shared_budget",
+           "must be synthetic_epochs or parity")
+    _check(g.template in GEN_TEMPLATES, "selfgen.template", f"must be one of {', '.join(GEN_TEMPLATES)}")
+    _check(g.tasks_per_call >= 1, "selfgen.tasks_per_call", "must be >= 1")
     _check(cfg.fedprox.mu >= 0, "fedprox.mu", "must be >= 0")
     _check(cfg.fewfedweight.energy_temperature > 0, "fewfedweight.energy_temperature", "must be > 0")
     _check(cfg.fewfedweight.pseudo_samples >= 0, "fewfedweight.pseudo_samples", "must be >= 0")

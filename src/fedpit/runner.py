@@ -336,6 +336,10 @@ class Runner:
             synth = f", {m['synthetic']} synthetic" if "synthetic" in m else ""
             self.console.log(f"round {r}/{cfg.federation.rounds} client {k}: {len(examples)} examples{synth}, "
                              f"{m.get('steps', 0)} steps, mean loss {m.get('loss', float('nan')):.3f}, {seconds:.1f} s")
+            if isinstance(m.get("selfgen"), dict):
+                from .selfgen import summary_line
+
+                self.console.log(f"round {r} client {k} {summary_line(m['selfgen'])}")
         new_global = self.method.server_aggregate(global_state, replies)
         test_loss = None
         if test_enc and federated:
