@@ -93,7 +93,7 @@ class FedPITConfig:
     candidates: int = 8  # fedpit-mix, and fedpit when it selects: candidates per client and round (the journal: 32)
     keep: int = 4  # fedpit-mix, and fedpit when it selects: candidates kept by the best score (the journal: 16)
     synthetic_epochs: int = 1  # passes over the synthetic set for adapters trained on synthetic data only
-    select_by: str = "auto"  # ifs | relevance | none | auto (fedpit-mix: ifs; fedpit: none = num_instructions, all kept)
+    select_by: str = "auto"  # ifs | relevance | none | auto (fedpit-mix: ifs; fedpit: no selection, num_instructions)
     shared_budget: str = "synthetic_epochs"  # synthetic_epochs | parity (FedIT's local step count)
 
 

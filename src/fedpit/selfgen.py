@@ -470,8 +470,10 @@ def assess_and_select(candidates: list[Example], local: list[Example], s: SelfGe
     """
     if select_by not in ("ifs", "relevance", "none"):
         raise ValueError(f"fedpit.select_by must be ifs, relevance or none, not {select_by!r}")
-    if select_by == "ifs" and ifs is None and candidates:
-        raise ValueError("select_by='ifs' needs the private adapter's losses")
+    if select_by == "ifs" and ifs is None:
+        if candidates:
+            raise ValueError("select_by='ifs' needs the private adapter's losses")
+        ifs = ([], [])
     need_rows = s.measure or select_by == "relevance"
     rows = measure_rows(candidates, local, s, ifs=ifs, embed=embed) if need_rows else \
         [{"instruction": e.instruction} for e in candidates]

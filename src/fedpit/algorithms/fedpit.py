@@ -10,10 +10,11 @@ Each round, per client:
 The server averages the uploads weighted by real example counts. Two models come out: the shared global adapter and
 each client's personalized adapter (backbone + local adapter).
 
-Selection (``fedpit.select_by``, the journal's step 3 applied to v1): ``ifs`` or ``relevance`` generate
-``fedpit.candidates`` and keep the best ``fedpit.keep``; IFS is computed by the client's private adapter as it stands at
-the start of the round (round 1: the received global adapter, from which the private adapter is created). ``none``
-(``auto`` for this method) keeps today's behaviour: ``selfgen.num_instructions`` examples, all kept.
+Selection (``fedpit.select_by``, the journal's step 3 applied to v1): ``ifs``, ``relevance`` or ``none`` generate
+``fedpit.candidates`` and keep ``fedpit.keep`` (the lowest IFS, the highest relevance, or the first in generation
+order); IFS is computed by the client's private adapter as it stands at the start of the round (round 1: the received
+global adapter, from which the private adapter is created). ``auto`` (default) keeps today's behaviour: no selection
+step, ``selfgen.num_instructions`` examples, all kept.
 ``fedpit.shared_budget=parity`` trains the shared adapter for the local step budget (FedIT's) instead of
 ``fedpit.synthetic_epochs`` passes.
 """
@@ -34,17 +35,18 @@ CENTRALIZED = False
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
                   on_step=None) -> ClientResult:
     p, s = ctx.params.fedpit, ctx.params.selfgen
-    select_by = "none" if p.select_by == "auto" else p.select_by
+    selecting = p.select_by != "auto"  # auto: no selection step, selfgen.num_instructions all kept (as before)
+    select_by = p.select_by if selecting else "none"
     engine.load_adapter(global_adapter)  # generation uses the shared model, never a private adapter
     candidates, report = self_generate(engine.model, engine.tokenizer, examples, s, seed=ctx.seed,
-                                       template=engine.template, num=None if select_by == "none" else p.candidates)
+                                       template=engine.template, num=p.candidates if selecting else None)
     private_start = split_state(state) or global_adapter
     ifs = None
     if candidates and (s.measure or select_by == "ifs"):
         engine.load_adapter(private_start)  # the private adapter scores; nothing it computes is uploaded but the choice
         ifs = ifs_terms(engine, candidates)
     synthetic = assess_and_select(candidates, examples, s, report, select_by=select_by,
-                                  keep=None if select_by == "none" else p.keep, ifs=ifs)
+                                  keep=p.keep if selecting else None, ifs=ifs)
 
     engine.load_adapter(global_adapter)
     shared = engine.train(synthetic, on_step=on_step, **ctx.train_kwargs(synthetic=True, local_examples=len(examples)))
