@@ -79,14 +79,15 @@ def main() -> None:
         s = dataclasses.replace(base, **over)
         gen.CACHE_STOP_CRITERIA = cache
         gen._stop_cache.clear()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         cands, rep = self_generate(model, tok, local, s, seed=args.seed, template=cfg.model.template)
-        dt = time.perf_counter() - t
+        dt, cpu = time.perf_counter() - t, time.process_time() - c
         gen.CACHE_STOP_CRITERIA = True
         q = SelfGenReport()
         assess_and_select(cands, local, dataclasses.replace(s, measure=True), q)
         per_min = 60 * len(cands) / dt
         row = {"variant": name, "settings": {**over, "stop_cached": cache}, "seconds": round(dt, 2),
+               "cpu_seconds": round(cpu, 2),
                "candidates": len(cands), "per_minute": round(per_min, 2),
                "generated_instructions": rep.generated_instructions, "generated_responses": rep.generated_responses,
                "dropped": {k: v for k, v in rep.dropped.items() if v}, "quality": q.quality,
@@ -101,7 +102,7 @@ def main() -> None:
 
         print(f"{name:>16} {dt:8.1f} {len(cands):6d} {per_min:8.1f} {ratio:6.2f}x {rep.generated_instructions:9d} "
               f"{rep.generated_responses:8d} {f('on_task'):>7} {f('answer_relevance'):>7} {f('distinct'):>8} "
-              f"{f('self_rouge_l'):>7} {f('private_rouge_l'):>7} {qq.get('response_words') or 0:5.0f}", flush=True)
+              f"{f('self_rouge_l'):>7} {f('private_rouge_l'):>7} {qq.get('response_words') or 0:5.0f}  cpu {cpu:.0f} s", flush=True)
     if len(results) > 1:
         print(f"new path / old path: {results[-1]['per_minute'] / max(1e-9, results[0]['per_minute']):.2f}x "
               f"candidates per minute (target 5x)")
