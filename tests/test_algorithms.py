@@ -24,7 +24,7 @@ from fedpit.algorithms import (
 )
 from fedpit.algorithms.base import LOCAL_PREFIX, split_state
 from fedpit.backbone import load_backbone
-from fedpit.config import FedPITConfig, FedProxConfig
+from fedpit.config import GEN_TEMPLATES, SELECT_BY, FedPITConfig, FedProxConfig
 from fedpit.data import Example, load_demo
 from fedpit.engine import Engine, LoraSpec
 from fedpit.runner import Runner
@@ -95,7 +95,9 @@ def test_fedpit_upload_never_depends_on_private_data(engine, fixed_synthetic):
     def leaves(d):
         return [x for v in d.values() for x in (leaves(v) if isinstance(v, dict) else [v])]
 
-    assert all(isinstance(v, (int, float)) or v is None for v in leaves(ra.reply.metrics)), ra.reply.metrics
+    settings = {*SELECT_BY, *GEN_TEMPLATES, ""}  # the only strings: names of settings the server already knows
+    odd = [v for v in leaves(ra.reply.metrics) if not (isinstance(v, (int, float)) or v is None or v in settings)]
+    assert not odd, odd
     assert json.loads(json.dumps(ra.reply.metrics)) == ra.reply.metrics
 
 
@@ -235,3 +237,41 @@ def test_extraction_attack_every_round_and_on_every_final_model(tiny_cfg, fixed_
                                           "private_client_2"}
     rows = (rd / "extraction" / "shared_round_002.jsonl").read_text().splitlines()
     assert len(rows) == 3 and {"continuation", "rouge_l", "exact", "prefix_exact"} <= set(json.loads(rows[0]))
+
+
+def _ctx_with(budget, **fedpit_kw):
+    params = MethodParams(fedpit=FedPITConfig(**fedpit_kw))
+    return RoundContext(round=1, num_rounds=2, client_id=0, lr=5e-3, seed=5, budget=budget, params=params)
+
+
+@pytest.mark.parametrize("budget", [LocalBudget(steps=3, batch_size=2), LocalBudget(epochs=1, steps=0, batch_size=2)])
+def test_budget_parity_gives_the_shared_adapter_fedits_step_count(engine, fixed_synthetic, budget):
+    g = _perturbed(engine)
+    data = load_demo("train")[:10]  # FedIT by epochs: 5 steps of 2; the 5 synthetic examples alone: 3 steps
+    plain = fedit.client_update(engine, g, data, {}, _ctx_with(budget))
+    parity = fedpit.client_update(engine, g, data, {}, _ctx_with(budget, shared_budget="parity"))
+    default = fedpit.client_update(engine, g, data, {}, _ctx_with(budget))
+    assert parity.reply.metrics["steps"] == plain.reply.metrics["steps"] == (3 if budget.steps else 5)
+    assert default.reply.metrics["steps"] == 3  # one pass over 5 synthetic examples in batches of 2
+    mix = fedpit_mix.client_update(engine, g, data, {}, _ctx_with(budget, shared_budget="parity", keep=4))
+    assert mix.reply.metrics["public_steps"] == plain.reply.metrics["steps"]
+
+
+@pytest.mark.parametrize("by", ["ifs", "relevance", "none"])
+def test_fedpit_v1_selects_candidates_and_records_the_counts(engine, fixed_synthetic, by):
+    g = _perturbed(engine)
+    data = load_demo("train")[:6]
+    r = fedpit.client_update(engine, g, data, {}, _ctx_with(LocalBudget(steps=2, batch_size=2), candidates=5, keep=2,
+                                                           select_by=by))
+    m = r.reply.metrics
+    assert m["candidates"] == 5 and m["kept"] == 2 == m["synthetic"] == len(r.artifacts["synthetic"])
+    sel = r.artifacts["selfgen"]
+    assert sel["select_by"] == by and [row["kept"] for row in sel["rows"]].count(True) == 2
+    assert {"on_task", "answer_relevance", "private_rouge_l", "ifs"} <= set(sel["rows"][0])
+    assert m["selfgen"]["quality"]["n"] == 2 and "rows" not in m["selfgen"] and json.dumps(m)
+    if by == "ifs":
+        kept_ifs = sorted(row["ifs"] for row in sel["rows"] if row["kept"])
+        assert kept_ifs == sorted(row["ifs"] for row in sel["rows"])[:2]
+    again = fedpit.client_update(engine, g, data, {}, _ctx_with(LocalBudget(steps=2, batch_size=2), candidates=5,
+                                                               keep=2, select_by=by))
+    assert again.artifacts["synthetic"] == r.artifacts["synthetic"]

@@ -107,17 +107,24 @@ class SelfGenSettings:
     batch_size: int = 8
     public_data: str = ""  # ablation: a .json/.jsonl file whose examples replace self-generated ones, same count
     task_text: str = "auto"  # what a Phase A demonstration shows: "instruction", "instruction+input" or "auto"
+    template: str = "model"  # prompt format for generation: model (= model.template) | auto | alpaca | chat
+    tasks_per_call: int = 1  # new tasks one Phase A call writes ("Task 9:", "Task 10:", ...); 1 = one per prompt
+    measure: bool = True  # synthetic-quality measures (MiniLM relevance, diversity, closeness, IFS) every round
 
 
 TASK_TEXTS = ("auto", "instruction", "instruction+input")
+GEN_TEMPLATES = ("model", "auto", "alpaca", "chat")
+SELECT_BY = ("auto", "ifs", "relevance", "none")
 
 
 @dataclass
 class FedPITConfig:
     beta: float = 0.5  # fedpit-mix: upload = beta * private + (1 - beta) * public; 1.0 is FedIT
-    candidates: int = 8  # fedpit-mix: synthetic candidates per client and round (the journal: 32)
-    keep: int = 4  # fedpit-mix: candidates kept by lowest instruction-following score (the journal: 16)
+    candidates: int = 8  # fedpit-mix, and fedpit when it selects: candidates per client and round (the journal: 32)
+    keep: int = 4  # fedpit-mix, and fedpit when it selects: candidates kept by the best score (the journal: 16)
     synthetic_epochs: int = 1  # passes over the synthetic set for adapters trained on synthetic data only
+    select_by: str = "auto"  # ifs | relevance | none | auto (fedpit-mix: ifs; fedpit: no selection, num_instructions)
+    shared_budget: str = "synthetic_epochs"  # synthetic_epochs | parity (FedIT's local step count)
 
 
 @dataclass
@@ -407,6 +414,8 @@ def _selfgen(cfg: Config) -> None:
     _check(g.batch_size >= 1, "selfgen.batch_size", "must be >= 1")
     _check(g.task_text in TASK_TEXTS, "selfgen.task_text", f"must be one of {', '.join(TASK_TEXTS)}")
     _check(0 < g.temperature and 0 < g.top_p <= 1, "selfgen.temperature", "temperature > 0 and top_p in (0, 1]")
+    _check(g.template in GEN_TEMPLATES, "selfgen.template", f"must be one of {', '.join(GEN_TEMPLATES)}")
+    _check(g.tasks_per_call >= 1, "selfgen.tasks_per_call", "must be >= 1")
 
 
 def _methods(cfg: Config) -> None:
@@ -416,6 +425,9 @@ def _methods(cfg: Config) -> None:
     _check(cfg.fedpit.candidates >= 1, "fedpit.candidates", "must be >= 1")
     _check(1 <= cfg.fedpit.keep <= cfg.fedpit.candidates, "fedpit.keep", "must be between 1 and fedpit.candidates")
     _check(cfg.fedpit.synthetic_epochs >= 1, "fedpit.synthetic_epochs", "must be >= 1")
+    _check(cfg.fedpit.select_by in SELECT_BY, "fedpit.select_by", f"must be one of {', '.join(SELECT_BY)}")
+    _check(cfg.fedpit.shared_budget in ("synthetic_epochs", "parity"), "fedpit.shared_budget",
+           "must be synthetic_epochs or parity")
     _check(cfg.fedprox.mu >= 0, "fedprox.mu", "must be >= 0")
     _check(cfg.fewfedweight.energy_temperature > 0, "fewfedweight.energy_temperature", "must be > 0")
     _check(cfg.fewfedweight.pseudo_samples >= 0, "fewfedweight.pseudo_samples", "must be >= 0")

@@ -45,6 +45,7 @@ from .federation import (
     write_artifacts,
 )
 from .rundir import RunDir
+from .selfgen import summary_line
 
 TRANSPORT = "in-process"
 
@@ -136,6 +137,8 @@ class Runner:
         synth = f", {m['synthetic']} synthetic" if "synthetic" in m else ""
         self.console.log(f"round {r}/{cfg.federation.rounds} client {k}: {len(examples)} examples{synth}, "
                          f"{m.get('steps', 0)} steps, mean loss {m.get('loss', float('nan')):.3f}, {seconds:.1f} s")
+        if isinstance(m.get("selfgen"), dict):
+            self.console.log(f"round {r} client {k} {summary_line(m['selfgen'])}")
         return result.reply, seconds
 
 

@@ -14,13 +14,20 @@ penalty; 1.0 turns it off) by default. Responses that are empty, too short, dege
 copy a local response (Rouge-L F > 0.7, which is also a leak guard) are retried the same way, then dropped.
 
 Generation is batched (left padding, KV cache, per-sequence stop) and runs on whatever adapter the caller loaded:
-callers load the *global* adapter, never a private one.
+callers load the *global* adapter, never a private one. ``template`` picks the prompt format (the training template,
+alpaca, or the model's own chat format); ``tasks_per_call`` > 1 lets one Phase A call continue the list for several
+tasks, each parsed and filtered on its own.
+
+Quality: :func:`assess_and_select` measures every candidate (MiniLM on-task and answer relevance, closeness to private
+text, the private adapter's IFS terms where the caller has one), keeps ``keep`` of them by a score, and records both
+in the report (per-candidate rows for the client's ``selfgen.json``, a summary for ``metrics.jsonl``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from rouge_score import rouge_scorer
 
-from .config import TASK_TEXTS, SelfGenSettings  # the [selfgen] section (config stays torch-free)
+from .config import GEN_TEMPLATES, TASK_TEXTS, SelfGenSettings  # the [selfgen] section (config stays torch-free)
 from .data import Example
 from .generate import generate
 from .prompts import build_prompt
@@ -38,6 +45,18 @@ REFUSAL_PREFIXES = ("as a", "as an", "sorry", "i'm sorry", "i am sorry", "i cann
                     "i apologize", "i'm unable", "i am unable", "unfortunately", "i do not", "i don't")
 FILTERS = ("unparseable", "length", "truncated", "refusal", "bad_start", "similar", "response_empty", "response_short",
            "response_degenerate", "response_copy")
+
+
+def generation_template(setting: str, training_template: str, tokenizer) -> str:
+    """The prompt format self-generation writes in: ``model`` follows the training template, ``auto`` is chat when
+    the tokenizer has a chat template (the model's own format) and alpaca otherwise."""
+    if setting not in GEN_TEMPLATES:
+        raise ValueError(f"selfgen.template must be one of {', '.join(GEN_TEMPLATES)}, not {setting!r}")
+    if setting == "model":
+        return training_template
+    if setting == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
+    return setting
 
 
 def task_texts(local: list[Example], mode: str = "auto") -> list[str]:
@@ -59,16 +78,30 @@ def task_texts(local: list[Example], mode: str = "auto") -> list[str]:
 
 @dataclass
 class SelfGenReport:
-    """What happened to every attempt: generated, dropped by each filter, kept."""
+    """What happened to every attempt: generated, dropped by each filter, offered to selection, kept; and the
+    synthetic-quality measures (one row per candidate, a summary of the kept set)."""
 
     generated_instructions: int = 0
     generated_responses: int = 0
     dropped: Counter = field(default_factory=Counter)
-    kept: int = 0
+    kept: int = 0  # examples the adapter trains on (after selection)
+    candidates: int | None = None  # examples that passed every filter, offered to selection (None: = kept)
+    select_by: str = "none"
+    template: str = ""  # the prompt format generation used
+    rows: list = field(default_factory=list)  # per candidate: the measures, the selection score, kept or not
+    quality: dict = field(default_factory=dict)  # summary over the kept examples
+    quality_candidates: dict = field(default_factory=dict)  # the same over all candidates (when some were not kept)
 
-    def as_dict(self) -> dict:
-        return {"generated_instructions": self.generated_instructions, "generated_responses": self.generated_responses,
-                "dropped": {k: self.dropped.get(k, 0) for k in FILTERS}, "kept": self.kept}
+    def as_dict(self, rows: bool = False) -> dict:
+        d = {"generated_instructions": self.generated_instructions, "generated_responses": self.generated_responses,
+             "dropped": {k: self.dropped.get(k, 0) for k in FILTERS},
+             "candidates": self.kept if self.candidates is None else self.candidates, "kept": self.kept,
+             "select_by": self.select_by, "template": self.template, "quality": self.quality}
+        if self.quality_candidates:
+            d["quality_candidates"] = self.quality_candidates
+        if rows:
+            d["rows"] = self.rows
+        return d
 
 
 _scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -84,14 +117,28 @@ def max_rouge_l(candidate: str, references) -> float:
     return best
 
 
-def instruction_prompt(demos: list[str]) -> str:
+def _chat(tokenizer, messages: list[dict]) -> str:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("selfgen.template 'chat' needs a tokenizer with a chat template; use 'alpaca'")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def instruction_prompt(demos: list[str], *, template: str = "alpaca", tokenizer=None) -> str:
+    """Self-Instruct's prompt: a header, the demonstrations as "Task 1..k", and an open "Task k+1:".
+
+    In the chat format the header and the numbered tasks are the user's turn and the assistant's answer starts with
+    the open "Task k+1:", so the model continues the list in its own format.
+    """
     lines = ["Come up with a series of tasks:"]
     lines += [f"Task {i}: {d.strip()}" for i, d in enumerate(demos, 1)]
+    if template == "chat":
+        return _chat(tokenizer, [{"role": "user", "content": "\n".join(lines)}]) + f"Task {len(demos) + 1}:"
     lines.append(f"Task {len(demos) + 1}:")
     return "\n".join(lines)
 
 
 _TASK_PREFIX = re.compile(r"^\s*(task\s*\d+\s*[:.)-]\s*)+", re.IGNORECASE)
+_TASK_SPLIT = re.compile(r"\n\s*Task\s*\d+\s*[:.)-]", re.IGNORECASE)
 
 
 def parse_instruction(text: str) -> str | None:
@@ -102,6 +149,17 @@ def parse_instruction(text: str) -> str | None:
     first = _TASK_PREFIX.sub("", first).strip()
     first = re.split(r"\s+Task\s*\d+\s*:", first)[0].strip()
     return first or None
+
+
+def parse_instructions(text: str, limit: int) -> list[str | None]:
+    """Several tasks from one continuation of "Task k+1:": the first is the text up to the next line that starts
+    "Task N:", each following one the text after such a line; at most ``limit`` (a None for each unparseable one,
+    and one None when nothing came back)."""
+    if not text or not text.strip():
+        return [None]
+    parts = _TASK_SPLIT.split("\n" + text.strip("\n"))
+    parts = parts[1:] if parts and not parts[0].strip() else parts
+    return [parse_instruction(p) for p in parts[:limit]] or [None]
 
 
 def instruction_filter(text: str | None, references, s: SelfGenSettings) -> str | None:
@@ -149,7 +207,14 @@ def response_filter(text: str, local_responses, s: SelfGenSettings) -> str | Non
 
 
 def response_prompt(demos: list[Example], instruction: str, *, template: str, tokenizer) -> str:
-    """Worked local examples in the training template, then the new instruction awaiting its response."""
+    """Worked local examples, then the new instruction awaiting its response: in the alpaca format the examples are
+    concatenated training prompts; in the chat format each is a user turn and the assistant's answer."""
+    if template == "chat":
+        turns = []
+        for d in demos:
+            turns += [{"role": "user", "content": f"{d.instruction}\n\n{d.input}" if d.input else d.instruction},
+                      {"role": "assistant", "content": d.output}]
+        return _chat(tokenizer, turns + [{"role": "user", "content": instruction}])
     shots = "".join(build_prompt(d.instruction, d.input, template=template, tokenizer=tokenizer) + d.output + "\n\n"
                     for d in demos)
     return shots + build_prompt(instruction, "", template=template, tokenizer=tokenizer)
@@ -190,37 +255,45 @@ def self_generate(model, tokenizer, local: list[Example], s: SelfGenSettings, *,
     local_instr = task_texts(local, s.task_text)
     local_resp = [e.output for e in local]
     k = min(s.demos, len(local))
+    fmt = generation_template(s.template, template, tokenizer)
+    report.template = fmt
 
-    # Phase A: instructions
+    # Phase A: instructions. Each wave asks for the missing ones (tasks_per_call per prompt); at most max_attempts
+    # waves, so with one task per call every slot has max_attempts tries.
+    per_call = max(1, s.tasks_per_call)
+    if per_call == 1:
+        stop, cap = ["\n"], s.max_instruction_tokens
+    else:
+        stop, cap = [f"Task {k + per_call + 1}:", "\n\n"], s.max_instruction_tokens * per_call
     accepted: list[str] = []
-    attempts = [0] * num
-    pending = list(range(num))
-    while pending:
-        prompts = [instruction_prompt([local_instr[i] for i in rng.choice(len(local), k, replace=False)])
-                   for _ in pending]
-        outs = _gen(model, tokenizer, prompts, s, s.max_instruction_tokens, ["\n"], seed + len(accepted))
-        report.generated_instructions += len(outs)
-        retry = []
-        for slot, out in zip(pending, outs):
-            attempts[slot] += 1
-            cand = parse_instruction(out)
-            why = instruction_filter(cand, local_instr + accepted, s)
-            if why is None:
-                accepted.append(cand)
-            else:
-                report.dropped[why] += 1
-                if attempts[slot] < s.max_attempts:
-                    retry.append(slot)
-        pending = retry
+    for _ in range(s.max_attempts):
+        need = num - len(accepted)
+        if need <= 0:
+            break
+        prompts = [instruction_prompt([local_instr[i] for i in rng.choice(len(local), k, replace=False)],
+                                      template=fmt, tokenizer=tokenizer)
+                   for _ in range(-(-need // per_call))]
+        outs = _gen(model, tokenizer, prompts, s, cap, stop, seed + len(accepted))
+        for out in outs:
+            for cand in ([parse_instruction(out)] if per_call == 1 else parse_instructions(out, per_call)):
+                if len(accepted) >= num:
+                    break
+                report.generated_instructions += 1
+                why = instruction_filter(cand, local_instr + accepted, s)
+                if why is None:
+                    accepted.append(cand)
+                else:
+                    report.dropped[why] += 1
 
     # Phase B: responses
     kept: list[Example] = []
     r_demos = min(s.response_demos, len(local))
     todo = [(instr, 0) for instr in accepted]
+    r_stop = ["###"] if fmt != "chat" else ["<|im_start|>"]
     while todo:
         prompts = [response_prompt([local[i] for i in rng.choice(len(local), r_demos, replace=False)], instr,
-                                   template=template, tokenizer=tokenizer) for instr, _ in todo]
-        outs = _gen(model, tokenizer, prompts, s, s.max_response_tokens, ["###"], seed + 7 + len(kept))
+                                   template=fmt, tokenizer=tokenizer) for instr, _ in todo]
+        outs = _gen(model, tokenizer, prompts, s, s.max_response_tokens, r_stop, seed + 7 + len(kept))
         report.generated_responses += len(outs)
         retry = []
         for (instr, tries), out in zip(todo, outs):
@@ -235,3 +308,186 @@ def self_generate(model, tokenizer, local: list[Example], s: SelfGenSettings, *,
         todo = retry
     report.kept = len(kept)
     return kept, report
+
+
+# ------------------------------------------------------------------------------------------------ synthetic quality
+# Pure functions over texts and unit-normalized embeddings; :func:`assess_and_select` applies them every round.
+
+
+def _unit(x) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[None, :]
+    return a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def on_task_relevance(instruction_vecs, local_vecs) -> list[float]:
+    """Per synthetic instruction: cosine to its nearest local task (high: on the client's task; low: off-task)."""
+    if len(instruction_vecs) == 0:
+        return []
+    if len(local_vecs) == 0:
+        return [float("nan")] * len(instruction_vecs)
+    return (_unit(instruction_vecs) @ _unit(local_vecs).T).max(axis=1).tolist()
+
+
+def answer_relevance(instruction_vecs, response_vecs) -> list[float]:
+    """Per example: cosine of the response to its own instruction (high: the response is about the task)."""
+    if len(instruction_vecs) == 0:
+        return []
+    return (_unit(instruction_vecs) * _unit(response_vecs)).sum(axis=1).tolist()
+
+
+def distinct_ratio(texts) -> float:
+    """Share of distinct texts (case and whitespace ignored); 1.0 when every one differs (nan for none)."""
+    if not texts:
+        return float("nan")
+    return len({" ".join(t.lower().split()) for t in texts}) / len(texts)
+
+
+def self_rouge_l(texts) -> float:
+    """Mean pairwise Rouge-L F1 within a set (Self-BLEU's idea with Rouge-L): low is diverse (nan below 2 texts)."""
+    if len(texts) < 2:
+        return float("nan")
+    vals = [_scorer.score(a, b)["rougeL"].fmeasure for i, a in enumerate(texts) for b in texts[i + 1:]]
+    return float(np.mean(vals))
+
+
+def private_closeness(responses, local_responses) -> list[float]:
+    """Per synthetic response: the highest Rouge-L F1 to any local (private) response, the leak guard's input
+    (1.0: a copy of private text)."""
+    return [max_rouge_l(r, local_responses) for r in responses]
+
+
+def ifs_terms(engine, examples: list) -> tuple[list[float], list[float]]:
+    """L(y|x) and L(y), the mean response-token losses with and without the prompt, under the loaded adapter."""
+    from .prompts import encode
+
+    if not examples:
+        return [], []
+    cond = engine.example_losses(engine.encode(examples))
+    uncond = engine.example_losses([encode(engine.tokenizer, "", ex.output, engine.max_seq_len) for ex in examples])
+    return list(cond), list(uncond)
+
+
+def ifs_ratio(cond: float, uncond: float) -> float:
+    return cond / uncond if uncond > 0 and math.isfinite(cond) else float("inf")
+
+
+def top_k(scores, keep: int, *, lower_is_better: bool) -> list[int]:
+    """Indices of the ``keep`` best scores, best first; ties (and nan, ranked last) broken by index: deterministic."""
+    def key(i):
+        v = scores[i]
+        bad = v is None or not math.isfinite(v)
+        return (bad, (v if lower_is_better else -v) if not bad else 0.0, i)
+
+    return sorted(range(len(scores)), key=key)[:max(0, keep)]
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def summarize_quality(rows: list[dict]) -> dict:
+    """The round's one-number-per-measure summary of a set of measured examples."""
+    if not rows:
+        return {"n": 0}
+    instr = [r["instruction"] for r in rows]
+    out = {"n": len(rows), "on_task": _mean(r.get("on_task") for r in rows),
+           "answer_relevance": _mean(r.get("answer_relevance") for r in rows),
+           "distinct": distinct_ratio(instr), "self_rouge_l": self_rouge_l(instr),
+           "private_rouge_l": _mean(r.get("private_rouge_l") for r in rows),
+           "private_rouge_l_max": max((r["private_rouge_l"] for r in rows if "private_rouge_l" in r), default=float("nan")),
+           "response_words": _mean(r.get("response_words") for r in rows)}
+    if any("ifs" in r for r in rows):
+        out.update(ifs=_mean(r.get("ifs") for r in rows), loss_cond=_mean(r.get("loss_cond") for r in rows),
+                   loss_uncond=_mean(r.get("loss_uncond") for r in rows))
+    return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else (None if isinstance(v, float) else v))
+            for k, v in out.items()}
+
+
+def measure_rows(synthetic: list[Example], local: list[Example], s: SelfGenSettings, *,
+                 ifs: tuple[list[float], list[float]] | None = None, embed=None) -> list[dict]:
+    """One row per synthetic example: on-task relevance, answer relevance, closeness to private text and, given the
+    private adapter's (L(y|x), L(y)), the IFS terms."""
+    rows = [{"instruction": e.instruction, "response_words": len(e.output.split()),
+             "private_rouge_l": round(c, 4)}
+            for e, c in zip(synthetic, private_closeness([e.output for e in synthetic], [e.output for e in local]))]
+    if synthetic:
+        if embed is None:
+            from .partition import minilm_embed as embed
+        tasks = task_texts(local, s.task_text)
+        vecs = np.asarray(embed([e.instruction for e in synthetic] + [e.output for e in synthetic] + tasks))
+        n = len(synthetic)
+        for r, a, b in zip(rows, on_task_relevance(vecs[:n], vecs[2 * n:]), answer_relevance(vecs[:n], vecs[n:2 * n])):
+            r.update(on_task=round(a, 4), answer_relevance=round(b, 4))
+    if ifs is not None:
+        for r, c, u in zip(rows, *ifs):
+            r.update(loss_cond=round(c, 4), loss_uncond=round(u, 4), ifs=round(ifs_ratio(c, u), 4))
+    return rows
+
+
+def relevance_score(row: dict) -> float:
+    """The relevance selection score: mean of on-task and answer relevance (higher is better)."""
+    return 0.5 * (row.get("on_task", float("nan")) + row.get("answer_relevance", float("nan")))
+
+
+def assess_and_select(candidates: list[Example], local: list[Example], s: SelfGenSettings, report: SelfGenReport, *,
+                      keep: int | None = None, select_by: str = "none", ifs=None, embed=None) -> list[Example]:
+    """Measure every candidate, keep ``keep`` of them (all when None) by ``select_by``, record both in ``report``.
+
+    ``ifs`` (the private adapter's L(y|x) and L(y) per candidate) is needed for ``select_by="ifs"``. ``none`` keeps
+    the first ``keep`` in generation order (the journal's random baseline: generation order carries no score).
+    """
+    if select_by not in ("ifs", "relevance", "none"):
+        raise ValueError(f"fedpit.select_by must be ifs, relevance or none, not {select_by!r}")
+    if select_by == "ifs" and ifs is None:
+        if candidates:
+            raise ValueError("select_by='ifs' needs the private adapter's losses")
+        ifs = ([], [])
+    need_rows = s.measure or select_by == "relevance"
+    rows = measure_rows(candidates, local, s, ifs=ifs, embed=embed) if need_rows else \
+        [{"instruction": e.instruction} for e in candidates]
+    if not need_rows and ifs is not None:
+        for r, c, u in zip(rows, *ifs):
+            r.update(loss_cond=round(c, 4), loss_uncond=round(u, 4), ifs=round(ifs_ratio(c, u), 4))
+    keep = len(candidates) if keep is None else min(keep, len(candidates))
+    if select_by == "ifs":
+        scores = [ifs_ratio(c, u) for c, u in zip(*ifs)]
+        chosen = top_k(scores, keep, lower_is_better=True)
+    elif select_by == "relevance":
+        scores = [relevance_score(r) for r in rows]
+        chosen = top_k(scores, keep, lower_is_better=False)
+    else:
+        scores, chosen = [None] * len(candidates), list(range(keep))
+    picked = set(chosen)
+    for i, r in enumerate(rows):
+        r["kept"] = i in picked
+        if scores[i] is not None:
+            r["score"] = round(scores[i], 4) if math.isfinite(scores[i]) else None
+    report.rows, report.select_by = rows, select_by
+    report.candidates, report.kept = len(candidates), len(chosen)
+    if s.measure:
+        report.quality = summarize_quality([rows[i] for i in chosen])
+        if len(chosen) < len(candidates):
+            report.quality_candidates = summarize_quality(rows)
+    return [candidates[i] for i in chosen]
+
+
+def summary_line(d: dict) -> str:
+    """One line for the log from a report's ``as_dict()``: counts and the quality summary of the kept set."""
+    q = d.get("quality") or {}
+
+    def f(key, fmt=".2f"):
+        v = q.get(key)
+        return "-" if v is None else format(v, fmt)
+
+    line = (f"selfgen {d.get('template') or '?'}: kept {d.get('kept', 0)}/{d.get('candidates', 0)}"
+            f" by {d.get('select_by', 'none')}")
+    if q.get("n"):
+        line += (f"; on-task {f('on_task')}, answer rel {f('answer_relevance')}, distinct {f('distinct')}, "
+                 f"self-RL {f('self_rouge_l')}, RL to private mean {f('private_rouge_l')} max "
+                 f"{f('private_rouge_l_max')}, {f('response_words', '.0f')} words")
+        if "ifs" in q:
+            line += f", IFS {f('ifs', '.3f')}"
+    return line

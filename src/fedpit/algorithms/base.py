@@ -7,6 +7,7 @@ same functions. Anything a client keeps private (a local adapter, synthetic data
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -59,14 +60,25 @@ class RoundContext:
     budget: LocalBudget = field(default_factory=LocalBudget)
     params: MethodParams = field(default_factory=MethodParams)
 
-    def train_kwargs(self, *, seed_offset: int = 0, synthetic: bool = False) -> dict:
+    def train_kwargs(self, *, seed_offset: int = 0, synthetic: bool = False, local_examples: int = 0) -> dict:
         """Arguments for :meth:`Engine.train`. ``synthetic=True``: ``fedpit.synthetic_epochs`` passes instead of
-        the local step budget (a synthetic set is small; cycling it for many steps only memorizes it)."""
+        the local step budget (a synthetic set is small; cycling it for many steps only memorizes it), or with
+        ``fedpit.shared_budget="parity"`` exactly the optimizer steps FedIT's local update makes on
+        ``local_examples`` real examples (the synthetic set is cycled)."""
         b = self.budget
         epochs, steps = (self.params.fedpit.synthetic_epochs, 0) if synthetic else (b.epochs, b.steps)
+        if synthetic and self.params.fedpit.shared_budget == "parity":
+            epochs, steps = b.epochs, b.steps or parity_steps(b, local_examples)
         return dict(lr=self.lr, epochs=epochs, steps=steps, batch_size=b.batch_size, grad_accum=b.grad_accum,
                     weight_decay=b.weight_decay, max_grad_norm=b.max_grad_norm, seed=self.seed + seed_offset,
                     group_by_length=b.group_by_length)
+
+
+def parity_steps(b: LocalBudget, num_examples: int) -> int:
+    """Optimizer steps of a local update over ``num_examples`` (what :meth:`Engine.train` makes for this budget)."""
+    if b.steps > 0:
+        return b.steps
+    return max(1, math.ceil(b.epochs * math.ceil(max(1, num_examples) / b.batch_size) / b.grad_accum))
 
 
 @dataclass

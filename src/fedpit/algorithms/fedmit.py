@@ -7,7 +7,7 @@ its extraction risk with FedPIT's shows what isolation buys.
 from __future__ import annotations
 
 from ..adapters import StateDict
-from ..selfgen import self_generate
+from ..selfgen import assess_and_select, self_generate
 from .base import ClientReply, ClientResult, ClientState, Method, RoundContext, fedavg, register
 
 
@@ -16,11 +16,13 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
     engine.load_adapter(global_adapter)
     synthetic, report = self_generate(engine.model, engine.tokenizer, examples, ctx.params.selfgen, seed=ctx.seed,
                                       template=engine.template)
+    synthetic = assess_and_select(synthetic, examples, ctx.params.selfgen, report)  # measured, all kept
     engine.load_adapter(global_adapter)
     stats = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs())
-    metrics = {**stats.as_dict(), "synthetic": len(synthetic), "selfgen": report.as_dict()}
+    metrics = {**stats.as_dict(), "synthetic": len(synthetic), "candidates": len(synthetic), "kept": len(synthetic),
+               "selfgen": report.as_dict()}
     return ClientResult(ClientReply(engine.adapter_state(), len(examples), metrics), state,
-                        {"synthetic": synthetic, "selfgen": report.as_dict()})
+                        {"synthetic": synthetic, "selfgen": report.as_dict(rows=True)})
 
 
 METHOD = register(Method(

@@ -9,12 +9,20 @@ Each round, per client:
 
 The server averages the uploads weighted by real example counts. Two models come out: the shared global adapter and
 each client's personalized adapter (backbone + local adapter).
+
+Selection (``fedpit.select_by``, the journal's step 3 applied to v1): ``ifs``, ``relevance`` or ``none`` generate
+``fedpit.candidates`` and keep ``fedpit.keep`` (the lowest IFS, the highest relevance, or the first in generation
+order); IFS is computed by the client's private adapter as it stands at the start of the round (round 1: the received
+global adapter, from which the private adapter is created). ``auto`` (default) keeps today's behaviour: no selection
+step, ``selfgen.num_instructions`` examples, all kept.
+``fedpit.shared_budget=parity`` trains the shared adapter for the local step budget (FedIT's) instead of
+``fedpit.synthetic_epochs`` passes.
 """
 
 from __future__ import annotations
 
 from ..adapters import StateDict
-from ..selfgen import self_generate
+from ..selfgen import assess_and_select, ifs_terms, self_generate
 from .base import (
     ClientReply,
     ClientResult,
@@ -31,22 +39,32 @@ from .base import (
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
                   on_step=None) -> ClientResult:
+    p, s = ctx.params.fedpit, ctx.params.selfgen
+    selecting = p.select_by != "auto"  # auto: no selection step, selfgen.num_instructions all kept (as before)
+    select_by = p.select_by if selecting else "none"
     engine.load_adapter(global_adapter)  # generation uses the shared model, never a private adapter
-    synthetic, report = self_generate(engine.model, engine.tokenizer, examples, ctx.params.selfgen, seed=ctx.seed,
-                                      template=engine.template)
+    candidates, report = self_generate(engine.model, engine.tokenizer, examples, s, seed=ctx.seed,
+                                       template=engine.template, num=p.candidates if selecting else None)
+    private_start = split_state(state) or global_adapter
+    ifs = None
+    if candidates and (s.measure or select_by == "ifs"):
+        engine.load_adapter(private_start)  # the private adapter scores; nothing it computes is uploaded but the choice
+        ifs = ifs_terms(engine, candidates)
+    synthetic = assess_and_select(candidates, examples, s, report, select_by=select_by,
+                                  keep=p.keep if selecting else None, ifs=ifs)
 
     engine.load_adapter(global_adapter)
-    shared = engine.train(synthetic, on_step=on_step, **ctx.train_kwargs(synthetic=True))
+    shared = engine.train(synthetic, on_step=on_step, **ctx.train_kwargs(synthetic=True, local_examples=len(examples)))
     upload = engine.adapter_state()
 
-    engine.load_adapter(split_state(state) or global_adapter)
+    engine.load_adapter(private_start)
     local = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs(seed_offset=1))
     new_state = join_state(engine.adapter_state())
 
     metrics = {**shared.as_dict(), **train_stats("local_", local), "synthetic": len(synthetic),
-               "selfgen": report.as_dict()}
+               "candidates": len(candidates), "kept": len(synthetic), "selfgen": report.as_dict()}
     return ClientResult(ClientReply(upload, len(examples), metrics), new_state,
-                        {"synthetic": synthetic, "selfgen": report.as_dict()})
+                        {"synthetic": synthetic, "selfgen": report.as_dict(rows=True)})
 
 
 METHOD = register(Method(

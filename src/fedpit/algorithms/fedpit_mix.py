@@ -9,53 +9,52 @@ Each round, per client (all three adapters start from the received global adapte
 5. the upload is beta * private + (1 - beta) * public (LoRA A and B mixed separately; default beta 0.5).
 
 beta = 1 uploads exactly the private adapter, i.e. FedIT's update (tested bit for bit).
+
+``fedpit.select_by`` picks the score (``auto`` = ``ifs`` here, the journal's; ``relevance``: MiniLM on-task and answer
+relevance; ``none``: the first ``keep`` in generation order, the journal's random baseline). ``fedpit.candidates`` and
+``fedpit.keep`` are shared with ``fedpit`` when it selects.
 """
 
 from __future__ import annotations
 
 from ..adapters import StateDict, mix
-from ..prompts import encode
-from ..selfgen import self_generate
+from ..selfgen import assess_and_select, ifs_ratio, ifs_terms, self_generate, top_k
 from .base import ClientReply, ClientResult, ClientState, Method, RoundContext, fedavg, register, train_stats
 
 
 def ifs_scores(engine, examples: list) -> list[float]:
     """IFS = L(y|x) / L(y) under the currently loaded adapter (lower: the prompt explains the response better)."""
-    with_prompt = engine.encode(examples)
-    alone = [encode(engine.tokenizer, "", ex.output, engine.max_seq_len) for ex in examples]
-    cond = engine.example_losses(with_prompt)
-    uncond = engine.example_losses(alone)
-    return [c / u if u > 0 else float("inf") for c, u in zip(cond, uncond)]
+    return [ifs_ratio(c, u) for c, u in zip(*ifs_terms(engine, examples))]
 
 
 def select_by_ifs(examples: list, scores: list[float], keep: int) -> list:
-    order = sorted(range(len(examples)), key=lambda i: (scores[i], i))
-    return [examples[i] for i in order[:keep]]
+    return [examples[i] for i in top_k(scores, keep, lower_is_better=True)]
 
 
 def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
                   on_step=None) -> ClientResult:
-    p = ctx.params.fedpit
+    p, s = ctx.params.fedpit, ctx.params.selfgen
+    select_by = "ifs" if p.select_by == "auto" else p.select_by
     engine.load_adapter(global_adapter)
-    candidates, report = self_generate(engine.model, engine.tokenizer, examples, ctx.params.selfgen, seed=ctx.seed,
+    candidates, report = self_generate(engine.model, engine.tokenizer, examples, s, seed=ctx.seed,
                                        template=engine.template, num=p.candidates)
 
     engine.load_adapter(global_adapter)
     private_stats = engine.train(examples, on_step=on_step, **ctx.train_kwargs())
     private = engine.adapter_state()
 
-    scores = ifs_scores(engine, candidates) if candidates else []
-    kept = select_by_ifs(candidates, scores, p.keep)
+    ifs = ifs_terms(engine, candidates) if candidates and (s.measure or select_by == "ifs") else None
+    kept = assess_and_select(candidates, examples, s, report, keep=p.keep, select_by=select_by, ifs=ifs)
 
     engine.load_adapter(global_adapter)
-    public_stats = engine.train(kept, on_step=on_step, **ctx.train_kwargs(seed_offset=1, synthetic=True))
+    public_stats = engine.train(kept, on_step=on_step,
+                                **ctx.train_kwargs(seed_offset=1, synthetic=True, local_examples=len(examples)))
     public = engine.adapter_state()
 
     metrics = {**private_stats.as_dict(), **train_stats("public_", public_stats), "synthetic": len(kept),
-               "candidates": len(candidates), "selfgen": report.as_dict()}
+               "candidates": len(candidates), "kept": len(kept), "selfgen": report.as_dict()}
     return ClientResult(ClientReply(mix(private, public, p.beta), len(examples), metrics), state,
-                        {"synthetic": kept, "selfgen": report.as_dict(),
-                         "ifs": [{"instruction": c.instruction, "ifs": s} for c, s in zip(candidates, scores)]})
+                        {"synthetic": kept, "selfgen": report.as_dict(rows=True)})
 
 
 METHOD = register(Method(

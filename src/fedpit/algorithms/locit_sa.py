@@ -6,7 +6,7 @@ Without federation the client's local model writes its synthetic data, then is t
 from __future__ import annotations
 
 from ..adapters import StateDict
-from ..selfgen import self_generate
+from ..selfgen import assess_and_select, ifs_terms, self_generate
 from .base import (
     ClientReply,
     ClientResult,
@@ -25,10 +25,13 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
     engine.load_adapter(split_state(state) or global_adapter)
     synthetic, report = self_generate(engine.model, engine.tokenizer, examples, ctx.params.selfgen, seed=ctx.seed,
                                       template=engine.template)
+    ifs = ifs_terms(engine, synthetic) if synthetic and ctx.params.selfgen.measure else None  # its own adapter
+    synthetic = assess_and_select(synthetic, examples, ctx.params.selfgen, report, ifs=ifs)  # measured, all kept
     stats = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs())
-    metrics = {**stats.as_dict(), "synthetic": len(synthetic), "selfgen": report.as_dict()}
+    metrics = {**stats.as_dict(), "synthetic": len(synthetic), "candidates": len(synthetic), "kept": len(synthetic),
+               "selfgen": report.as_dict()}
     return ClientResult(ClientReply({}, len(examples), metrics), join_state(engine.adapter_state()),
-                        {"synthetic": synthetic, "selfgen": report.as_dict()})
+                        {"synthetic": synthetic, "selfgen": report.as_dict(rows=True)})
 
 
 METHOD = register(Method(
