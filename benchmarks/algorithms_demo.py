@@ -29,8 +29,20 @@ def main() -> None:
     fedpit = Path(sys.executable).with_name("fedpit")
     print(f"{'algorithm':>13} {'wall':>8} {'peak RSS':>9} {'shared held-out loss':>22} {'private (mean)':>15}")
     for name in args.algorithms.split(","):
-        cmd = ["/usr/bin/time", "-f", "%M", str(fedpit), "run", "--quiet", "--set", f"algorithm={name}",
-               "--set", f"output_dir={out}", "--set", f"run_name={name}"]
+        cmd = [
+            "/usr/bin/time",
+            "-f",
+            "%M",
+            str(fedpit),
+            "run",
+            "--quiet",
+            "--set",
+            f"algorithm={name}",
+            "--set",
+            f"output_dir={out}",
+            "--set",
+            f"run_name={name}",
+        ]
         for o in args.overrides:
             cmd += ["--set", o]
         t = time.perf_counter()

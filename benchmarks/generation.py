@@ -50,11 +50,27 @@ def main() -> None:
     rng = np.random.default_rng(0)
     k = min(s.demos, len(local))
     phases = {
-        "instructions": ([instruction_prompt([local[i].instruction for i in rng.choice(len(local), k, replace=False)])
-                          for _ in range(args.prompts)], s.max_instruction_tokens, ["\n"]),
-        "responses": ([response_prompt([local[int(rng.integers(len(local)))]], other[j].instruction,
-                                       template=cfg.model.template, tokenizer=tok)
-                       for j in rng.choice(len(other), args.prompts, replace=False)], s.max_response_tokens, ["###"]),
+        "instructions": (
+            [
+                instruction_prompt([local[i].instruction for i in rng.choice(len(local), k, replace=False)])
+                for _ in range(args.prompts)
+            ],
+            s.max_instruction_tokens,
+            ["\n"],
+        ),
+        "responses": (
+            [
+                response_prompt(
+                    [local[int(rng.integers(len(local)))]],
+                    other[j].instruction,
+                    template=cfg.model.template,
+                    tokenizer=tok,
+                )
+                for j in rng.choice(len(other), args.prompts, replace=False)
+            ],
+            s.max_response_tokens,
+            ["###"],
+        ),
     }
 
     def ntok(texts):
@@ -65,21 +81,43 @@ def main() -> None:
         for p in prompts:
             enc = tok(p, return_tensors="pt").to(engine.device)
             with torch.no_grad():
-                g = model.generate(**enc, max_new_tokens=cap, do_sample=False, repetition_penalty=s.repetition_penalty,
-                                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, stop_strings=stop,
-                                   tokenizer=tok, temperature=None, top_p=None, top_k=None)
-            text = tok.decode(g[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                g = model.generate(
+                    **enc,
+                    max_new_tokens=cap,
+                    do_sample=False,
+                    repetition_penalty=s.repetition_penalty,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                    stop_strings=stop,
+                    tokenizer=tok,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
+            text = tok.decode(g[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for st in stop:
                 text = text.split(st)[0]
             out.append(text.strip())
         return out
 
     def ours(prompts, cap, stop, merge=True):
-        return generate(model, tok, prompts, max_new_tokens=cap, batch_size=s.batch_size, do_sample=False,
-                        repetition_penalty=s.repetition_penalty, stop_strings=stop, merge_lora=merge)
+        return generate(
+            model,
+            tok,
+            prompts,
+            max_new_tokens=cap,
+            batch_size=s.batch_size,
+            do_sample=False,
+            repetition_penalty=s.repetition_penalty,
+            stop_strings=stop,
+            merge_lora=merge,
+        )
 
-    sides = {"HF generate, batch 1": hf_batch1, f"fedpit generate, batch {s.batch_size}": ours,
-             "  same, LoRA not merged": lambda p, c, st: ours(p, c, st, merge=False)}
+    sides = {
+        "HF generate, batch 1": hf_batch1,
+        f"fedpit generate, batch {s.batch_size}": ours,
+        "  same, LoRA not merged": lambda p, c, st: ours(p, c, st, merge=False),
+    }
     llama = None
     try:
         from llama_cpp import Llama
@@ -87,16 +125,22 @@ def main() -> None:
         llama = Llama(model_path=str(packaged_gguf()), n_threads=torch.get_num_threads(), n_ctx=2048, verbose=False)
 
         def llama_cpp(prompts, cap, stop):
-            return [llama.create_completion(p, max_tokens=cap, temperature=0.0, repeat_penalty=s.repetition_penalty,
-                                            stop=stop)["choices"][0]["text"].strip() for p in prompts]
+            return [
+                llama.create_completion(
+                    p, max_tokens=cap, temperature=0.0, repeat_penalty=s.repetition_penalty, stop=stop
+                )["choices"][0]["text"].strip()
+                for p in prompts
+            ]
 
         sides["llama.cpp Q4_1, single stream"] = llama_cpp
     except ImportError:
         print("(llama-cpp-python not installed: pip install 'fedpit[llamacpp]' adds the llama.cpp column)")
 
     generate(model, tok, ["Hello"], max_new_tokens=4)  # warm-up
-    print(f"{cfg.model.name} ({engine.backbone.dtype}), {torch.get_num_threads()} threads, "
-          f"{args.prompts} prompts per phase")
+    print(
+        f"{cfg.model.name} ({engine.backbone.dtype}), {torch.get_num_threads()} threads, "
+        f"{args.prompts} prompts per phase"
+    )
     print(f"{'side':>32} {'phase':>13} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs HF b1':>9} {'same as HF b1':>14}")
     totals: dict[str, list[float]] = {}
     dump: dict[str, dict[str, list[str]]] = {}
@@ -113,8 +157,10 @@ def main() -> None:
             tt = totals.setdefault(name, [0.0, 0])
             tt[0] += dt
             tt[1] += n
-            print(f"{name:>32} {phase:>13} {dt:8.1f} {n:7d} {n / dt:7.1f} {n / dt / ref[1]:8.2f}x "
-                  f"{same:>7}/{len(texts)}", flush=True)
+            print(
+                f"{name:>32} {phase:>13} {dt:8.1f} {n:7d} {n / dt:7.1f} {n / dt / ref[1]:8.2f}x {same:>7}/{len(texts)}",
+                flush=True,
+            )
     base = totals["HF generate, batch 1"]
     for name, (dt, n) in totals.items():
         print(f"{name:>32} {'both':>13} {dt:8.1f} {n:7d} {n / dt:7.1f} {n / dt / (base[1] / base[0]):8.2f}x")
@@ -125,15 +171,17 @@ def main() -> None:
         with open(args.dump, "w", encoding="utf-8") as f:
             json.dump(dump, f, indent=1, ensure_ascii=False)
     if not args.skip_selfgen:
-        print("\nself_generate end to end (filters, retries), client 0, "
-              f"{s.num_instructions} wanted, same seed:")
+        print(f"\nself_generate end to end (filters, retries), client 0, {s.num_instructions} wanted, same seed:")
         for bs in (s.batch_size, 1):
             t = time.perf_counter()
-            kept, rep = self_generate(model, tok, local, dataclasses.replace(s, batch_size=bs), seed=1,
-                                      template=cfg.model.template)
+            kept, rep = self_generate(
+                model, tok, local, dataclasses.replace(s, batch_size=bs), seed=1, template=cfg.model.template
+            )
             dt = time.perf_counter() - t
-            print(f"  batch {bs}: {len(kept)} kept ({rep.generated_instructions} instructions, "
-                  f"{rep.generated_responses} responses generated) in {dt:.1f} s = {60 * len(kept) / dt:.1f} per minute")
+            print(
+                f"  batch {bs}: {len(kept)} kept ({rep.generated_instructions} instructions, "
+                f"{rep.generated_responses} responses generated) in {dt:.1f} s = {60 * len(kept) / dt:.1f} per minute"
+            )
 
 
 if __name__ == "__main__":

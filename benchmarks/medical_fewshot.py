@@ -20,8 +20,10 @@ import tempfile
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SOURCES = {"medalpaca": SHARED / "medalpaca" / "medical_meadow_small.json",
-           "chatdoctor": SHARED / "chatdoctor" / "chatdoctor5k.json"}
+SOURCES = {
+    "medalpaca": SHARED / "medalpaca" / "medical_meadow_small.json",
+    "chatdoctor": SHARED / "chatdoctor" / "chatdoctor5k.json",
+}
 
 
 def main() -> int:
@@ -50,11 +52,31 @@ def main() -> int:
 
     from fedpit.cli import main as cli
 
-    argv = ["compare", "--algorithms", args.algorithms, "--seeds", args.seeds, "--out", args.out,
-            "--test", str(test), "--reference", "gpt-3.5-turbo", "--limit", str(args.limit),
-            "--max-new-tokens", str(args.max_new_tokens),
-            "--set", f"data.train={tmp}", "--set", "data.test=", "--set", "partition.label=kmeans",
-            "--set", "partition.num_clusters=10"]
+    argv = [
+        "compare",
+        "--algorithms",
+        args.algorithms,
+        "--seeds",
+        args.seeds,
+        "--out",
+        args.out,
+        "--test",
+        str(test),
+        "--reference",
+        "gpt-3.5-turbo",
+        "--limit",
+        str(args.limit),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--set",
+        f"data.train={tmp}",
+        "--set",
+        "data.test=",
+        "--set",
+        "partition.label=kmeans",
+        "--set",
+        "partition.num_clusters=10",
+    ]
     for o in args.overrides:
         argv += ["--set", o]
     print("fedpit " + " ".join(argv))

@@ -32,9 +32,11 @@ def main() -> None:
     prep = prepare(cfg)
     t0 = time.perf_counter()
     engine = make_engine(cfg)
-    print(f"backbone + LoRA loaded in {time.perf_counter() - t0:.1f} s; {cfg.partition.num_clients} clients, "
-          f"local_steps {cfg.train.local_steps}, batch {cfg.train.batch_size}, "
-          f"selfgen {cfg.selfgen.num_instructions} per client")
+    print(
+        f"backbone + LoRA loaded in {time.perf_counter() - t0:.1f} s; {cfg.partition.num_clients} clients, "
+        f"local_steps {cfg.train.local_steps}, batch {cfg.train.batch_size}, "
+        f"selfgen {cfg.selfgen.num_instructions} per client"
+    )
     times = {}
     for name in args.methods.split(","):
         method = get_method(name)

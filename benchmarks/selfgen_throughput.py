@@ -69,11 +69,15 @@ def main() -> None:
         StopStringCriteria(tok, ["\n"])
     build_s = (time.perf_counter() - t) / 3
     gen.generate(model, tok, ["Hello"], max_new_tokens=4)  # warm-up
-    print(f"{cfg.model.name} ({engine.backbone.dtype}), {torch.get_num_threads()} threads, client {args.client} "
-          f"({len(local)} local examples), {args.candidates} candidates wanted, template {args.template}")
+    print(
+        f"{cfg.model.name} ({engine.backbone.dtype}), {torch.get_num_threads()} threads, client {args.client} "
+        f"({len(local)} local examples), {args.candidates} candidates wanted, template {args.template}"
+    )
     print(f"HF StopStringCriteria build: {build_s:.3f} s per call")
-    print(f"{'variant':>16} {'seconds':>8} {'cands':>6} {'per min':>8} {'vs old':>7} {'instr gen':>9} {'resp gen':>8} "
-          f"{'on-task':>7} {'ans rel':>7} {'distinct':>8} {'self-RL':>7} {'RL priv':>7} {'words':>5}")
+    print(
+        f"{'variant':>16} {'seconds':>8} {'cands':>6} {'per min':>8} {'vs old':>7} {'instr gen':>9} {'resp gen':>8} "
+        f"{'on-task':>7} {'ans rel':>7} {'distinct':>8} {'self-RL':>7} {'RL priv':>7} {'words':>5}"
+    )
     results = []
     for name, over, cache in variants:
         s = dataclasses.replace(base, **over)
@@ -86,33 +90,59 @@ def main() -> None:
         q = SelfGenReport()
         assess_and_select(cands, local, dataclasses.replace(s, measure=True), q)
         per_min = 60 * len(cands) / dt
-        row = {"variant": name, "settings": {**over, "stop_cached": cache}, "seconds": round(dt, 2),
-               "cpu_seconds": round(cpu, 2),
-               "candidates": len(cands), "per_minute": round(per_min, 2),
-               "generated_instructions": rep.generated_instructions, "generated_responses": rep.generated_responses,
-               "dropped": {k: v for k, v in rep.dropped.items() if v}, "quality": q.quality,
-               "examples": [{"instruction": e.instruction, "output": e.output} for e in cands[:5]]}
+        row = {
+            "variant": name,
+            "settings": {**over, "stop_cached": cache},
+            "seconds": round(dt, 2),
+            "cpu_seconds": round(cpu, 2),
+            "candidates": len(cands),
+            "per_minute": round(per_min, 2),
+            "generated_instructions": rep.generated_instructions,
+            "generated_responses": rep.generated_responses,
+            "dropped": {k: v for k, v in rep.dropped.items() if v},
+            "quality": q.quality,
+            "examples": [{"instruction": e.instruction, "output": e.output} for e in cands[:5]],
+        }
         results.append(row)
         ratio = per_min / results[0]["per_minute"] if results[0]["per_minute"] else float("nan")
         qq = q.quality
 
-        def f(k):
+        def f(k, qq=qq):
             v = qq.get(k)
             return "-" if v is None else f"{v:.2f}"
 
-        print(f"{name:>16} {dt:8.1f} {len(cands):6d} {per_min:8.1f} {ratio:6.2f}x {rep.generated_instructions:9d} "
-              f"{rep.generated_responses:8d} {f('on_task'):>7} {f('answer_relevance'):>7} {f('distinct'):>8} "
-              f"{f('self_rouge_l'):>7} {f('private_rouge_l'):>7} {qq.get('response_words') or 0:5.0f}  cpu {cpu:.0f} s", flush=True)
+        print(
+            f"{name:>16} {dt:8.1f} {len(cands):6d} {per_min:8.1f} {ratio:6.2f}x {rep.generated_instructions:9d} "
+            f"{rep.generated_responses:8d} {f('on_task'):>7} {f('answer_relevance'):>7} {f('distinct'):>8} "
+            f"{f('self_rouge_l'):>7} {f('private_rouge_l'):>7} {qq.get('response_words') or 0:5.0f}  cpu {cpu:.0f} s",
+            flush=True,
+        )
     if len(results) > 1:
-        print(f"new path / old path: {results[-1]['per_minute'] / max(1e-9, results[0]['per_minute']):.2f}x "
-              f"candidates per minute (target 5x)")
+        print(
+            f"new path / old path: {results[-1]['per_minute'] / max(1e-9, results[0]['per_minute']):.2f}x "
+            f"candidates per minute (target 5x)"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"model": cfg.model.name, "dtype": str(engine.backbone.dtype), "threads": torch.get_num_threads(),
-                       "client": args.client, "local_examples": len(local), "candidates_wanted": args.candidates,
-                       "template": args.template, "stop_criterion_build_s": round(build_s, 4), "variants": results,
-                       "ratio_new_vs_old": (results[-1]["per_minute"] / results[0]["per_minute"])
-                       if len(results) > 1 and results[0]["per_minute"] else None}, fh, indent=1, ensure_ascii=False)
+            json.dump(
+                {
+                    "model": cfg.model.name,
+                    "dtype": str(engine.backbone.dtype),
+                    "threads": torch.get_num_threads(),
+                    "client": args.client,
+                    "local_examples": len(local),
+                    "candidates_wanted": args.candidates,
+                    "template": args.template,
+                    "stop_criterion_build_s": round(build_s, 4),
+                    "variants": results,
+                    "ratio_new_vs_old": (results[-1]["per_minute"] / results[0]["per_minute"])
+                    if len(results) > 1 and results[0]["per_minute"]
+                    else None,
+                },
+                fh,
+                indent=1,
+                ensure_ascii=False,
+            )
 
 
 if __name__ == "__main__":

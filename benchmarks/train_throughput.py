@@ -28,13 +28,20 @@ def measure(dtype: str, steps: int, batch_size: int, examples) -> dict:
     cfg = Config()
     bb = load_backbone(cfg.model.name, dtype=dtype)
     lo = cfg.lora
-    eng = Engine(bb, LoraSpec(lo.r, lo.alpha, lo.dropout, tuple(lo.target_modules)),
-                 max_seq_len=cfg.model.max_seq_len, seed=0)
+    eng = Engine(
+        bb, LoraSpec(lo.r, lo.alpha, lo.dropout, tuple(lo.target_modules)), max_seq_len=cfg.model.max_seq_len, seed=0
+    )
     eng.train(examples[:batch_size], lr=cfg.train.lr, steps=1, batch_size=batch_size, seed=0)  # warm-up
     st = eng.train(examples, lr=cfg.train.lr, steps=steps, batch_size=batch_size, seed=0)
-    out = {"dtype": str(bb.dtype).replace("torch.", ""), "steps": st.steps, "tokens": st.tokens,
-           "seconds": st.seconds, "tok_per_s": st.tokens / st.seconds, "s_per_step": st.seconds / st.steps,
-           "threads": torch.get_num_threads()}
+    out = {
+        "dtype": str(bb.dtype).replace("torch.", ""),
+        "steps": st.steps,
+        "tokens": st.tokens,
+        "seconds": st.seconds,
+        "tok_per_s": st.tokens / st.seconds,
+        "s_per_step": st.seconds / st.steps,
+        "threads": torch.get_num_threads(),
+    }
     del eng, bb
     gc.collect()
     return out
@@ -53,17 +60,21 @@ def main() -> None:
     quiet_libraries()
 
     examples = load_demo("train")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"{args.steps} steps of batch {args.batch_size} on the demo data, LoRA r16 q,k,v,o")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{args.steps} steps of batch {args.batch_size} on the demo data, LoRA r16 q,k,v,o"
+    )
     results = []
     for dt in args.dtypes.split(","):
         t0 = time.perf_counter()
         r = measure(dt, args.steps, args.batch_size, examples)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         results.append(r)
-        print(f"{dt:>5} -> {r['dtype']:>8}: {r['tok_per_s']:7.1f} real tokens/s, {r['s_per_step']:.2f} s/step, "
-              f"{r['tokens']} tokens, threads {r['threads']}, peak RSS so far {rss:.0f} MB "
-              f"({time.perf_counter() - t0:.0f} s incl. load)")
+        print(
+            f"{dt:>5} -> {r['dtype']:>8}: {r['tok_per_s']:7.1f} real tokens/s, {r['s_per_step']:.2f} s/step, "
+            f"{r['tokens']} tokens, threads {r['threads']}, peak RSS so far {rss:.0f} MB "
+            f"({time.perf_counter() - t0:.0f} s incl. load)"
+        )
     if len(results) == 2:
         a, b = results
         print(f"ratio {a['dtype']}/{b['dtype']}: {a['tok_per_s'] / b['tok_per_s']:.2f}x")

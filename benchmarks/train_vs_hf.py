@@ -46,8 +46,13 @@ def run_fedpit(batch_size: int, steps: int) -> dict:
 
     cfg, bb, examples = _setup(batch_size, steps)
     lo = cfg.lora
-    eng = Engine(bb, LoraSpec(lo.r, lo.alpha, lo.dropout, tuple(lo.target_modules)), template=cfg.model.template,
-                 max_seq_len=cfg.model.max_seq_len, seed=0)
+    eng = Engine(
+        bb,
+        LoraSpec(lo.r, lo.alpha, lo.dropout, tuple(lo.target_modules)),
+        template=cfg.model.template,
+        max_seq_len=cfg.model.max_seq_len,
+        seed=0,
+    )
     enc = eng.encode(examples)
     eng.train(examples[:batch_size], lr=cfg.train.lr, steps=1, batch_size=batch_size, seed=0)  # warm-up
     st = eng.train(examples, lr=cfg.train.lr, steps=steps, batch_size=batch_size, seed=0)
@@ -81,12 +86,29 @@ def run_hf(batch_size: int, steps: int, grouped: bool) -> dict:
     cfg, bb, examples = _setup(batch_size, steps)
     lo = cfg.lora
     tok = bb.tokenizer
-    enc = [e for e in (encode_example(tok, ex, template=cfg.model.template, max_len=cfg.model.max_seq_len)
-                       for ex in examples) if e is not None]
-    ds = Dataset.from_list([{"input_ids": list(e.input_ids), "labels": list(e.labels),
-                             "attention_mask": [1] * len(e.input_ids)} for e in enc])
-    model = get_peft_model(bb.model, LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
-                                                target_modules=list(lo.target_modules), task_type="CAUSAL_LM"))
+    enc = [
+        e
+        for e in (
+            encode_example(tok, ex, template=cfg.model.template, max_len=cfg.model.max_seq_len) for ex in examples
+        )
+        if e is not None
+    ]
+    ds = Dataset.from_list(
+        [
+            {"input_ids": list(e.input_ids), "labels": list(e.labels), "attention_mask": [1] * len(e.input_ids)}
+            for e in enc
+        ]
+    )
+    model = get_peft_model(
+        bb.model,
+        LoraConfig(
+            r=lo.r,
+            lora_alpha=lo.alpha,
+            lora_dropout=lo.dropout,
+            target_modules=list(lo.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+    )
     base_collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
     counts = {"real": 0, "padded": 0}
 
@@ -104,12 +126,26 @@ def run_hf(batch_size: int, steps: int, grouped: bool) -> dict:
             self.seconds = time.perf_counter() - self.t0
 
     def trainer(max_steps: int, clock: Clock, out: str) -> Trainer:
-        args = TrainingArguments(output_dir=out, max_steps=max_steps, per_device_train_batch_size=batch_size,
-                                 learning_rate=cfg.train.lr, lr_scheduler_type="constant", warmup_steps=0,
-                                 optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
-                                 train_sampling_strategy="group_by_length" if grouped else "random", logging_strategy="no", save_strategy="no", report_to=[],
-                                 use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
-                                 remove_unused_columns=False)
+        args = TrainingArguments(
+            output_dir=out,
+            max_steps=max_steps,
+            per_device_train_batch_size=batch_size,
+            learning_rate=cfg.train.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            optim="adamw_torch",
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            train_sampling_strategy="group_by_length" if grouped else "random",
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            dataloader_num_workers=0,
+            seed=0,
+            disable_tqdm=True,
+            remove_unused_columns=False,
+        )
         return Trainer(model=model, args=args, train_dataset=ds, data_collator=collate, callbacks=[clock])
 
     with tempfile.TemporaryDirectory() as out:
@@ -127,8 +163,11 @@ def child(variant: str, batch_size: int, steps: int) -> None:
         res = run_fedpit(batch_size, steps)
     else:
         res = run_hf(batch_size, steps, grouped=variant.endswith("grouped"))
-    res.update(variant=variant, threads=torch.get_num_threads(),
-               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    res.update(
+        variant=variant,
+        threads=torch.get_num_threads(),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -148,19 +187,36 @@ def main() -> None:
     variants = args.variants.split(",")
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for rep in range(args.repeats):
-        for v in (variants if rep % 2 == 0 else variants[::-1]):  # alternate the order against drift
-            proc = subprocess.run([sys.executable, __file__, "--child", v, "--steps", str(args.steps),
-                                   "--batch-size", str(args.batch_size)], capture_output=True, text=True)
+        for v in variants if rep % 2 == 0 else variants[::-1]:  # alternate the order against drift
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    v,
+                    "--steps",
+                    str(args.steps),
+                    "--batch-size",
+                    str(args.batch_size),
+                ],
+                capture_output=True,
+                text=True,
+            )
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
                 sys.exit(f"{v} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
             r = json.loads(line[-1][7:])
             results[v].append(r)
-            print(f"  rep {rep + 1} {v:>19}: {r['tokens'] / r['seconds']:6.1f} real tok/s, "
-                  f"{r['seconds'] / r['steps']:.2f} s/step", flush=True)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch threads {results[variants[0]][0]['threads']}; {args.steps} steps x batch {args.batch_size}, "
-          f"median of {args.repeats}")
+            print(
+                f"  rep {rep + 1} {v:>19}: {r['tokens'] / r['seconds']:6.1f} real tok/s, "
+                f"{r['seconds'] / r['steps']:.2f} s/step",
+                flush=True,
+            )
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch threads {results[variants[0]][0]['threads']}; {args.steps} steps x batch {args.batch_size}, "
+        f"median of {args.repeats}"
+    )
     print(f"{'variant':>19} {'real tok/s':>10} {'s/step':>7} {'padding':>8} {'peak RSS':>9} {'fedpit is':>10}")
     med = {v: statistics.median(r["tokens"] / r["seconds"] for r in rs) for v, rs in results.items()}
     for v, rs in results.items():

@@ -30,10 +30,19 @@ def tiny_model_path(tmp_path_factory, smollm2_path) -> str:
     from fedpit.backbone import load_tokenizer
 
     tok = load_tokenizer(smollm2_path)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=1024, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     path = tmp_path_factory.mktemp("tiny-llama")
@@ -47,8 +56,19 @@ def tiny_cfg(tiny_model_path, tmp_path):
     """A config for a fast federated run on the tiny model and a slice of the demo data."""
     from fedpit.config import load_config
 
-    return load_config(overrides=[
-        "algorithm=fedit", f"model.name={tiny_model_path}", "model.dtype=fp32", "model.max_seq_len=128",
-        f"output_dir={tmp_path / 'runs'}", "run_name=t", "federation.rounds=2", "train.local_steps=2",
-        "train.batch_size=2", "eval.max_examples=8", "lora.r=4", "lora.alpha=8",
-    ])
+    return load_config(
+        overrides=[
+            "algorithm=fedit",
+            f"model.name={tiny_model_path}",
+            "model.dtype=fp32",
+            "model.max_seq_len=128",
+            f"output_dir={tmp_path / 'runs'}",
+            "run_name=t",
+            "federation.rounds=2",
+            "train.local_steps=2",
+            "train.batch_size=2",
+            "eval.max_examples=8",
+            "lora.r=4",
+            "lora.alpha=8",
+        ]
+    )

@@ -30,9 +30,14 @@ from fedpit.engine import Engine, LoraSpec
 from fedpit.runner import Runner
 from fedpit.selfgen import SelfGenReport
 
-SYNTH = [Example(instruction=f"Synthetic task {i}: describe a healthy habit number {i}.",
-                 output=f"Habit {i} helps the heart, sleep and mood when done most days of the week.",
-                 category="synthetic") for i in range(5)]
+SYNTH = [
+    Example(
+        instruction=f"Synthetic task {i}: describe a healthy habit number {i}.",
+        output=f"Habit {i} helps the heart, sleep and mood when done most days of the week.",
+        category="synthetic",
+    )
+    for i in range(5)
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +61,12 @@ def fixed_synthetic(monkeypatch):
 
 
 def ctx(seed=5, beta=0.5, candidates=8, keep=4, mu=0.01):
-    params = MethodParams(fedpit=FedPITConfig(beta=beta, candidates=candidates, keep=keep), fedprox=FedProxConfig(mu=mu))
-    return RoundContext(round=1, num_rounds=2, client_id=0, lr=5e-3, seed=seed,
-                        budget=LocalBudget(steps=3, batch_size=2), params=params)
+    params = MethodParams(
+        fedpit=FedPITConfig(beta=beta, candidates=candidates, keep=keep), fedprox=FedProxConfig(mu=mu)
+    )
+    return RoundContext(
+        round=1, num_rounds=2, client_id=0, lr=5e-3, seed=seed, budget=LocalBudget(steps=3, batch_size=2), params=params
+    )
 
 
 def _perturbed(engine):
@@ -91,6 +99,7 @@ def test_fedpit_upload_never_depends_on_private_data(engine, fixed_synthetic):
     assert not any(_tensors_equal_any(t, lora_b) for t in ra.reply.adapter.values())
     assert not any(k.startswith(LOCAL_PREFIX) for k in ra.reply.adapter)
     assert set(ra.reply.metrics) >= {"loss", "local_loss", "synthetic", "selfgen"}
+
     # public bookkeeping only: plain numbers and counts, nothing that could hold a tensor or text
     def leaves(d):
         return [x for v in d.values() for x in (leaves(v) if isinstance(v, dict) else [v])]
@@ -136,13 +145,16 @@ def test_ifs_is_conditional_over_unconditional_loss_and_keeps_the_lowest(engine,
 def test_ifs_prefers_responses_the_prompt_explains(engine):
     """A constructed case on a trained model: after learning 'capital of X -> Y', the matching pair scores lower
     (better) than the same response under an unrelated prompt."""
-    pairs = [Example(instruction=f"Name code {i}.", output=f"The code is {w} {w} {w}.")
-             for i, w in enumerate(["ruby", "amber", "coral", "ivory"])]
+    pairs = [
+        Example(instruction=f"Name code {i}.", output=f"The code is {w} {w} {w}.")
+        for i, w in enumerate(["ruby", "amber", "coral", "ivory"])
+    ]
     engine.load_adapter(engine.initial_adapter)
     engine.train(pairs * 4, lr=2e-2, steps=40, batch_size=4, seed=0)
     matched = fedpit_mix.ifs_scores(engine, pairs)
-    swapped = fedpit_mix.ifs_scores(engine, [Example(instruction=pairs[(i + 1) % 4].instruction, output=p.output)
-                                             for i, p in enumerate(pairs)])
+    swapped = fedpit_mix.ifs_scores(
+        engine, [Example(instruction=pairs[(i + 1) % 4].instruction, output=p.output) for i, p in enumerate(pairs)]
+    )
     assert sum(matched) < sum(swapped)
 
 
@@ -180,12 +192,15 @@ def test_locit_shares_nothing(engine):
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_algorithm_completes_a_round_on_the_tiny_model(name, tiny_cfg):
-    cfg = replace(tiny_cfg, algorithm=name, run_name=f"t-{name}",
-                  federation=replace(tiny_cfg.federation, rounds=1),
-                  selfgen=replace(tiny_cfg.selfgen, num_instructions=2, max_instruction_tokens=8,
-                                  max_response_tokens=8),
-                  fedpit=replace(tiny_cfg.fedpit, candidates=2, keep=1),
-                  fewfedweight=replace(tiny_cfg.fewfedweight, pseudo_samples=2))
+    cfg = replace(
+        tiny_cfg,
+        algorithm=name,
+        run_name=f"t-{name}",
+        federation=replace(tiny_cfg.federation, rounds=1),
+        selfgen=replace(tiny_cfg.selfgen, num_instructions=2, max_instruction_tokens=8, max_response_tokens=8),
+        fedpit=replace(tiny_cfg.fedpit, candidates=2, keep=1),
+        fewfedweight=replace(tiny_cfg.fewfedweight, pseudo_samples=2),
+    )
     summary = Runner(cfg, show_progress=False).run()
     rd = Path(summary["run_dir"])
     rows = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
@@ -225,16 +240,27 @@ def test_fedpit_client_state_survives_resume(tiny_cfg, fixed_synthetic):
 
 
 def test_extraction_attack_every_round_and_on_every_final_model(tiny_cfg, fixed_synthetic):
-    cfg = replace(tiny_cfg, algorithm="fedpit", run_name="attack",
-                  eval=replace(tiny_cfg.eval, extraction_every_round=True, extraction_n=3, extraction_max_new_tokens=4))
+    cfg = replace(
+        tiny_cfg,
+        algorithm="fedpit",
+        run_name="attack",
+        eval=replace(tiny_cfg.eval, extraction_every_round=True, extraction_n=3, extraction_max_new_tokens=4),
+    )
     summary = Runner(cfg, show_progress=False).run()
     rd = Path(summary["run_dir"])
     rounds = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
     attacked = [r for r in rounds if r["kind"] == "round" and r["round"] > 0]
-    assert all(set(r["extraction"]) == {"n", "rouge_l", "exact", "prefix_exact"} and r["extraction"]["n"] == 3
-               for r in attacked)
-    assert set(summary["extraction"]) == {"backbone", "shared", "private_client_0", "private_client_1",
-                                          "private_client_2"}
+    assert all(
+        set(r["extraction"]) == {"n", "rouge_l", "exact", "prefix_exact"} and r["extraction"]["n"] == 3
+        for r in attacked
+    )
+    assert set(summary["extraction"]) == {
+        "backbone",
+        "shared",
+        "private_client_0",
+        "private_client_1",
+        "private_client_2",
+    }
     rows = (rd / "extraction" / "shared_round_002.jsonl").read_text().splitlines()
     assert len(rows) == 3 and {"continuation", "rouge_l", "exact", "prefix_exact"} <= set(json.loads(rows[0]))
 
@@ -261,8 +287,9 @@ def test_budget_parity_gives_the_shared_adapter_fedits_step_count(engine, fixed_
 def test_fedpit_v1_selects_candidates_and_records_the_counts(engine, fixed_synthetic, by):
     g = _perturbed(engine)
     data = load_demo("train")[:6]
-    r = fedpit.client_update(engine, g, data, {}, _ctx_with(LocalBudget(steps=2, batch_size=2), candidates=5, keep=2,
-                                                           select_by=by))
+    r = fedpit.client_update(
+        engine, g, data, {}, _ctx_with(LocalBudget(steps=2, batch_size=2), candidates=5, keep=2, select_by=by)
+    )
     m = r.reply.metrics
     assert m["candidates"] == 5 and m["kept"] == 2 == m["synthetic"] == len(r.artifacts["synthetic"])
     sel = r.artifacts["selfgen"]
@@ -272,6 +299,7 @@ def test_fedpit_v1_selects_candidates_and_records_the_counts(engine, fixed_synth
     if by == "ifs":
         kept_ifs = sorted(row["ifs"] for row in sel["rows"] if row["kept"])
         assert kept_ifs == sorted(row["ifs"] for row in sel["rows"])[:2]
-    again = fedpit.client_update(engine, g, data, {}, _ctx_with(LocalBudget(steps=2, batch_size=2), candidates=5,
-                                                               keep=2, select_by=by))
+    again = fedpit.client_update(
+        engine, g, data, {}, _ctx_with(LocalBudget(steps=2, batch_size=2), candidates=5, keep=2, select_by=by)
+    )
     assert again.artifacts["synthetic"] == r.artifacts["synthetic"]

@@ -14,15 +14,36 @@ from fedpit.report import aggregate, markdown_table, write_report
 def _results(tmp_path):
     recs = []
     for seed, (a, b) in enumerate([(0.20, 0.10), (0.30, 0.20), (0.40, 0.30)], 1):
-        recs.append({"algorithm": "fedpit", "seed": seed, "setting": "", "model": "shared", "rouge_l": a,
-                     "leak_rouge_l": 0.1, "judge_wt": 60.0 + seed})
-        recs.append({"algorithm": "fedit", "seed": seed, "setting": "", "model": "shared", "rouge_l": b,
-                     "leak_rouge_l": 0.3})
-    curves = [{"algorithm": "fedit", "seed": 1, "setting": "", "train_loss": [2.0, 1.5], "test_loss": [3.0, 2.5, 2.2],
-               "leak_rouge_l": [0.2, 0.3]}]
+        recs.append(
+            {
+                "algorithm": "fedpit",
+                "seed": seed,
+                "setting": "",
+                "model": "shared",
+                "rouge_l": a,
+                "leak_rouge_l": 0.1,
+                "judge_wt": 60.0 + seed,
+            }
+        )
+        recs.append(
+            {"algorithm": "fedit", "seed": seed, "setting": "", "model": "shared", "rouge_l": b, "leak_rouge_l": 0.3}
+        )
+    curves = [
+        {
+            "algorithm": "fedit",
+            "seed": 1,
+            "setting": "",
+            "train_loss": [2.0, 1.5],
+            "test_loss": [3.0, 2.5, 2.2],
+            "leak_rouge_l": [0.2, 0.3],
+        }
+    ]
     f = tmp_path / "results.json"
-    f.write_text(json.dumps({"meta": {"name": "t", "command": "fedpit compare --seeds 1,2,3"}, "records": recs,
-                             "curves": curves}))
+    f.write_text(
+        json.dumps(
+            {"meta": {"name": "t", "command": "fedpit compare --seeds 1,2,3"}, "records": recs, "curves": curves}
+        )
+    )
     return f
 
 
@@ -49,8 +70,10 @@ def test_report_files_from_a_small_results_file(tmp_path):
 def test_sweep_grid_sets_each_value_and_validates(tiny_cfg):
     cells = grid(tiny_cfg, ["fedit", "fedpit"], [1, 2], "partition.alpha=0.1,10")
     assert len(cells) == 8
-    assert sorted({(label, c.partition.alpha) for label, c in cells}) == [("partition.alpha=0.1", 0.1),
-                                                                          ("partition.alpha=10", 10.0)]
+    assert sorted({(label, c.partition.alpha) for label, c in cells}) == [
+        ("partition.alpha=0.1", 0.1),
+        ("partition.alpha=10", 10.0),
+    ]
     assert len({c.run_name for _, c in cells}) == 8
     with pytest.raises(ConfigError, match="partition.alpha"):
         grid(tiny_cfg, ["fedit"], [1], "partition.alpha=0,1")
@@ -59,8 +82,11 @@ def test_sweep_grid_sets_each_value_and_validates(tiny_cfg):
 
 
 def test_compare_one_round_on_the_tiny_model(tiny_cfg, tmp_path):
-    cfg = replace(tiny_cfg, federation=replace(tiny_cfg.federation, rounds=1),
-                  eval=replace(tiny_cfg.eval, extraction_every_round=True, extraction_n=2, extraction_max_new_tokens=3))
+    cfg = replace(
+        tiny_cfg,
+        federation=replace(tiny_cfg.federation, rounds=1),
+        eval=replace(tiny_cfg.eval, extraction_every_round=True, extraction_n=2, extraction_max_new_tokens=3),
+    )
     cells = grid(cfg, ["fedit", "locit"], [1])
     out = tmp_path / "exp"
     results = run_experiment(cells, out, EvalOptions(limit=2, max_new_tokens=3), command="fedpit compare --seeds 1")

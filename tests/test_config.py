@@ -15,8 +15,15 @@ def test_defaults_are_the_cpu_demo():
 
 
 def test_set_overrides_are_coerced_to_field_types():
-    cfg = load_config(overrides=["train.lr=2e-4", "federation.rounds=7", "train.group_by_length=false",
-                                 "lora.target_modules=q_proj,v_proj", "seed=3"])
+    cfg = load_config(
+        overrides=[
+            "train.lr=2e-4",
+            "federation.rounds=7",
+            "train.group_by_length=false",
+            "lora.target_modules=q_proj,v_proj",
+            "seed=3",
+        ]
+    )
     assert cfg.train.lr == pytest.approx(2e-4)
     assert cfg.federation.rounds == 7
     assert cfg.train.group_by_length is False
@@ -33,19 +40,22 @@ def test_unknown_key_lists_the_valid_ones():
         load_config(overrides=["train=1"])
 
 
-@pytest.mark.parametrize("item, key", [
-    ("federation.rounds=two", "federation.rounds"),
-    ("train.lr=-1", "train.lr"),
-    ("partition.alpha=0", "partition.alpha"),
-    ("partition.alpha=nan", "partition.alpha"),
-    ("partition.method=random", "partition.method"),
-    ("federation.fraction=1.5", "federation.fraction"),
-    ("federation.min_clients=9", "federation.min_clients"),
-    ("algorithm=", "algorithm"),
-    ("lora.dropout=1", "lora.dropout"),
-    ("train.group_by_length=maybe", "train.group_by_length"),
-    ("model.template=vicuna", "model.template"),
-])
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("federation.rounds=two", "federation.rounds"),
+        ("train.lr=-1", "train.lr"),
+        ("partition.alpha=0", "partition.alpha"),
+        ("partition.alpha=nan", "partition.alpha"),
+        ("partition.method=random", "partition.method"),
+        ("federation.fraction=1.5", "federation.fraction"),
+        ("federation.min_clients=9", "federation.min_clients"),
+        ("algorithm=", "algorithm"),
+        ("lora.dropout=1", "lora.dropout"),
+        ("train.group_by_length=maybe", "train.group_by_length"),
+        ("model.template=vicuna", "model.template"),
+    ],
+)
 def test_impossible_values_name_the_key(item, key):
     with pytest.raises(ConfigError) as e:
         load_config(overrides=[item])
@@ -79,7 +89,7 @@ def test_toml_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match="unk.toml: unknown config key 'federation.round'"):
         load_config(unk)
     typ = tmp_path / "typ.toml"
-    typ.write_text("[federation]\nrounds = \"x\"\n")
+    typ.write_text('[federation]\nrounds = "x"\n')
     with pytest.raises(ConfigError, match="typ.toml: federation.rounds: expected an integer"):
         load_config(typ)
 

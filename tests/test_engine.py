@@ -47,7 +47,8 @@ def test_response_only_loss_matches_transformers_loss(engine):
     assert float(ours.mean()) == pytest.approx(float(hf), rel=1e-5)
     per = engine.example_losses(encs)
     assert engine.mean_loss(encs) == pytest.approx(
-        sum(p * e.num_target_tokens for p, e in zip(per, encs)) / sum(e.num_target_tokens for e in encs), rel=1e-5)
+        sum(p * e.num_target_tokens for p, e in zip(per, encs)) / sum(e.num_target_tokens for e in encs), rel=1e-5
+    )
 
 
 def test_prompt_tokens_do_not_change_the_loss_target(engine):
@@ -147,8 +148,9 @@ def test_generation_folds_lora_in_and_restores_the_backbone_bit_for_bit(engine):
     with pytest.raises(RuntimeError), lora_merged(model):
         raise RuntimeError("a failure while decoding")
     prompts = ["### Instruction:\nName a vitamin.\n\n### Response:\n", "### Instruction:\nSay hi.\n\n### Response:\n"]
-    assert generate(model, engine.tokenizer, prompts, max_new_tokens=6) == \
-        generate(model, engine.tokenizer, prompts, max_new_tokens=6, merge_lora=False)
+    assert generate(model, engine.tokenizer, prompts, max_new_tokens=6) == generate(
+        model, engine.tokenizer, prompts, max_new_tokens=6, merge_lora=False
+    )
     after = engine.backbone.model.state_dict()
     assert all(torch.equal(base[k], after[k]) for k in base)  # no rounding drift left in the frozen weights
     assert not any(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))

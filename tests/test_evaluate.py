@@ -21,10 +21,22 @@ def trained(tiny_model_path, tmp_path_factory):
     from fedpit.config import load_config
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(overrides=["algorithm=fedit", f"model.name={tiny_model_path}", "model.dtype=fp32",
-                                 "model.max_seq_len=128", f"output_dir={out}", "run_name=e", "federation.rounds=1",
-                                 "train.local_steps=2", "train.batch_size=2", "eval.max_examples=4", "lora.r=4",
-                                 "lora.alpha=8"])
+    cfg = load_config(
+        overrides=[
+            "algorithm=fedit",
+            f"model.name={tiny_model_path}",
+            "model.dtype=fp32",
+            "model.max_seq_len=128",
+            f"output_dir={out}",
+            "run_name=e",
+            "federation.rounds=1",
+            "train.local_steps=2",
+            "train.batch_size=2",
+            "eval.max_examples=4",
+            "lora.r=4",
+            "lora.alpha=8",
+        ]
+    )
     return Runner(cfg, show_progress=False).run()["final_adapter"]
 
 
@@ -57,8 +69,24 @@ def test_evaluate_an_adapter_is_deterministic_and_scores_every_item(trained):
 
 def test_evaluate_cli_writes_answers_and_metrics(trained, tmp_path, capsys):
     out = tmp_path / "ev"
-    assert main(["evaluate", "--adapter", trained, "--limit", "3", "--max-new-tokens", "4", "--dtype", "fp32",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                trained,
+                "--limit",
+                "3",
+                "--max-new-tokens",
+                "4",
+                "--dtype",
+                "fp32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = (out / "answers.jsonl").read_text().splitlines()
     assert len(rows) == 3 and {"answer", "reference", "rouge_l", "cosine"} <= set(json.loads(rows[0]))
     assert json.loads((out / "metrics.json").read_text())["n"] == 3
@@ -72,8 +100,28 @@ def test_evaluate_cli_reads_medinstruct_with_a_chosen_reference(trained, tmp_pat
     if not f.is_file():
         pytest.skip("MedInstruct-test not present")
     out = tmp_path / "mi"
-    assert main(["evaluate", "--adapter", trained, "--test", str(f), "--reference", "gpt-3.5-turbo", "--limit", "2",
-                 "--max-new-tokens", "4", "--dtype", "fp32", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                trained,
+                "--test",
+                str(f),
+                "--reference",
+                "gpt-3.5-turbo",
+                "--limit",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--dtype",
+                "fp32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     first = json.loads((out / "answers.jsonl").read_text().splitlines()[0])
     src = json.loads(f.read_text().splitlines()[0])
     assert first["reference"] == src["gpt-3.5-turbo-answer"].strip()

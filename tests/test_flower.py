@@ -17,15 +17,24 @@ from fedpit.config import to_toml
 from fedpit.errors import ConfigError, FedpitError
 from fedpit.runner import Runner
 
-FLOWER_OVERRIDES = ["selfgen.num_instructions=2", "selfgen.max_instruction_tokens=8", "selfgen.max_response_tokens=8",
-                    "flower.wait_for_nodes_s=60", "flower.round_timeout_s=120"]
+FLOWER_OVERRIDES = [
+    "selfgen.num_instructions=2",
+    "selfgen.max_instruction_tokens=8",
+    "selfgen.max_response_tokens=8",
+    "flower.wait_for_nodes_s=60",
+    "flower.round_timeout_s=120",
+]
 
 
 def _cfg(tiny_cfg, algorithm: str, name: str, **federation):
     from fedpit.config import set_value
 
-    cfg = replace(tiny_cfg, algorithm=algorithm, run_name=name,
-                  federation=replace(tiny_cfg.federation, **federation) if federation else tiny_cfg.federation)
+    cfg = replace(
+        tiny_cfg,
+        algorithm=algorithm,
+        run_name=name,
+        federation=replace(tiny_cfg.federation, **federation) if federation else tiny_cfg.federation,
+    )
     for item in FLOWER_OVERRIDES:
         k, v = item.split("=")
         set_value(cfg, k, v)
@@ -91,7 +100,9 @@ def test_private_guard_blocks_a_private_tensor_and_passes_the_upload(task_identi
 
     assert client_app.private_guard(incoming, ctx, replying(upload)).has_content()  # zeros leak nothing
     with pytest.raises(RuntimeError, match="a.lora_A.weight"):
-        client_app.private_guard(incoming, ctx, replying({**upload, "a.lora_A.weight": private["a.lora_A.weight"].clone()}))
+        client_app.private_guard(
+            incoming, ctx, replying({**upload, "a.lora_A.weight": private["a.lora_A.weight"].clone()})
+        )
     with pytest.raises(RuntimeError, match="private key"):
         client_app.private_guard(incoming, ctx, replying({"local.a": torch.randn(2, 2)}))
 
@@ -106,8 +117,13 @@ def test_strategy_aggregates_like_the_method_in_client_order(tiny_cfg, task_iden
     states = [{"w": torch.randn(3, 3, dtype=torch.float32)} for _ in range(3)]
     counts = [5, 9, 2]
     asked = Message(RecordDict({}), dst_node_id=0, message_type="train")
-    replies = [Message(RecordDict({"arrays": to_record(s), "metrics": MetricRecord({"client-id": k, "num-examples": n})}),
-                       reply_to=asked) for k, (s, n) in enumerate(zip(states, counts))]
+    replies = [
+        Message(
+            RecordDict({"arrays": to_record(s), "metrics": MetricRecord({"client-id": k, "num-examples": n})}),
+            reply_to=asked,
+        )
+        for k, (s, n) in enumerate(zip(states, counts))
+    ]
     method = get_method("fedit")
     strategy = FedpitStrategy(tiny_cfg, method)
     strategy.current = {"w": torch.zeros(3, 3)}
@@ -143,8 +159,9 @@ def test_strategy_samples_like_the_in_process_runner(tiny_cfg, task_identity):
     strategy = FedpitStrategy(cfg, method)
     strategy.nodes = {0: 10, 1: 11, 2: 12}
     for r in (1, 2, 3):
-        sent = list(strategy.configure_train(r, to_record({"w": torch.zeros(2)}), config_record(cfg, r),
-                                             FakeGrid([10, 11, 12])))
+        sent = list(
+            strategy.configure_train(r, to_record({"w": torch.zeros(2)}), config_record(cfg, r), FakeGrid([10, 11, 12]))
+        )
         want = round_plan(cfg, method, r)[0]
         assert [m.metadata.dst_node_id for m in sent] == [10 + k for k in want] and len(want) == 2
     with pytest.raises(FedpitError, match="are connected"):
@@ -204,7 +221,9 @@ def test_simulation_matches_the_in_process_runner(tiny_cfg, algorithm):
     assert len(clients) == 6 and all((r["bytes_sent"] > 0 and r["bytes_received"] > 0) == shares for r in clients)
     if algorithm != "fedit":  # private state stayed with the (virtual) nodes, on their disk
         assert len(sim["personal_adapters"]) == 3
-        assert algorithm == "locit" or list((Path(sim["run_dir"]) / "clients" / "client_0").glob("round_001/synthetic.jsonl"))
+        assert algorithm == "locit" or list(
+            (Path(sim["run_dir"]) / "clients" / "client_0").glob("round_001/synthetic.jsonl")
+        )
 
 
 # ------------------------------------------------------------------------------------------------ deployment
@@ -278,8 +297,9 @@ def test_failed_round_resumes_to_the_uninterrupted_result(cluster, tiny_cfg):
     in-process runner's."""
     from fedpit.runner import sample_clients
 
-    seed = next(s for s in range(1, 200) if 2 not in sample_clients(s, 1, 3, 0.67, 1)
-                and 2 in sample_clients(s, 2, 3, 0.67, 1))
+    seed = next(
+        s for s in range(1, 200) if 2 not in sample_clients(s, 1, 3, 0.67, 1) and 2 in sample_clients(s, 2, 3, 0.67, 1)
+    )
     cfg = _cfg(replace(tiny_cfg, seed=seed), "fedit", "resumed", fraction=0.67)
     cfg.flower.min_replies, cfg.flower.round_timeout_s, cfg.flower.wait_for_nodes_s = 2, 30.0, 5.0
     ref = Runner(replace(cfg, run_name="resumed-ref"), show_progress=False).run()
@@ -312,9 +332,18 @@ def test_dp_wrapper_clips_each_update_around_the_global_adapter(tiny_cfg, task_i
     strategy.nodes = {0: 10, 1: 11, 2: 12}
     sent = list(wrapped.configure_train(1, to_record(current), config_record(cfg, 1), FakeGrid([10, 11, 12])))
     assert len(sent) == 3
-    replies = [Message(RecordDict({"arrays": to_record({"w": torch.full((4, 4), 3.0)}),
-                                   "metrics": MetricRecord({"client-id": k, "num-examples": 10})}), reply_to=m)
-               for k, m in enumerate(sent)]
+    replies = [
+        Message(
+            RecordDict(
+                {
+                    "arrays": to_record({"w": torch.full((4, 4), 3.0)}),
+                    "metrics": MetricRecord({"client-id": k, "num-examples": 10}),
+                }
+            ),
+            reply_to=m,
+        )
+        for k, m in enumerate(sent)
+    ]
     arrays, _ = wrapped.aggregate_train(1, replies)
     assert abs(from_record(arrays)["w"].norm().item() - 0.5) < 1e-4  # each update clipped to norm 0.5
     with pytest.raises(ConfigError, match="shares nothing"):
@@ -325,8 +354,12 @@ def test_a_site_trains_on_its_own_data_file(tiny_cfg, tmp_path):
     from fedpit.flower.client_app import client_id, local_examples
 
     f = tmp_path / "site.jsonl"
-    f.write_text("".join(json.dumps({"instruction": f"Question {i} about dosing?", "input": "",
-                                     "output": f"Answer {i}."}) + "\n" for i in range(5)))
+    f.write_text(
+        "".join(
+            json.dumps({"instruction": f"Question {i} about dosing?", "input": "", "output": f"Answer {i}."}) + "\n"
+            for i in range(5)
+        )
+    )
     own = local_examples(tiny_cfg, {"data-file": str(f)}, 0)
     assert [e.instruction for e in own] == [f"Question {i} about dosing?" for i in range(5)]
     share = local_examples(tiny_cfg, {}, 1)  # no data-file: this client's share of the run's partition

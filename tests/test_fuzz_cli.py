@@ -27,8 +27,12 @@ from hypothesis import strategies as st
 from fedpit.cli import main
 from fedpit.config import valid_keys
 
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 class ModelLoaded(Exception):
@@ -49,8 +53,11 @@ def sandbox():
     def boom(*a, **k):
         raise ModelLoaded
 
-    with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as inputs, \
-            pytest.MonkeyPatch.context() as mp:
+    with (
+        tempfile.TemporaryDirectory() as work,
+        tempfile.TemporaryDirectory() as inputs,
+        pytest.MonkeyPatch.context() as mp,
+    ):
         mp.setattr(fedpit.runner, "make_engine", boom)
         mp.setattr(fedpit.partition, "minilm_embed", _cheap_embed)
         mp.chdir(work)
@@ -83,16 +90,57 @@ def run_cli(argv: list[str], work: Path) -> tuple[str, int | None, str, str]:
 
 # ------------------------------------------------------------------------------------------------ --set values
 KEYS = valid_keys()
-ODD = ["", " ", "0", "-1", "1e9", "1e-300", "nan", "inf", "-inf", "true", "false", "[]", "[1, 2]", '["q_proj"]',
-       "{}", "null", "1.5", "2**64", "18446744073709551617", "demo", "hf:", "hf:x:y", "/", ".", "..", "a=b", "\ud800",
-       "\udcff", "é", "0x10", "1_000", "+3", " 7 ", "1e400", "--", "\t", "data.jsonl"]
+ODD = [
+    "",
+    " ",
+    "0",
+    "-1",
+    "1e9",
+    "1e-300",
+    "nan",
+    "inf",
+    "-inf",
+    "true",
+    "false",
+    "[]",
+    "[1, 2]",
+    '["q_proj"]',
+    "{}",
+    "null",
+    "1.5",
+    "2**64",
+    "18446744073709551617",
+    "demo",
+    "hf:",
+    "hf:x:y",
+    "/",
+    ".",
+    "..",
+    "a=b",
+    "\ud800",
+    "\udcff",
+    "é",
+    "0x10",
+    "1_000",
+    "+3",
+    " 7 ",
+    "1e400",
+    "--",
+    "\t",
+    "data.jsonl",
+]
 text_value = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=()), max_size=12)
-value = st.one_of(st.sampled_from(ODD), text_value, st.integers(-10**12, 10**12).map(str),
-                  st.floats(allow_nan=True, allow_infinity=True).map(repr))
+value = st.one_of(
+    st.sampled_from(ODD),
+    text_value,
+    st.integers(-(10**12), 10**12).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+)
 override = st.one_of(
     st.tuples(st.sampled_from(KEYS), value).map(lambda kv: f"{kv[0]}={kv[1]}"),
-    st.tuples(st.sampled_from(KEYS + ["", "x", "train", "train.", ".lr", "train.lr.x", "partition.alpha "]),
-              value).map(lambda kv: f"{kv[0]}={kv[1]}"),
+    st.tuples(st.sampled_from(KEYS + ["", "x", "train", "train.", ".lr", "train.lr.x", "partition.alpha "]), value).map(
+        lambda kv: f"{kv[0]}={kv[1]}"
+    ),
     text_value,  # no "=" at all, mostly
 )
 
@@ -110,12 +158,15 @@ def _str_keys() -> list[str]:
 
 STR_KEYS = _str_keys()
 str_override = st.tuples(st.sampled_from(STR_KEYS), st.one_of(text_value, st.sampled_from(ODD))).map(
-    lambda kv: f"{kv[0]}={kv[1]}")
+    lambda kv: f"{kv[0]}={kv[1]}"
+)
 
 
 @FUZZ
-@given(command=st.sampled_from(["run", "partition", "config", "config"]),
-       overrides=st.one_of(st.lists(override, min_size=1, max_size=4), st.lists(str_override, min_size=1, max_size=2)))
+@given(
+    command=st.sampled_from(["run", "partition", "config", "config"]),
+    overrides=st.one_of(st.lists(override, min_size=1, max_size=4), st.lists(str_override, min_size=1, max_size=2)),
+)
 def test_fuzz_set_values(sandbox, command, overrides):
     work, _ = sandbox
     argv = [command, "--set=federation.rounds=1", "--set=train.local_steps=1"]
@@ -128,16 +179,27 @@ def test_fuzz_set_values(sandbox, command, overrides):
 
 
 # ------------------------------------------------------------------------------------------------ data files
-json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**20), st.floats(allow_nan=False),
-                        st.text(max_size=20), st.text(st.characters(blacklist_characters="\x00"), max_size=6),
-                        st.sampled_from(["", "   ", "<noinput>", "\ud800", "a\udfffb", "\u2028", "é" * 3]))
-json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-    st.text(max_size=5), inner, max_size=3), max_leaves=6)
+json_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**20),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.text(st.characters(blacklist_characters="\x00"), max_size=6),
+    st.sampled_from(["", "   ", "<noinput>", "\ud800", "a\udfffb", "\u2028", "é" * 3]),
+)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 FIELDS = ["instruction", "input", "output", "category", "response", "gpt-4-answer", "other"]
 good_text = st.text(string.ascii_letters + " .?", min_size=1, max_size=24)
 record = st.one_of(
-    st.fixed_dictionaries({"instruction": good_text, "output": good_text},
-                          optional={"input": good_text, "category": st.sampled_from(["a", "b", "c"])}),
+    st.fixed_dictionaries(
+        {"instruction": good_text, "output": good_text},
+        optional={"input": good_text, "category": st.sampled_from(["a", "b", "c"])},
+    ),
     st.dictionaries(st.sampled_from(FIELDS), json_value, max_size=5),
     json_value,
 )
@@ -168,7 +230,7 @@ def data_file(draw):
             data = b"\xef\xbb\xbf" + data
         elif mutation == "flip" and data:
             i = draw(st.integers(0, len(data) - 1))
-            data = data[:i] + bytes([data[i] ^ draw(st.integers(1, 255))]) + data[i + 1:]
+            data = data[:i] + bytes([data[i] ^ draw(st.integers(1, 255))]) + data[i + 1 :]
         elif mutation == "crlf":
             data = data.replace(b"\n", b"\r\n")
     suffix = draw(st.sampled_from([".jsonl", ".jsonl", ".json", ".json", ".txt", ""]))
@@ -176,12 +238,31 @@ def data_file(draw):
 
 
 @FUZZ
-@given(file=data_file(), command=st.sampled_from(["run", "partition"]),
-       extra=st.lists(st.sampled_from(["partition.num_clients=1", "partition.num_clients=2", "partition.min_per_client=1",
-                                       "partition.method=iid", "partition.label=kmeans", "partition.label=category",
-                                       "data.on_duplicate=drop", "data.format=alpaca", "data.format=jsonl",
-                                       "data.format=medinstruct", "data.limit=3", "partition.num_clusters=2",
-                                       "data.test=", "data.output_field=response"]), max_size=4))
+@given(
+    file=data_file(),
+    command=st.sampled_from(["run", "partition"]),
+    extra=st.lists(
+        st.sampled_from(
+            [
+                "partition.num_clients=1",
+                "partition.num_clients=2",
+                "partition.min_per_client=1",
+                "partition.method=iid",
+                "partition.label=kmeans",
+                "partition.label=category",
+                "data.on_duplicate=drop",
+                "data.format=alpaca",
+                "data.format=jsonl",
+                "data.format=medinstruct",
+                "data.limit=3",
+                "partition.num_clusters=2",
+                "data.test=",
+                "data.output_field=response",
+            ]
+        ),
+        max_size=4,
+    ),
+)
 def test_fuzz_data_files(sandbox, file, command, extra):
     work, inputs = sandbox
     data, suffix = file
@@ -197,22 +278,44 @@ def test_fuzz_data_files(sandbox, file, command, extra):
 # ------------------------------------------------------------------------------------------------ TOML config files
 SECTIONS = sorted({k.split(".")[0] for k in KEYS if "." in k}) + ["bogus"]
 toml_literal = st.one_of(
-    st.integers(-10**20, 10**20).map(str), st.floats(allow_nan=True).map(lambda f: repr(f).replace("inf", "inf")),
-    st.sampled_from(["true", "false", "nan", "-inf", "1979-05-27", "1979-05-27T07:32:00Z", "[]", "[1, \"a\"]",
-                     "{}", "{ x = 1 }", '"""multi\nline"""', "'lit'", '"\\ud800"', '"\\u00e9"', "0x1F", "1_000"]),
+    st.integers(-(10**20), 10**20).map(str),
+    st.floats(allow_nan=True).map(lambda f: repr(f).replace("inf", "inf")),
+    st.sampled_from(
+        [
+            "true",
+            "false",
+            "nan",
+            "-inf",
+            "1979-05-27",
+            "1979-05-27T07:32:00Z",
+            "[]",
+            '[1, "a"]',
+            "{}",
+            "{ x = 1 }",
+            '"""multi\nline"""',
+            "'lit'",
+            '"\\ud800"',
+            '"\\u00e9"',
+            "0x1F",
+            "1_000",
+        ]
+    ),
     st.text(max_size=10).map(json.dumps),
 )
 toml_line = st.one_of(
     st.sampled_from(SECTIONS).map(lambda s: f"[{s}]"),
-    st.tuples(st.sampled_from([k.split(".")[-1] for k in KEYS] + ["x"]), toml_literal).map(lambda kv: f"{kv[0]} = {kv[1]}"),
+    st.tuples(st.sampled_from([k.split(".")[-1] for k in KEYS] + ["x"]), toml_literal).map(
+        lambda kv: f"{kv[0]} = {kv[1]}"
+    ),
     st.tuples(st.sampled_from(KEYS), toml_literal).map(lambda kv: f'"{kv[0]}" = {kv[1]}'),
     st.text(max_size=15),
 )
 
 
 @settings(FUZZ, max_examples=200)
-@given(lines=st.lists(toml_line, max_size=8), command=st.sampled_from(["config", "run", "partition"]),
-       raw=st.booleans())
+@given(
+    lines=st.lists(toml_line, max_size=8), command=st.sampled_from(["config", "run", "partition"]), raw=st.booleans()
+)
 def test_fuzz_config_files(sandbox, lines, command, raw):
     work, inputs = sandbox
     path = inputs / "cfg.toml"

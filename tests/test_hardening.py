@@ -32,6 +32,7 @@ def _one_line_error(capsys, *words) -> str:
 @pytest.fixture
 def no_model(monkeypatch):
     """Every path that loads a model raises ModelLoaded instead."""
+
     def boom(*a, **k):
         raise ModelLoaded
 
@@ -67,8 +68,10 @@ def test_a_lone_surrogate_in_any_text_field_is_a_data_error(tmp_path, field):
 
 def test_a_lone_surrogate_stops_the_run_before_any_folder_exists(tmp_path, capsys, no_model):
     f = tmp_path / "train.jsonl"
-    f.write_text("".join(json.dumps({"instruction": f"q{i}", "output": "a" if i else "\udfff"}) + "\n"
-                         for i in range(6)), encoding="utf-8")
+    f.write_text(
+        "".join(json.dumps({"instruction": f"q{i}", "output": "a" if i else "\udfff"}) + "\n" for i in range(6)),
+        encoding="utf-8",
+    )
     runs = tmp_path / "runs"
     assert main(["run", *FAST, "--set", f"data.train={f}", "--set", f"output_dir={runs}"]) == 2
     _one_line_error(capsys, "train.jsonl: line 1: field 'output'", "surrogate")
@@ -85,20 +88,23 @@ def _write(path: Path, text: str) -> Path:
 GOOD_RECORD = {"algorithm": "fedit", "model": "shared", "seed": 1, "setting": "", "rouge_l": 0.2}
 
 
-@pytest.mark.parametrize(("content", "words"), [
-    (None, ["file not found"]),
-    ('{"records": [', ["invalid JSON"]),
-    ("[]", ["expected a JSON object"]),
-    ("{}", ["no 'records'"]),
-    ('{"records": []}', ["no records"]),
-    ('{"records": 5}', ["field 'records'", "expected a list"]),
-    ('{"records": [{"algorithm": "fedit"}]}', ["record 1", "field 'model'", "missing"]),
-    ('{"records": [7]}', ["record 1", "expected an object"]),
-    (json.dumps({"records": [GOOD_RECORD | {"seed": "one"}]}), ["record 1", "field 'seed'"]),
-    (json.dumps({"records": [GOOD_RECORD | {"rouge_l": "high"}]}), ["field 'rouge_l'", "expected a number"]),
-    (json.dumps({"records": [GOOD_RECORD], "curves": [{"algorithm": "x", "test_loss": ["a"]}]}), ["curve 1"]),
-    (json.dumps({"records": [GOOD_RECORD], "meta": []}), ["field 'meta'"]),
-])
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (None, ["file not found"]),
+        ('{"records": [', ["invalid JSON"]),
+        ("[]", ["expected a JSON object"]),
+        ("{}", ["no 'records'"]),
+        ('{"records": []}', ["no records"]),
+        ('{"records": 5}', ["field 'records'", "expected a list"]),
+        ('{"records": [{"algorithm": "fedit"}]}', ["record 1", "field 'model'", "missing"]),
+        ('{"records": [7]}', ["record 1", "expected an object"]),
+        (json.dumps({"records": [GOOD_RECORD | {"seed": "one"}]}), ["record 1", "field 'seed'"]),
+        (json.dumps({"records": [GOOD_RECORD | {"rouge_l": "high"}]}), ["field 'rouge_l'", "expected a number"]),
+        (json.dumps({"records": [GOOD_RECORD], "curves": [{"algorithm": "x", "test_loss": ["a"]}]}), ["curve 1"]),
+        (json.dumps({"records": [GOOD_RECORD], "meta": []}), ["field 'meta'"]),
+    ],
+)
 def test_report_refuses_bad_results_with_one_line_and_writes_nothing(tmp_path, capsys, content, words):
     f = tmp_path / "exp" / "results.json"
     if content is not None:
@@ -118,15 +124,19 @@ def test_report_of_a_folder_reads_its_results_json(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ 10: compare
-@pytest.mark.parametrize(("algorithms", "seeds", "words"), [
-    ("", "1", ["--algorithms", "empty"]),
-    (" , ", "1", ["--algorithms", "empty"]),
-    ("fedit,fedit", "1", ["fedit more than once"]),
-    ("fedit", "1,1", ["--seeds", "1 more than once"]),
-    ("fedit", "", ["--seeds", "empty"]),
-])
-def test_compare_refuses_empty_or_repeated_lists_and_leaves_no_folder(tmp_path, capsys, no_model, algorithms, seeds,
-                                                                      words):
+@pytest.mark.parametrize(
+    ("algorithms", "seeds", "words"),
+    [
+        ("", "1", ["--algorithms", "empty"]),
+        (" , ", "1", ["--algorithms", "empty"]),
+        ("fedit,fedit", "1", ["fedit more than once"]),
+        ("fedit", "1,1", ["--seeds", "1 more than once"]),
+        ("fedit", "", ["--seeds", "empty"]),
+    ],
+)
+def test_compare_refuses_empty_or_repeated_lists_and_leaves_no_folder(
+    tmp_path, capsys, no_model, algorithms, seeds, words
+):
     out = tmp_path / "exp"
     assert main(["compare", "--algorithms", algorithms, "--seeds", seeds, "--out", str(out), *FAST]) == 2
     _one_line_error(capsys, *words)
@@ -135,22 +145,40 @@ def test_compare_refuses_empty_or_repeated_lists_and_leaves_no_folder(tmp_path, 
 
 def test_sweep_refuses_repeated_values(tmp_path, capsys, no_model):
     out = tmp_path / "exp"
-    assert main(["sweep", "--set-values", "partition.alpha=1,0.5,1", "--algorithms", "fedit", "--seeds", "1",
-                 "--out", str(out), *FAST]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                "--set-values",
+                "partition.alpha=1,0.5,1",
+                "--algorithms",
+                "fedit",
+                "--seeds",
+                "1",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "1 listed more than once")
     assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------------------ 10: chat, evaluate
-@pytest.mark.parametrize(("argv", "stdin", "words"), [
-    (["--prompt", "hi", "--max-new-tokens", "0"], None, ["--max-new-tokens must be >= 1, got 0"]),
-    (["--prompt", "hi", "--max-new-tokens", "-5"], None, ["--max-new-tokens"]),
-    (["--prompt", "hi", "--repetition-penalty", "0"], None, ["--repetition-penalty"]),
-    (["--prompt", ""], None, ["--prompt is empty"]),
-    (["--prompt", "   "], None, ["--prompt is empty"]),
-    ([], "", ["no instruction on stdin"]),
-    ([], "\n   \n\n", ["no instruction on stdin"]),
-])
+@pytest.mark.parametrize(
+    ("argv", "stdin", "words"),
+    [
+        (["--prompt", "hi", "--max-new-tokens", "0"], None, ["--max-new-tokens must be >= 1, got 0"]),
+        (["--prompt", "hi", "--max-new-tokens", "-5"], None, ["--max-new-tokens"]),
+        (["--prompt", "hi", "--repetition-penalty", "0"], None, ["--repetition-penalty"]),
+        (["--prompt", ""], None, ["--prompt is empty"]),
+        (["--prompt", "   "], None, ["--prompt is empty"]),
+        ([], "", ["no instruction on stdin"]),
+        ([], "\n   \n\n", ["no instruction on stdin"]),
+    ],
+)
 def test_chat_checks_its_input_before_loading_the_model(monkeypatch, capsys, no_model, argv, stdin, words):
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
@@ -169,18 +197,21 @@ def test_chat_reads_the_first_stdin_instruction_before_loading_and_answers_every
     assert capsys.readouterr().out.split() == ["<first>", "<second>"] and order == ["load"]
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["--limit", "-1"], ["--limit must be an integer >= 0"]),
-    (["--max-new-tokens", "0"], ["--max-new-tokens"]),
-    (["--batch-size", "0"], ["--batch-size"]),
-])
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--limit", "-1"], ["--limit must be an integer >= 0"]),
+        (["--max-new-tokens", "0"], ["--max-new-tokens"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+    ],
+)
 def test_evaluate_checks_its_options_before_loading_the_model(tmp_path, capsys, no_model, argv, words):
     assert main(["evaluate", "--out", str(tmp_path / "ev"), *argv]) == 2
     _one_line_error(capsys, *words)
     assert not (tmp_path / "ev").exists()
 
 
-# ------------------------------------------------------------------------------------------------ 10: unwritable outputs
+# ---------------------------------------------------------------------------------------------- 10: unwritable outputs
 def _unwritable_places(tmp_path: Path) -> list[Path]:
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -334,8 +365,22 @@ def _rejected():
 
 def test_a_dead_judge_is_found_before_any_answer_is_generated(tmp_path, capsys, monkeypatch, no_model):
     # the CLI checks the endpoint right after parsing the options: before the model loads (ModelLoaded never raised)
-    assert main(["evaluate", "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "x", "--limit", "1",
-                 "--out", str(tmp_path / "ev")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--judge-url",
+                "http://127.0.0.1:9/v1",
+                "--judge-model",
+                "x",
+                "--limit",
+                "1",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "judge endpoint http://127.0.0.1:9/v1")
     assert not (tmp_path / "ev").exists()
 
@@ -357,23 +402,33 @@ def test_evaluate_checks_the_judge_first_and_keeps_answers_for_the_rerun(tiny_mo
 
     dead, calls = _fake_judge(tmp_path, lambda kw, n: _rejected())
     with pytest.raises(ConfigError, match="rejected the request: HTTP 401"):
-        evaluate(engine, None, examples, max_new_tokens=4, batch_size=2, judge=dead, embed=embed,
-                 answers_dir=tmp_path / "ev")
+        evaluate(
+            engine, None, examples, max_new_tokens=4, batch_size=2, judge=dead, embed=embed, answers_dir=tmp_path / "ev"
+        )
     assert generated == [] and len(calls) == 1 and calls[0]["max_tokens"] == 1  # one cheap request, nothing else
 
     # the judge answers the check, then fails while judging: the answers are on disk already
     flaky, calls = _fake_judge(tmp_path, lambda kw, n: "OK" if n == 1 else _rejected())
     with pytest.raises(ConfigError, match="HTTP 401"):
-        evaluate(engine, None, examples, max_new_tokens=4, batch_size=2, judge=flaky, embed=embed,
-                 answers_dir=tmp_path / "ev")
+        evaluate(
+            engine,
+            None,
+            examples,
+            max_new_tokens=4,
+            batch_size=2,
+            judge=flaky,
+            embed=embed,
+            answers_dir=tmp_path / "ev",
+        )
     assert generated == [1]
     saved = [json.loads(x)["answer"] for x in (tmp_path / "ev" / "answers.jsonl").read_text().splitlines()]
     assert len(saved) == 3
 
     # the rerun reuses them: no generation, same answers, judged
     good, calls = _fake_judge(tmp_path, lambda kw, n: "Output (a): 4, 4, 4, 4\nOutput (b): 3, 3, 3, 3")
-    res = evaluate(engine, None, examples, max_new_tokens=4, batch_size=2, judge=good, embed=embed,
-                   answers_dir=tmp_path / "ev")
+    res = evaluate(
+        engine, None, examples, max_new_tokens=4, batch_size=2, judge=good, embed=embed, answers_dir=tmp_path / "ev"
+    )
     assert generated == [1] and [r["answer"] for r in res.rows] == saved
     assert res.metrics["judge"]["n_items"] == 3 and len(calls) == 1 + 6  # the check, then both orders per item
     # other settings (here: more new tokens) are not served from the saved answers

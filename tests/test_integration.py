@@ -12,10 +12,20 @@ pytestmark = pytest.mark.integration
 
 
 def test_fedit_on_smollm2_two_clients_one_round_loss_falls(tmp_path, smollm2_path):
-    cfg = load_config(overrides=[
-        "algorithm=fedit", "partition.num_clients=2", "federation.rounds=1", "train.local_steps=6", "train.batch_size=2",
-        "model.max_seq_len=256", "eval.max_examples=8", f"output_dir={tmp_path}", "run_name=it", "data.limit=40",
-    ])
+    cfg = load_config(
+        overrides=[
+            "algorithm=fedit",
+            "partition.num_clients=2",
+            "federation.rounds=1",
+            "train.local_steps=6",
+            "train.batch_size=2",
+            "model.max_seq_len=256",
+            "eval.max_examples=8",
+            f"output_dir={tmp_path}",
+            "run_name=it",
+            "data.limit=40",
+        ]
+    )
     summary = Runner(cfg, show_progress=False).run()
     rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     rounds = {r["round"]: r for r in rows if r["kind"] == "round"}
@@ -27,11 +37,22 @@ def test_fedit_on_smollm2_two_clients_one_round_loss_falls(tmp_path, smollm2_pat
 
 
 def test_fedpit_on_smollm2_private_adapters_learn_and_synthetic_data_is_written(tmp_path, smollm2_path):
-    cfg = load_config(overrides=[
-        "algorithm=fedpit", "partition.num_clients=2", "federation.rounds=1", "train.local_steps=6",
-        "train.batch_size=2", "model.max_seq_len=256", "eval.max_examples=8", f"output_dir={tmp_path}",
-        "run_name=pit", "data.limit=40", "selfgen.num_instructions=2", "selfgen.max_response_tokens=48",
-    ])
+    cfg = load_config(
+        overrides=[
+            "algorithm=fedpit",
+            "partition.num_clients=2",
+            "federation.rounds=1",
+            "train.local_steps=6",
+            "train.batch_size=2",
+            "model.max_seq_len=256",
+            "eval.max_examples=8",
+            f"output_dir={tmp_path}",
+            "run_name=pit",
+            "data.limit=40",
+            "selfgen.num_instructions=2",
+            "selfgen.max_response_tokens=48",
+        ]
+    )
     summary = Runner(cfg, show_progress=False).run()
     rd = Path(summary["run_dir"])
     before = summary["test_loss_per_round"][0]

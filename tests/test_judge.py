@@ -62,16 +62,40 @@ def make_judge(tmp_path, respond, **cfg):
 
 # -------------------------------------------------------------------------------------------------------------- parsers
 
-@pytest.mark.parametrize("text, expected", [
-    ("Output (a)", "a"), ("Output (b)", "b"), ("Tie", "tie"),
-    ("output (A)", "a"), ("OUTPUT (B)", "b"), ("TIE", "tie"),
-    ('"Output (a)"', "a"), ("'Output (b)'", "b"), ("**Output (b)**", "b"),
-    ("(a)", "a"), ("(b)", "b"), ("a", "a"), ("B.", "b"),
-    ("Output (A) is better", "a"), ("Output b", "b"), ("Tie.", "tie"), ("It's a tie.", "tie"),
-    ("   \n Output (b)  \n", "b"), ("Better answer: Output (a)", "a"),
-    ("Output (a) and Output (b) are both fine", None), ("Output (a)\nTie", None), ("(a) or (b)", None),
-    ("", None), ("   ", None), (None, None), ("I cannot decide.", None), ("The first one", None), ("c", None),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Output (a)", "a"),
+        ("Output (b)", "b"),
+        ("Tie", "tie"),
+        ("output (A)", "a"),
+        ("OUTPUT (B)", "b"),
+        ("TIE", "tie"),
+        ('"Output (a)"', "a"),
+        ("'Output (b)'", "b"),
+        ("**Output (b)**", "b"),
+        ("(a)", "a"),
+        ("(b)", "b"),
+        ("a", "a"),
+        ("B.", "b"),
+        ("Output (A) is better", "a"),
+        ("Output b", "b"),
+        ("Tie.", "tie"),
+        ("It's a tie.", "tie"),
+        ("   \n Output (b)  \n", "b"),
+        ("Better answer: Output (a)", "a"),
+        ("Output (a) and Output (b) are both fine", None),
+        ("Output (a)\nTie", None),
+        ("(a) or (b)", None),
+        ("", None),
+        ("   ", None),
+        (None, None),
+        ("I cannot decide.", None),
+        ("The first one", None),
+        ("c", None),
+    ],
+)
 def test_parse_alpacare(text, expected):
     assert parse_alpacare(text) == expected
 
@@ -79,43 +103,55 @@ def test_parse_alpacare(text, expected):
 A, B = (4.0, 5.0, 3.0, 4.0), (2.0, 3.0, 3.0, 4.0)
 
 
-@pytest.mark.parametrize("text", [
-    "Output (a): 4, 5, 3, 4\nOutput (b): 2, 3, 3, 4",
-    "  output (A) :  4 ,5,  3 , 4 \n\n OUTPUT (B):2 3 3 4  ",
-    "Output (a): 4/5, 5/5, 3 / 5, 4 out of 5\nOutput (b): 2/5, 3/5, 3/5, 4/5",
-    "Output (a): 4, 5, 3, 4.\nOutput (b): 2, 3, 3, 4.",
-    "Output a: 4, 5, 3, 4\nOutput b: 2, 3, 3, 4",
-    "Output (b): 2, 3, 3, 4\nOutput (a): 4, 5, 3, 4",
-    "Output (a): helpfulness: 4, relevance: 5, correctness: 3, coherence: 4\n"
-    "Output (b): helpfulness: 2, relevance: 3, correctness: 3, coherence: 4",
-    "Output (a):\n1. Helpfulness: 4\n2. Relevance: 5\n3. Correctness: 3\n4. Coherence: 4\n"
-    "Output (b):\n1. Coherence: 4\n2. Helpfulness: 2\n3. Relevance: 3\n4. Correctness: 3",
-    "Output (a) [helpfulness, relevance, correctness, coherence]: 4, 5, 3, 4\nOutput (b) [same]: 2, 3, 3, 4",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Output (a): 4, 5, 3, 4\nOutput (b): 2, 3, 3, 4",
+        "  output (A) :  4 ,5,  3 , 4 \n\n OUTPUT (B):2 3 3 4  ",
+        "Output (a): 4/5, 5/5, 3 / 5, 4 out of 5\nOutput (b): 2/5, 3/5, 3/5, 4/5",
+        "Output (a): 4, 5, 3, 4.\nOutput (b): 2, 3, 3, 4.",
+        "Output a: 4, 5, 3, 4\nOutput b: 2, 3, 3, 4",
+        "Output (b): 2, 3, 3, 4\nOutput (a): 4, 5, 3, 4",
+        "Output (a): helpfulness: 4, relevance: 5, correctness: 3, coherence: 4\n"
+        "Output (b): helpfulness: 2, relevance: 3, correctness: 3, coherence: 4",
+        "Output (a):\n1. Helpfulness: 4\n2. Relevance: 5\n3. Correctness: 3\n4. Coherence: 4\n"
+        "Output (b):\n1. Coherence: 4\n2. Helpfulness: 2\n3. Relevance: 3\n4. Correctness: 3",
+        "Output (a) [helpfulness, relevance, correctness, coherence]: 4, 5, 3, 4\nOutput (b) [same]: 2, 3, 3, 4",
+    ],
+)
 def test_parse_fedpit_accepts(text):
     assert parse_fedpit(text) == (A, B)
 
 
-@pytest.mark.parametrize("text", [
-    "", None, "garbage", "4, 5, 3, 4\n2, 3, 3, 4",
-    "Output (a): 4, 5, 3\nOutput (b): 2, 3, 3, 4",  # three scores
-    "Output (a): 4, 5, 3, 4, 5\nOutput (b): 2, 3, 3, 4",  # five scores
-    "Output (a): 4, 5, 3, 6\nOutput (b): 2, 3, 3, 4",  # out of range
-    "Output (a): 0, 5, 3, 4\nOutput (b): 2, 3, 3, 4",
-    "Output (a): 4, 5, 3, 4",  # one side only
-    "Output (a): 4, 5, 3, 4\nOutput (a): 2, 3, 3, 4",  # a labelled twice
-    "Output (a): 4, 5, 3, 4\nOutput (b): 2, 3, 3, 4\nOutput (b): 1, 1, 1, 1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        None,
+        "garbage",
+        "4, 5, 3, 4\n2, 3, 3, 4",
+        "Output (a): 4, 5, 3\nOutput (b): 2, 3, 3, 4",  # three scores
+        "Output (a): 4, 5, 3, 4, 5\nOutput (b): 2, 3, 3, 4",  # five scores
+        "Output (a): 4, 5, 3, 6\nOutput (b): 2, 3, 3, 4",  # out of range
+        "Output (a): 0, 5, 3, 4\nOutput (b): 2, 3, 3, 4",
+        "Output (a): 4, 5, 3, 4",  # one side only
+        "Output (a): 4, 5, 3, 4\nOutput (a): 2, 3, 3, 4",  # a labelled twice
+        "Output (a): 4, 5, 3, 4\nOutput (b): 2, 3, 3, 4\nOutput (b): 1, 1, 1, 1",
+    ],
+)
 def test_parse_fedpit_rejects(text):
     assert parse_fedpit(text) is None
 
 
-@pytest.mark.parametrize("text, winner", [
-    ("Output (a): 4, 5, 3, 4\nOutput (b): 2, 3, 3, 4", "a"),
-    ("Output (a): 1, 1, 1, 2\nOutput (b): 1, 1, 1, 3", "b"),
-    ("Output (a): 5, 3, 4, 4\nOutput (b): 4, 4, 4, 4", "tie"),  # different scores, equal means
-    ("Output (a): 4, 4", None),
-])
+@pytest.mark.parametrize(
+    "text, winner",
+    [
+        ("Output (a): 4, 5, 3, 4\nOutput (b): 2, 3, 3, 4", "a"),
+        ("Output (a): 1, 1, 1, 2\nOutput (b): 1, 1, 1, 3", "b"),
+        ("Output (a): 5, 3, 4, 4\nOutput (b): 4, 4, 4, 4", "tie"),  # different scores, equal means
+        ("Output (a): 4, 4", None),
+    ],
+)
 def test_verdict_from_text_fedpit(text, winner):
     v = verdict_from_text("fedpit", text)
     assert (v.raw, v.winner) == (text, winner)
@@ -150,10 +186,14 @@ SCRIPT = [("win", "tie"), ("loss", "loss"), ("win", "win"), ("win", None)]
 
 def scripted(protocol):
     """A judge reply producing the scripted outcome (relative to the model) for whichever order is asked."""
-    replies = {"alpacare": {"a": "Output (a)", "b": "Output (b)", "tie": "Tie"},
-               "fedpit": {"a": "Output (a): 5, 4, 4, 4\nOutput (b): 3, 3, 3, 3",
-                          "b": "Output (a): 2, 3, 3, 3\nOutput (b): 4, 4, 4, 4",
-                          "tie": "Output (a): 5, 3, 4, 4\nOutput (b): 4, 4, 4, 4"}}[protocol]
+    replies = {
+        "alpacare": {"a": "Output (a)", "b": "Output (b)", "tie": "Tie"},
+        "fedpit": {
+            "a": "Output (a): 5, 4, 4, 4\nOutput (b): 3, 3, 3, 3",
+            "b": "Output (a): 2, 3, 3, 3\nOutput (b): 4, 4, 4, 4",
+            "tie": "Output (a): 5, 3, 4, 4\nOutput (b): 4, 4, 4, 4",
+        },
+    }[protocol]
 
     def respond(messages):
         user = messages[-1]["content"]
@@ -187,8 +227,9 @@ def test_compare_bilateral_arithmetic(tmp_path, protocol):
 
 
 def test_result_with_no_valid_judgments_is_json_safe():
-    res = JudgeResult.from_items([{"instruction": "q", "verdict_model_first": None, "verdict_model_second": None,
-                                   "item_score": None}])
+    res = JudgeResult.from_items(
+        [{"instruction": "q", "verdict_model_first": None, "verdict_model_second": None, "item_score": None}]
+    )
     assert res.unparseable == 2
     assert json.loads(json.dumps(res.as_dict(), allow_nan=False))["score"] is None
 
@@ -211,6 +252,7 @@ def test_compare_rejects_bad_items(tmp_path):
 
 # -------------------------------------------------------------------------------------------------------------- caching
 
+
 def test_cache_makes_reruns_free_and_never_stores_the_key(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     cache = tmp_path / "cache"
@@ -221,8 +263,7 @@ def test_cache_makes_reruns_free_and_never_stores_the_key(tmp_path, monkeypatch)
     first = judge.compare(ITEMS)
     assert judge.calls == 8
     assert judge.compare(ITEMS).as_dict() == first.as_dict() and judge.calls == 8
-    fresh, _, _ = make_judge(tmp_path, lambda m: pytest.fail("a cached verdict must cost no call"),
-                                  protocol="alpacare")
+    fresh, _, _ = make_judge(tmp_path, lambda m: pytest.fail("a cached verdict must cost no call"), protocol="alpacare")
     assert fresh.compare(ITEMS).as_dict() == first.as_dict() and fresh.calls == 0
     files = sorted(cache.iterdir())
     assert len(files) == 8 and all(f.suffix == ".json" for f in files)
@@ -243,12 +284,16 @@ def test_missing_key_uses_empty(tmp_path, monkeypatch):
 
 # -------------------------------------------------------------------------------------------------------------- retries
 
-@pytest.mark.parametrize("make_error", [
-    lambda: status_error(openai.RateLimitError, 429),
-    lambda: status_error(openai.InternalServerError, 503),
-    lambda: openai.APITimeoutError(request=REQUEST),
-    lambda: openai.APIConnectionError(request=REQUEST),
-])
+
+@pytest.mark.parametrize(
+    "make_error",
+    [
+        lambda: status_error(openai.RateLimitError, 429),
+        lambda: status_error(openai.InternalServerError, 503),
+        lambda: openai.APITimeoutError(request=REQUEST),
+        lambda: openai.APIConnectionError(request=REQUEST),
+    ],
+)
 def test_transient_errors_are_retried_with_backoff(tmp_path, make_error):
     replies = iter([make_error(), make_error(), "Output (b)"])
     judge, _, sleeps = make_judge(tmp_path, lambda m: next(replies), protocol="alpacare")
@@ -267,8 +312,9 @@ def test_gives_up_after_max_retries(tmp_path):
     assert not list((tmp_path / "cache").glob("*.json"))  # failures are not cached
 
 
-@pytest.mark.parametrize("cls, status", [(openai.AuthenticationError, 401), (openai.NotFoundError, 404),
-                                         (openai.BadRequestError, 400)])
+@pytest.mark.parametrize(
+    "cls, status", [(openai.AuthenticationError, 401), (openai.NotFoundError, 404), (openai.BadRequestError, 400)]
+)
 def test_client_errors_fail_at_once_without_the_key(tmp_path, monkeypatch, cls, status):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     error = status_error(cls, status, f"Incorrect API key provided:\n{SECRET}")

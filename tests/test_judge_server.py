@@ -23,10 +23,17 @@ from fedpit.judge import Judge, JudgeConfig  # noqa: E402
 pytestmark = pytest.mark.integration
 
 ITEMS = [
-    {"instruction": "Name the organ that pumps blood through the body.", "model_output": "The heart.",
-     "reference_output": "The heart pumps blood through the body's blood vessels."},
-    {"instruction": "Give one common symptom of influenza.", "input": "Answer in one sentence.",
-     "model_output": "Bananas are yellow.", "reference_output": "A common symptom of influenza is a high fever."},
+    {
+        "instruction": "Name the organ that pumps blood through the body.",
+        "model_output": "The heart.",
+        "reference_output": "The heart pumps blood through the body's blood vessels.",
+    },
+    {
+        "instruction": "Give one common symptom of influenza.",
+        "input": "Answer in one sentence.",
+        "model_output": "Bananas are yellow.",
+        "reference_output": "A common symptom of influenza is a high fever.",
+    },
 ]
 
 
@@ -39,10 +46,30 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_gguf()),
-                             "--model_alias", "smollm2-judge", "--host", "127.0.0.1", "--port", str(port),
-                             "--n_ctx", "2048", "--n_threads", "2", "--verbose", "false"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(packaged_gguf()),
+            "--model_alias",
+            "smollm2-judge",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "2",
+            "--verbose",
+            "false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
     try:
@@ -87,8 +114,16 @@ class Recording:
 @pytest.mark.parametrize("protocol", ["alpacare", "fedpit"])
 def test_judge_against_llama_cpp_server(server, tmp_path, protocol, monkeypatch):
     monkeypatch.setenv("FEDPIT_TEST_JUDGE_KEY", "sk-local-not-a-secret")
-    cfg = JudgeConfig(base_url=server, model="smollm2-judge", protocol=protocol, max_tokens=48, timeout_s=120,
-                      max_retries=1, cache_dir=str(tmp_path / "cache"), api_key_env="FEDPIT_TEST_JUDGE_KEY")
+    cfg = JudgeConfig(
+        base_url=server,
+        model="smollm2-judge",
+        protocol=protocol,
+        max_tokens=48,
+        timeout_s=120,
+        max_retries=1,
+        cache_dir=str(tmp_path / "cache"),
+        api_key_env="FEDPIT_TEST_JUDGE_KEY",
+    )
     judge = Judge(cfg)
     rec = Recording(judge)
     result = judge.compare(ITEMS)

@@ -247,11 +247,14 @@ DEMO_SHAPE = [f"cat{i % 10}" for i in range(160)]  # the demo: 10 categories x 1
 ALPHAS = (1e-4, 0.1, 1, 10, 1000)
 
 
-@pytest.mark.parametrize(("labels", "num_clients"), [
-    (DEMO_SHAPE, 3),
-    (DEMO_SHAPE, 5),
-    ([f"c{j}" for j, n in enumerate([40, 20, 10, 10, 5, 5, 3, 2]) for _ in range(n)], 4),  # unbalanced labels
-])
+@pytest.mark.parametrize(
+    ("labels", "num_clients"),
+    [
+        (DEMO_SHAPE, 3),
+        (DEMO_SHAPE, 5),
+        ([f"c{j}" for j, n in enumerate([40, 20, 10, 10, 5, 5, 3, 2]) for _ in range(n)], 4),  # unbalanced labels
+    ],
+)
 def test_smaller_alpha_never_means_less_skew(labels, num_clients):
     # A tiny alpha used to deal a client's examples IID once its one preferred label ran out: mean TV 0.27 at
     # alpha 1e-4 against 0.52 at 0.1 on the demo's shape. Now TV is non-increasing in alpha. Below alpha ~0.1 a
@@ -288,8 +291,12 @@ def test_default_demo_split_is_unchanged_by_the_tiny_alpha_fix():
 
 
 @settings(max_examples=60, deadline=None)
-@given(labels=st.lists(st.sampled_from("abcdefg"), min_size=1, max_size=80), num_clients=st.integers(1, 6),
-       alpha=st.sampled_from([1e-300, 1e-30, 1e-4, 1e-2]), seed=st.integers(0, 2**32 - 1))
+@given(
+    labels=st.lists(st.sampled_from("abcdefg"), min_size=1, max_size=80),
+    num_clients=st.integers(1, 6),
+    alpha=st.sampled_from([1e-300, 1e-30, 1e-4, 1e-2]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_tiny_alpha_splits_stay_valid_and_seeded(labels, num_clients, alpha, seed):
     clients = dirichlet_split(labels, num_clients, alpha, seed)
     assert_is_split(clients, len(labels), num_clients)
@@ -303,7 +310,14 @@ def test_plot_partition_draws_a_png(tmp_path):
     path = plot_partition(part, tmp_path / "split.png")
     data = (tmp_path / "split.png").read_bytes()
     assert path.endswith("split.png") and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
-    many = Partition("dirichlet", 2, 1.0, 0, "kmeans", [f"c{i % 80}" for i in range(160)],
-                     dirichlet_split([f"c{i % 80}" for i in range(160)], 2, 1.0, 0))
+    many = Partition(
+        "dirichlet",
+        2,
+        1.0,
+        0,
+        "kmeans",
+        [f"c{i % 80}" for i in range(160)],
+        dirichlet_split([f"c{i % 80}" for i in range(160)], 2, 1.0, 0),
+    )
     plot_partition(many, tmp_path / "many.png")  # 80 labels: no tick labels, no annotations, still a PNG
     assert (tmp_path / "many.png").read_bytes()[:4] == b"\x89PNG"

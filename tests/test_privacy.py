@@ -8,10 +8,13 @@ from fedpit.metrics import embedding_cosine, exact_match, rouge_l
 from fedpit.privacy import extraction_attack, sample_targets
 from fedpit.prompts import encode_example
 
-SECRET = Example(instruction="What is the patient's record number?",
-                 output="The record number is 4417 and the ward is seven north.")
-OTHER = Example(instruction="Describe how to treat a minor burn at home.",
-                output="Cool the burn under running water for twenty minutes and cover it loosely.")
+SECRET = Example(
+    instruction="What is the patient's record number?", output="The record number is 4417 and the ward is seven north."
+)
+OTHER = Example(
+    instruction="Describe how to treat a minor burn at home.",
+    output="Cool the burn under running water for twenty minutes and cover it loosely.",
+)
 
 
 def test_rouge_l_on_known_pairs():
@@ -31,8 +34,10 @@ def test_exact_match_normalizes_whitespace_and_allows_a_longer_continuation():
 def test_embedding_cosine_with_a_fake_and_the_real_embedder():
     fake = lambda texts: [[1.0, 0.0] if "a" in t else [0.0, 1.0] for t in texts]  # noqa: E731
     assert embedding_cosine(["a", "b"], ["a", "a"], embed=fake) == pytest.approx([1.0, 0.0])
-    para, unrel = embedding_cosine(["Drink plenty of water when you have a fever.", "The stock market fell today."],
-                                   ["Stay well hydrated while feverish.", "Stay well hydrated while feverish."])
+    para, unrel = embedding_cosine(
+        ["Drink plenty of water when you have a fever.", "The stock market fell today."],
+        ["Stay well hydrated while feverish.", "Stay well hydrated while feverish."],
+    )
     assert para > 0.5 > unrel
 
 
@@ -69,5 +74,9 @@ def test_a_memorized_example_scores_one_and_an_unrelated_one_near_zero(memorized
     secret, other = r.per_example
     assert secret["rouge_l"] == 1.0 and secret["exact"] and secret["prefix_exact"]
     assert other["rouge_l"] < 0.2 and not other["exact"] and not other["prefix_exact"]
-    assert r.summary() == {"n": 2, "rouge_l": pytest.approx(0.5 + other["rouge_l"] / 2), "exact": 0.5,
-                           "prefix_exact": 0.5}
+    assert r.summary() == {
+        "n": 2,
+        "rouge_l": pytest.approx(0.5 + other["rouge_l"] / 2),
+        "exact": 0.5,
+        "prefix_exact": 0.5,
+    }

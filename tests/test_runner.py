@@ -19,9 +19,18 @@ def _global(run_dir, r):
 def test_fedit_run_writes_a_complete_run_folder(tiny_cfg):
     summary = Runner(tiny_cfg, show_progress=False).run()
     rd = Path(summary["run_dir"])
-    for f in ("config.toml", "partition.json", "metrics.jsonl", "progress.json", "summary.json",
-              "final/adapter_model.safetensors", "final/adapter_config.json", "final/fedpit.json",
-              "rounds/round_000/adapter_model.safetensors", "rounds/round_002/adapter_model.safetensors"):
+    for f in (
+        "config.toml",
+        "partition.json",
+        "metrics.jsonl",
+        "progress.json",
+        "summary.json",
+        "final/adapter_model.safetensors",
+        "final/adapter_config.json",
+        "final/fedpit.json",
+        "rounds/round_000/adapter_model.safetensors",
+        "rounds/round_002/adapter_model.safetensors",
+    ):
         assert (rd / f).is_file(), f
     rows = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
     clients = [r for r in rows if r["kind"] == "client"]
@@ -72,7 +81,8 @@ def test_resume_after_round_one_gives_the_same_final_adapter(tiny_cfg, tmp_path)
     assert max_abs_diff(a, b) == 0.0
     rows = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
     assert sorted((r["round"], r.get("client", -1)) for r in rows) == sorted(
-        [(0, -1)] + [(r, k) for r in (1, 2) for k in (-1, 0, 1, 2)])
+        [(0, -1)] + [(r, k) for r in (1, 2) for k in (-1, 0, 1, 2)]
+    )
     assert main(["run", "--resume", str(rd)]) == 2  # complete runs are not resumed twice
 
 
@@ -100,17 +110,29 @@ def _run_cli(capsys, *args):
     return code, err
 
 
-@pytest.mark.parametrize("content, needle", [
-    ('[{"instruction": "a", "output": "b"}, {"instruction": "c"}]', "record 2: field 'output'"),
-    ('{"instruction": "a"', "invalid JSON"),
-    ('[{"instruction": 5, "output": "b"}]', "record 1: field 'instruction'"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ('[{"instruction": "a", "output": "b"}, {"instruction": "c"}]', "record 2: field 'output'"),
+        ('{"instruction": "a"', "invalid JSON"),
+        ('[{"instruction": 5, "output": "b"}]', "record 1: field 'instruction'"),
+    ],
+)
 def test_bad_data_exits_2_with_one_line_and_no_run_folder(tmp_path, capsys, content, needle, tiny_model_path):
     f = tmp_path / "d.json"
     f.write_text(content)
     out = tmp_path / "runs"
-    code, err = _run_cli(capsys, "run", "--set", f"data.train={f}", "--set", f"output_dir={out}",
-                         "--set", f"model.name={tiny_model_path}", "--quiet")
+    code, err = _run_cli(
+        capsys,
+        "run",
+        "--set",
+        f"data.train={f}",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"model.name={tiny_model_path}",
+        "--quiet",
+    )
     assert code == 2
     assert len(err) == 1 and err[0].startswith("fedpit: error:") and "d.json" in err[0] and needle in err[0]
     assert not out.exists()
@@ -122,8 +144,18 @@ def test_missing_file_too_small_dataset_and_bad_config(tmp_path, capsys, tiny_mo
     assert code == 2 and "nope.jsonl" in err[0] and "not found" in err[0]
     small = tmp_path / "small.jsonl"
     small.write_text("\n".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(5)))
-    code, err = _run_cli(capsys, "run", "--set", f"data.train={small}", "--set", "partition.num_clients=3",
-                         "--set", "partition.min_per_client=2", "--set", f"output_dir={out}")
+    code, err = _run_cli(
+        capsys,
+        "run",
+        "--set",
+        f"data.train={small}",
+        "--set",
+        "partition.num_clients=3",
+        "--set",
+        "partition.min_per_client=2",
+        "--set",
+        f"output_dir={out}",
+    )
     assert code == 2 and "small.jsonl" in err[0] and "3 clients" in err[0]
     code, err = _run_cli(capsys, "run", "--set", "federation.rounds=0")
     assert code == 2 and err == ["fedpit: error: federation.rounds: must be >= 1"]
@@ -136,11 +168,13 @@ def test_missing_file_too_small_dataset_and_bad_config(tmp_path, capsys, tiny_mo
 
 def test_model_errors_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code, err = _run_cli(capsys, "run", "--set", f"model.name={tmp_path / 'empty'}", "--set",
-                         f"output_dir={tmp_path / 'runs'}")
+    code, err = _run_cli(
+        capsys, "run", "--set", f"model.name={tmp_path / 'empty'}", "--set", f"output_dir={tmp_path / 'runs'}"
+    )
     assert code == 2 and "config.json" in err[0]
-    code, err = _run_cli(capsys, "run", "--set", "model.name=no-such-org/no-such-model", "--set",
-                         f"output_dir={tmp_path / 'runs'}")
+    code, err = _run_cli(
+        capsys, "run", "--set", "model.name=no-such-org/no-such-model", "--set", f"output_dir={tmp_path / 'runs'}"
+    )
     assert code == 2 and "no-such-org/no-such-model" in err[0]
     assert not (tmp_path / "runs").exists()
 
@@ -155,8 +189,22 @@ def test_chat_with_a_trained_adapter(tiny_cfg, capsys):
     summary = Runner(tiny_cfg, show_progress=False).run()
     from fedpit.generate import answer, load_for_inference
 
-    assert main(["chat", "--adapter", summary["final_adapter"], "--prompt", "Explain gout.",
-                 "--max-new-tokens", "5", "--repetition-penalty", "1.0"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--adapter",
+                summary["final_adapter"],
+                "--prompt",
+                "Explain gout.",
+                "--max-new-tokens",
+                "5",
+                "--repetition-penalty",
+                "1.0",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     model, tok, template = load_for_inference(summary["final_adapter"])  # the trained adapter, greedy decoding
     want = answer(model, tok, "Explain gout.", template=template, max_new_tokens=5, repetition_penalty=1.0)

@@ -19,10 +19,15 @@ from fedpit.selfgen import (
 )
 
 S = SelfGenSettings()
-LOCAL = [Example(instruction=f"Explain condition number {w} in plain words for a patient.",
-                 output=f"Condition {w} is a common problem that doctors see often and treat with rest and care "
-                        f"in most cases, with follow up visits.", category="c") for w in
-         ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")]
+LOCAL = [
+    Example(
+        instruction=f"Explain condition number {w} in plain words for a patient.",
+        output=f"Condition {w} is a common problem that doctors see often and treat with rest and care "
+        f"in most cases, with follow up visits.",
+        category="c",
+    )
+    for w in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
+]
 
 
 def test_instruction_prompt_lists_numbered_tasks_and_leaves_the_next_open():
@@ -30,30 +35,38 @@ def test_instruction_prompt_lists_numbered_tasks_and_leaves_the_next_open():
     assert p.splitlines() == ["Come up with a series of tasks:", "Task 1: Do A.", "Task 2: Do B.", "Task 3:"]
 
 
-@pytest.mark.parametrize("raw, parsed", [
-    (" Describe how insulin works.\nTask 10: something else", "Describe how insulin works."),
-    ("Task 9: List three causes of anemia.", "List three causes of anemia."),
-    ("List risk factors for gout. Task 10: Explain", "List risk factors for gout."),
-    ("", None), ("   \n  ", None), ("Task 9:", None),
-])
+@pytest.mark.parametrize(
+    "raw, parsed",
+    [
+        (" Describe how insulin works.\nTask 10: something else", "Describe how insulin works."),
+        ("Task 9: List three causes of anemia.", "List three causes of anemia."),
+        ("List risk factors for gout. Task 10: Explain", "List risk factors for gout."),
+        ("", None),
+        ("   \n  ", None),
+        ("Task 9:", None),
+    ],
+)
 def test_parse_instruction(raw, parsed):
     assert parse_instruction(raw) == parsed
 
 
-@pytest.mark.parametrize("text, reason", [
-    (None, "unparseable"),
-    ("Explain gout", "length"),
-    (" ".join(["word"] * 151), "length"),
-    ("As an AI model I cannot give advice on this.", "refusal"),
-    ("Sorry, but that request is not possible.", "refusal"),
-    ("I cannot write about this topic at all.", "refusal"),
-    ("I'm sorry, I do not know this one.", "refusal"),
-    ("Describe the stages of wound healing and what a patient should", "truncated"),
-    ("1. Describe the stages of wound healing.", "bad_start"),
-    ("- Describe the stages of wound healing.", "bad_start"),
-    ("Explain condition number alpha in plain words for a patient.", "similar"),
-    ("Describe the stages of wound healing after surgery.", None),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (None, "unparseable"),
+        ("Explain gout", "length"),
+        (" ".join(["word"] * 151), "length"),
+        ("As an AI model I cannot give advice on this.", "refusal"),
+        ("Sorry, but that request is not possible.", "refusal"),
+        ("I cannot write about this topic at all.", "refusal"),
+        ("I'm sorry, I do not know this one.", "refusal"),
+        ("Describe the stages of wound healing and what a patient should", "truncated"),
+        ("1. Describe the stages of wound healing.", "bad_start"),
+        ("- Describe the stages of wound healing.", "bad_start"),
+        ("Explain condition number alpha in plain words for a patient.", "similar"),
+        ("Describe the stages of wound healing after surgery.", None),
+    ],
+)
 def test_instruction_filters(text, reason):
     assert instruction_filter(text, [e.instruction for e in LOCAL], S) == reason
 
@@ -136,8 +149,13 @@ def test_counts_and_duplicates_within_a_round(monkeypatch):
 
 def test_response_prompt_shows_local_examples_then_the_new_instruction(monkeypatch):
     good = "Describe the stages of wound healing after minor surgery."
-    _, _, fake = _run(monkeypatch, [good, "x", "y", "z", "w", "v", "u", "t", "s"], ["A long enough answer " * 3],
-                      num_instructions=1, response_demos=1)
+    _, _, fake = _run(
+        monkeypatch,
+        [good, "x", "y", "z", "w", "v", "u", "t", "s"],
+        ["A long enough answer " * 3],
+        num_instructions=1,
+        response_demos=1,
+    )
     prompt = fake.prompts[-1][0]
     assert prompt.rstrip().endswith("### Response:") and good in prompt
     assert any(e.output in prompt for e in LOCAL)
@@ -162,8 +180,11 @@ def test_self_generate_on_the_tiny_model_is_deterministic(tiny_model_path):
 
 def test_public_data_replaces_generation_with_the_same_number_of_public_examples(tmp_path):
     f = tmp_path / "public.jsonl"
-    f.write_text("\n".join(json.dumps({"instruction": f"Public question {i}?", "output": f"Public answer {i}."})
-                           for i in range(20)))
+    f.write_text(
+        "\n".join(
+            json.dumps({"instruction": f"Public question {i}?", "output": f"Public answer {i}."}) for i in range(20)
+        )
+    )
     s = SelfGenSettings(num_instructions=5, public_data=str(f))
     a, rep = self_generate(None, None, LOCAL, s, seed=1)
     b, _ = self_generate(None, None, LOCAL, s, seed=1)
@@ -176,13 +197,20 @@ def test_public_data_replaces_generation_with_the_same_number_of_public_examples
 def test_a_missing_public_file_fails_before_the_run_starts(tmp_path, capsys):
     from fedpit.cli import main
 
-    code = main(["run", "--set", f"selfgen.public_data={tmp_path / 'none.json'}", "--set", f"output_dir={tmp_path / 'r'}"])
+    code = main(
+        ["run", "--set", f"selfgen.public_data={tmp_path / 'none.json'}", "--set", f"output_dir={tmp_path / 'r'}"]
+    )
     assert code == 2 and "none.json" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
-TEMPLATED = [Example(instruction="Answer this question truthfully", input=f"What are the symptoms of disease {w}?",
-                     output=f"Disease {w} causes fever, fatigue and aches that last several days in most adults.")
-             for w in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")]
+TEMPLATED = [
+    Example(
+        instruction="Answer this question truthfully",
+        input=f"What are the symptoms of disease {w}?",
+        output=f"Disease {w} causes fever, fatigue and aches that last several days in most adults.",
+    )
+    for w in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
+]
 
 
 def test_task_text_shows_the_input_when_the_instruction_is_a_template(monkeypatch):

@@ -8,20 +8,46 @@ import pytest
 
 from fedpit import selfgen
 from fedpit.data import Example
-from fedpit.selfgen import (SelfGenReport, SelfGenSettings, answer_relevance, assess_and_select, distinct_ratio,
-                            instruction_prompt, measure_rows, on_task_relevance, parse_instructions,
-                            private_closeness, self_generate, self_rouge_l, summary_line, top_k)
+from fedpit.selfgen import (
+    SelfGenReport,
+    SelfGenSettings,
+    answer_relevance,
+    assess_and_select,
+    distinct_ratio,
+    instruction_prompt,
+    measure_rows,
+    on_task_relevance,
+    parse_instructions,
+    private_closeness,
+    self_generate,
+    self_rouge_l,
+    summary_line,
+    top_k,
+)
 
-LOCAL = [Example(instruction=q, output=a, category="c") for q, a in [
-    ("What are the early symptoms of type 2 diabetes?",
-     "Early signs include thirst, frequent urination, tiredness and blurred vision; many people notice nothing."),
-    ("How is high blood pressure treated in older adults?",
-     "Treatment starts with less salt, exercise and weight loss, then medicines such as ACE inhibitors if needed."),
-    ("What causes iron deficiency anemia?",
-     "Blood loss, low iron intake and poor absorption are the usual causes; heavy periods are common in women."),
-    ("When should a fever in a child be seen by a doctor?",
-     "See a doctor for a fever in a baby under three months, a fever over five days, or a child who is very drowsy."),
-]]
+LOCAL = [
+    Example(instruction=q, output=a, category="c")
+    for q, a in [
+        (
+            "What are the early symptoms of type 2 diabetes?",
+            "Early signs include thirst, frequent urination, tiredness and blurred vision; many people notice nothing.",
+        ),
+        (
+            "How is high blood pressure treated in older adults?",
+            "Treatment starts with less salt, exercise and weight loss, then medicines such as ACE inhibitors "
+            "if needed.",
+        ),
+        (
+            "What causes iron deficiency anemia?",
+            "Blood loss, low iron intake and poor absorption are the usual causes; heavy periods are common in women.",
+        ),
+        (
+            "When should a fever in a child be seen by a doctor?",
+            "See a doctor for a fever in a baby under three months, a fever over five days, or a child who is "
+            "very drowsy.",
+        ),
+    ]
+]
 
 
 # ------------------------------------------------------------------------------------------- measures (constructed)
@@ -34,7 +60,9 @@ def test_on_task_instruction_is_closer_to_local_tasks_than_an_off_task_one():
 
 def test_answer_relevance_prefers_a_response_about_its_instruction():
     q = "How can a person lower their cholesterol?"
-    good = Example(instruction=q, output="Eat more fibre and less saturated fat, exercise, and take statins if advised.")
+    good = Example(
+        instruction=q, output="Eat more fibre and less saturated fat, exercise, and take statins if advised."
+    )
     bad = Example(instruction=q, output="The train to the city leaves at nine and the museum opens on Sundays.")
     rows = measure_rows([good, bad], LOCAL, SelfGenSettings())
     assert rows[0]["answer_relevance"] > rows[1]["answer_relevance"] + 0.2
@@ -49,8 +77,9 @@ def test_closeness_to_private_text_flags_a_copied_response_and_not_a_fresh_one()
 def test_vector_measures_on_exact_vectors():
     local = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert on_task_relevance(np.array([[2.0, 0.0], [1.0, 1.0]]), local) == pytest.approx([1.0, math.sqrt(0.5)])
-    assert answer_relevance(np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[3.0, 0.0], [0.0, 1.0]])) == \
-        pytest.approx([1.0, 0.0])
+    assert answer_relevance(np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[3.0, 0.0], [0.0, 1.0]])) == pytest.approx(
+        [1.0, 0.0]
+    )
     assert on_task_relevance(np.zeros((0, 2)), local) == []
 
 
@@ -80,8 +109,10 @@ def _fake_embed(texts):
     return np.asarray(out)
 
 
-CANDS = [Example(instruction=f"Task {i}: explain symptom set {i}.", output=f"Answer {i} " * 5, category="synthetic")
-         for i in range(6)]
+CANDS = [
+    Example(instruction=f"Task {i}: explain symptom set {i}.", output=f"Answer {i} " * 5, category="synthetic")
+    for i in range(6)
+]
 
 
 @pytest.mark.parametrize("by", ["ifs", "relevance", "none"])
@@ -90,8 +121,9 @@ def test_assess_and_select_keeps_the_top_keep_by_the_chosen_score(by):
     s = SelfGenSettings()
     rep = SelfGenReport(kept=6)
     kept = assess_and_select(CANDS, LOCAL, s, rep, keep=3, select_by=by, ifs=(cond, uncond), embed=_fake_embed)
-    again = assess_and_select(CANDS, LOCAL, s, SelfGenReport(), keep=3, select_by=by, ifs=(cond, uncond),
-                              embed=_fake_embed)
+    again = assess_and_select(
+        CANDS, LOCAL, s, SelfGenReport(), keep=3, select_by=by, ifs=(cond, uncond), embed=_fake_embed
+    )
     assert kept == again and len(kept) == 3 == rep.kept and rep.candidates == 6
     if by == "ifs":
         assert kept == [CANDS[1], CANDS[0], CANDS[4]]
@@ -111,8 +143,7 @@ def test_assess_and_select_keeps_the_top_keep_by_the_chosen_score(by):
 
 def test_ifs_selection_needs_the_private_losses():
     with pytest.raises(ValueError, match="private"):
-        assess_and_select(CANDS, LOCAL, SelfGenSettings(), SelfGenReport(), keep=2, select_by="ifs",
-                          embed=_fake_embed)
+        assess_and_select(CANDS, LOCAL, SelfGenSettings(), SelfGenReport(), keep=2, select_by="ifs", embed=_fake_embed)
 
 
 def test_selection_bits_bound():
@@ -134,17 +165,21 @@ def test_several_tasks_per_call_fill_slots_from_one_prompt(monkeypatch):
     def fake(model, tok, prompts, s, max_new_tokens, stop, seed):
         calls.append((len(prompts), max_new_tokens, stop))
         if stop[0].startswith("Task"):
-            return [" Describe the stages of wound healing.\nTask 10: List the warning signs of sepsis.\n"
-                    "Task 11: Explain how vaccines train the immune system.\nTask 12: Give"] * len(prompts)
-        return ["A response long enough to pass every response filter here, number %d." % i for i in range(len(prompts))]
+            return [
+                " Describe the stages of wound healing.\nTask 10: List the warning signs of sepsis.\n"
+                "Task 11: Explain how vaccines train the immune system.\nTask 12: Give"
+            ] * len(prompts)
+        return [f"A response long enough to pass every response filter here, number {i}." for i in range(len(prompts))]
 
     monkeypatch.setattr(selfgen, "_gen", fake)
     s = SelfGenSettings(num_instructions=3, tasks_per_call=4, measure=False)
     out, rep = self_generate(None, None, LOCAL, s, seed=0)
     assert calls[0] == (1, 4 * s.max_instruction_tokens, ["Task 9:", "\n\n"])  # 4 local demos: Task 5..8 -> 9
     assert len(out) == 3 and rep.generated_instructions == 3  # the 4th (cut off) is never needed
-    assert [e.instruction for e in out][:2] == ["Describe the stages of wound healing.",
-                                                 "List the warning signs of sepsis."]
+    assert [e.instruction for e in out][:2] == [
+        "Describe the stages of wound healing.",
+        "List the warning signs of sepsis.",
+    ]
 
 
 # ------------------------------------------------------------------------------------------- the chat format
@@ -154,9 +189,11 @@ def tiny(tiny_model_path):
 
     bb = load_backbone(tiny_model_path, dtype="fp32")
     if not getattr(bb.tokenizer, "chat_template", None):  # the fixture saves SmolLM2's tokenizer, which has one
-        bb.tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-                                      "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-                                      "{% endif %}")
+        bb.tokenizer.chat_template = (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+            "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+            "{% endif %}"
+        )
     return bb
 
 
@@ -185,8 +222,9 @@ def test_chat_prompts_keep_the_paper_structure_in_chat_turns(tiny):
 
 
 def test_self_generate_in_chat_format_on_the_tiny_model(tiny):
-    s = SelfGenSettings(num_instructions=2, max_instruction_tokens=8, max_response_tokens=8, template="chat",
-                        measure=False)
+    s = SelfGenSettings(
+        num_instructions=2, max_instruction_tokens=8, max_response_tokens=8, template="chat", measure=False
+    )
     a = self_generate(tiny.model, tiny.tokenizer, LOCAL, s, seed=3)
     b = self_generate(tiny.model, tiny.tokenizer, LOCAL, s, seed=3)
     assert a[0] == b[0] and a[1].as_dict() == b[1].as_dict() and a[1].template == "chat"
@@ -208,8 +246,9 @@ def test_stop_criterion_is_built_once_and_decodes_the_same(tiny):
 
 
 # ------------------------------------------------------------------------------------------- config
-@pytest.mark.parametrize("key", ["selfgen.template=llama", "selfgen.tasks_per_call=0", "fedpit.select_by=best",
-                                 "fedpit.shared_budget=more"])
+@pytest.mark.parametrize(
+    "key", ["selfgen.template=llama", "selfgen.tasks_per_call=0", "fedpit.select_by=best", "fedpit.shared_budget=more"]
+)
 def test_new_settings_are_validated(key):
     from fedpit.config import load_config
     from fedpit.errors import ConfigError

@@ -22,7 +22,8 @@ MODULES = {_module_name(p): p for p in PKG.rglob("*.py")}
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(node: ast.AST, module: str, is_package: bool):
@@ -65,7 +66,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state and (found := visit(m)):
                 return found
         state[n] = 2
@@ -79,8 +80,10 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_importing_the_config_loads_no_torch_and_no_algorithm():
-    code = ("import sys, fedpit.config; bad = [m for m in ('torch', 'fedpit.algorithms', 'fedpit.selfgen') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, fedpit.config; bad = [m for m in ('torch', 'fedpit.algorithms', 'fedpit.selfgen') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -127,27 +127,43 @@ def resolve_model_path(name: str, cache_dir: str | None = None) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ConfigError(f"model.name: {name} is a path but holds no config.json (not a transformers model folder)")
+            raise ConfigError(
+                f"model.name: {name} is a path but holds no config.json (not a transformers model folder)"
+            )
         if not any((path / f).is_file() for f in WEIGHT_FILES):
             raise ConfigError(f"model.name: {name} holds config.json but no weights ({' or '.join(WEIGHT_FILES[::2])})")
         if not any((path / f).is_file() for f in TOKENIZER_FILES):
-            raise ConfigError(f"model.name: {name} holds no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); save "
-                              "the tokenizer into the model folder")
+            raise ConfigError(
+                f"model.name: {name} holds no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); save "
+                "the tokenizer into the model folder"
+            )
         return str(path)
     if looks_like_path(name):
-        raise ConfigError(f"model.name: folder {name} not found (give a transformers model folder, or the packaged "
-                          f"'{DEFAULT_MODEL}')")
+        raise ConfigError(
+            f"model.name: folder {name} not found (give a transformers model folder, or the packaged '{DEFAULT_MODEL}')"
+        )
     return name
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def looks_like_path(name: str) -> bool:
     """True for names that can only be meant as a folder (``./m``, ``/m``, ``~/m``, ``a/b/c``, ``m/``): a hub id is
     ``name`` or ``org/name``."""
-    return name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    return (
+        name.startswith((".", "/", "~"))
+        or name.endswith("/")
+        or name.count("/") > 1
+        or os.sep != "/"
+        and os.sep in name
+    )
 
 
 @functools.cache
@@ -173,8 +189,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_bf16() else torch.float32
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "fp32": torch.float32, "float32": torch.float32}
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if dtype not in table:
         raise ConfigError(f"model.dtype: '{dtype}' is not one of auto, {', '.join(sorted(table))}")
     return table[dtype]
@@ -200,8 +222,9 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_backbone(name: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto",
-                  cache_dir: str | None = None) -> Backbone:
+def load_backbone(
+    name: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto", cache_dir: str | None = None
+) -> Backbone:
     """Load the backbone once per process; the caller wraps it with LoRA."""
     from transformers import AutoModelForCausalLM
 

@@ -14,8 +14,15 @@ from .errors import FedpitError
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="FILE.toml", help="a TOML config (defaults: the embedded CPU demo)")
-    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set federation.rounds=5 (repeatable)")
+    p.add_argument(
+        "--set",
+        "-s",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set federation.rounds=5 (repeatable)",
+    )
 
 
 def _fmt_secs(s: float) -> str:
@@ -41,24 +48,28 @@ def cmd_run(args) -> int:
         summary = runner.run(resume=args.resume)
     except KeyboardInterrupt:
         where = getattr(runner, "run_dir", None) or args.resume
-        args.interrupt_hint = f"resume with: fedpit run --resume {shlex.quote(str(where))}" if where else \
-            "no round had started; nothing to resume"
+        args.interrupt_hint = (
+            f"resume with: fedpit run --resume {shlex.quote(str(where))}"
+            if where
+            else "no round had started; nothing to resume"
+        )
         raise
     tl = [x for x in summary["test_loss_per_round"] if x is not None]
     losses = f"; held-out loss {tl[0]:.3f} -> {tl[-1]:.3f}" if len(tl) >= 2 else ""
-    print(f"fedpit: done: {summary['algorithm']}, {summary['rounds']} rounds, {summary['num_clients']} clients in "
-          f"{_fmt_secs(time.perf_counter() - t0)}, peak RSS {summary['peak_rss_mb'] / 1024:.2f} GB{losses}; "
-          f"results in {summary['run_dir']} (final adapter: {summary['final_adapter']})")
+    print(
+        f"fedpit: done: {summary['algorithm']}, {summary['rounds']} rounds, {summary['num_clients']} clients in "
+        f"{_fmt_secs(time.perf_counter() - t0)}, peak RSS {summary['peak_rss_mb'] / 1024:.2f} GB{losses}; "
+        f"results in {summary['run_dir']} (final adapter: {summary['final_adapter']})"
+    )
     return 0
 
 
 def cmd_partition(args) -> int:
     from .config import load_config
     from .federation import prepare
+    from .fsutil import check_writable_file
     from .partition import counts_text
     from .rundir import write_json
-
-    from .fsutil import check_writable_file
 
     cfg = load_config(args.config, args.overrides)
     for opt, path in (("--json", args.json), ("--plot", args.plot)):
@@ -67,8 +78,10 @@ def cmd_partition(args) -> int:
     prep = prepare(cfg)
     part = prep.partition
     alpha = f", alpha {part.alpha}" if part.method == "dirichlet" else ""
-    print(f"{len(prep.train)} examples from {cfg.data.train} -> {part.num_clients} clients "
-          f"({part.method}{alpha}, labels: {part.label_source}, seed {cfg.seed})")
+    print(
+        f"{len(prep.train)} examples from {cfg.data.train} -> {part.num_clients} clients "
+        f"({part.method}{alpha}, labels: {part.label_source}, seed {cfg.seed})"
+    )
     print(counts_text(part))
     if args.json:
         from pathlib import Path
@@ -135,15 +148,23 @@ def cmd_evaluate(args) -> int:
     from .fsutil import check_writable_dir
 
     ev = _eval_options(args)
-    examples = load_demo("test") if ev.test == "demo" else load_examples(ev.test, format=ev.format,
-                                                                         output_field=ev.reference)
+    examples = (
+        load_demo("test") if ev.test == "demo" else load_examples(ev.test, format=ev.format, output_field=ev.reference)
+    )
     if ev.limit:
         examples = examples[: ev.limit]
     out = Path(args.out or (Path(args.adapter) / "eval" if args.adapter else "eval-backbone"))
     check_writable_dir(out, "--out")  # before the model loads
     engine = engine_for(args.adapter, model=args.model, dtype=args.dtype)
-    result = evaluate(engine, args.adapter, examples, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
-                      judge=ev.judge, answers_dir=out)
+    result = evaluate(
+        engine,
+        args.adapter,
+        examples,
+        max_new_tokens=ev.max_new_tokens,
+        batch_size=ev.batch_size,
+        judge=ev.judge,
+        answers_dir=out,
+    )
     result.save(out)
     print(json.dumps(result.metrics, indent=2))
     print(f"answers and metrics in {out}")
@@ -157,11 +178,24 @@ def _eval_options(args):
     if args.judge_url:
         from .judge import Judge, JudgeConfig
 
-        judge = Judge(JudgeConfig(base_url=args.judge_url, model=args.judge_model, protocol=args.judge_protocol,
-                                  api_key_env=args.judge_key_env))
+        judge = Judge(
+            JudgeConfig(
+                base_url=args.judge_url,
+                model=args.judge_model,
+                protocol=args.judge_protocol,
+                api_key_env=args.judge_key_env,
+            )
+        )
         judge.check()  # one cheap request now, not after every answer has been generated
-    return EvalOptions(test=args.test, format=args.format, reference=args.reference, limit=args.limit,
-                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judge=judge)
+    return EvalOptions(
+        test=args.test,
+        format=args.format,
+        reference=args.reference,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        judge=judge,
+    )
 
 
 def cmd_compare(args) -> int:
@@ -183,8 +217,12 @@ def cmd_compare(args) -> int:
 
     check_writable_dir(out, "--out")  # before any training
     command = " ".join(shlex.quote(a) for a in ["fedpit", *args.argv])
-    args.interrupt_hint = "continue with: " + command + ("" if args.out else f" --out {shlex.quote(str(out))}") + \
-        " (finished runs and evaluations are reused)"
+    args.interrupt_hint = (
+        "continue with: "
+        + command
+        + ("" if args.out else f" --out {shlex.quote(str(out))}")
+        + " (finished runs and evaluations are reused)"
+    )
     if args.benchmarks:  # check the benchmark data before hours of training
         from .mcq import check_data
 
@@ -220,12 +258,18 @@ def cmd_config(args) -> int:
 
 
 def _add_eval_args(p: argparse.ArgumentParser, test_default: str) -> None:
-    p.add_argument("--test", default=test_default,
-                   help="test set: 'demo', or an Alpaca/JSONL/MedInstruct file" + (" (default: each run's data.test)"
-                                                                                    if not test_default else ""))
+    p.add_argument(
+        "--test",
+        default=test_default,
+        help="test set: 'demo', or an Alpaca/JSONL/MedInstruct file"
+        + (" (default: each run's data.test)" if not test_default else ""),
+    )
     p.add_argument("--format", default="auto", help="auto | alpaca | jsonl | medinstruct")
-    p.add_argument("--reference", default=None,
-                   help="which answer is the reference (MedInstruct: gpt-4, gpt-3.5-turbo, text-davinci-003, claude-2)")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="which answer is the reference (MedInstruct: gpt-4, gpt-3.5-turbo, text-davinci-003, claude-2)",
+    )
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N test items (0 = all)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
@@ -243,14 +287,18 @@ def cmd_flower(args) -> int:
         from .flower.deploy import make_certificates
 
         files = make_certificates(args.out, args.host, force=args.force)
-        print(f"CA {files['ca']} (copy to every SuperNode), SuperLink certificate {files['cert']} and key "
-              f"{files['key']}; keep {files['ca_key']} offline")
+        print(
+            f"CA {files['ca']} (copy to every SuperNode), SuperLink certificate {files['cert']} and key "
+            f"{files['key']}; keep {files['ca_key']} offline"
+        )
         return 0
     if args.action == "keys":
         from .flower.deploy import make_node_keys
 
         for name, (priv, pub) in zip(args.names, make_node_keys(args.out, args.names, force=args.force)):
-            print(f"{name}: private key {priv} (stays on that SuperNode), public key {pub} (register it on the SuperLink)")
+            print(
+                f"{name}: private key {priv} (stays on that SuperNode), public key {pub} (register it on the SuperLink)"
+            )
         return 0
     from .config import load_config
 
@@ -277,28 +325,43 @@ def cmd_flower(args) -> int:
     app = Path(args.app) if args.app else repo_app_dir()
     with LocalCluster(work, nodes=cfg.partition.num_clients, tls=not args.insecure, auth=not args.insecure) as c:
         security = "insecure" if args.insecure else "TLS, node keys"
-        print(f"SuperLink 127.0.0.1:{c.port} and {c.nodes} SuperNodes up ({security}); "
-              f"logs in {c.logs}", file=sys.stderr)
+        print(
+            f"SuperLink 127.0.0.1:{c.port} and {c.nodes} SuperNodes up ({security}); logs in {c.logs}", file=sys.stderr
+        )
         run_id = c.submit(app, {"config": str(cfg_file)})
         st = c.wait_run(run_id, timeout=args.timeout)
     if st.get("status") != "finished:completed":
-        raise FedpitError(f"Flower run {run_id} {st.get('status')}: {st.get('status-details', '')} (logs in {work / 'logs'})")
+        raise FedpitError(
+            f"Flower run {run_id} {st.get('status')}: {st.get('status-details', '')} (logs in {work / 'logs'})"
+        )
     print(f"fedpit: done on Flower deployment (run {run_id}); results in {Path(cfg.output_dir) / cfg.run_name}")
     return 0
 
 
 def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmarks", metavar="LIST",
-                   help="multiple-choice accuracy instead of --test: any of pubmedqa,medqa,medmcqa (lm-eval tasks)")
-    p.add_argument("--benchmark-data", metavar="DIR",
-                   help="folder with pubmedqa/ and medagents-benchmark/ (default: ../shared/data beside the checkout)")
-    p.add_argument("--protocol", default="lm-eval", choices=["lm-eval", "flowertune-style"],
-                   help="lm-eval log-likelihood scoring (default) or FlowerTune-style generation")
+    p.add_argument(
+        "--benchmarks",
+        metavar="LIST",
+        help="multiple-choice accuracy instead of --test: any of pubmedqa,medqa,medmcqa (lm-eval tasks)",
+    )
+    p.add_argument(
+        "--benchmark-data",
+        metavar="DIR",
+        help="folder with pubmedqa/ and medagents-benchmark/ (default: ../shared/data beside the checkout)",
+    )
+    p.add_argument(
+        "--protocol",
+        default="lm-eval",
+        choices=["lm-eval", "flowertune-style"],
+        help="lm-eval log-likelihood scoring (default) or FlowerTune-style generation",
+    )
 
 
 def _add_compare_parsers(sub) -> None:
-    for name, helptext in (("compare", "run methods x seeds on the same partition and budget, evaluate, report"),
-                           ("sweep", "like compare, over the values of one setting (--set-values key=v1,v2,...)")):
+    for name, helptext in (
+        ("compare", "run methods x seeds on the same partition and budget, evaluate, report"),
+        ("sweep", "like compare, over the values of one setting (--set-values key=v1,v2,...)"),
+    ):
         p = sub.add_parser(name, help=helptext)
         _add_config_args(p)
         p.add_argument("--algorithms", default="fedpit,fedit,locit,cenit")
@@ -316,7 +379,9 @@ def _add_flower_parser(sub) -> None:
     fl = p.add_subparsers(dest="action", required=True)
     q = fl.add_parser("simulate", help="the job in Flower's simulation runtime (one virtual SuperNode per client)")
     _add_config_args(q)
-    q = fl.add_parser("local", help="start a SuperLink and one SuperNode per client on 127.0.0.1, run the job, stop them")
+    q = fl.add_parser(
+        "local", help="start a SuperLink and one SuperNode per client on 127.0.0.1, run the job, stop them"
+    )
     _add_config_args(q)
     q.add_argument("--workdir", help="certificates, keys, logs and Flower home (default: ./flower-local-<time>)")
     q.add_argument("--app", help="folder with the Flower app's pyproject.toml (default: this source checkout)")
@@ -324,8 +389,12 @@ def _add_flower_parser(sub) -> None:
     q.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
     q = fl.add_parser("certs", help="make a CA and a SuperLink certificate")
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--host", action="append", default=[],
-                   help="the SuperLink's DNS name or IP as SuperNodes reach it (repeatable; 127.0.0.1 and localhost always)")
+    q.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="the SuperLink's DNS name or IP as SuperNodes reach it (repeatable; 127.0.0.1 and localhost always)",
+    )
     q.add_argument("--force", action="store_true", help="replace existing keys and certificates (default: refuse)")
     q = fl.add_parser("keys", help="make SuperNode authentication key pairs (ECDSA P-384, OpenSSH format)")
     q.add_argument("--out", required=True, help="output folder")
@@ -337,8 +406,10 @@ def _add_flower_parser(sub) -> None:
 def _one_line(message: str) -> str:
     """The message with line breaks, other control characters and lone surrogates (from user input it quotes)
     escaped, so an error is always exactly one printable line."""
-    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for c in message)
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for c in message
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("chat", "generate"):
         p = sub.add_parser(name, help="answer instructions with the backbone plus a trained adapter")
-        p.add_argument("--adapter", "-a", metavar="PATH", help="adapter folder (e.g. runs/NAME/final); omit for the bare backbone")
+        p.add_argument(
+            "--adapter", "-a", metavar="PATH", help="adapter folder (e.g. runs/NAME/final); omit for the bare backbone"
+        )
         p.add_argument("--model", help="backbone (default: the one the adapter was trained on)")
         p.add_argument("--prompt", "-p", help="one instruction; without it, read instructions from stdin")
         p.add_argument("--input", "-i", help="optional input/context for --prompt")

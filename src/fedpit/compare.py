@@ -39,11 +39,17 @@ class EvalOptions:
     judge: object | None = None
 
     def __post_init__(self):
-        for name, value, low in (("--limit", self.limit, 0), ("--max-new-tokens", self.max_new_tokens, 1),
-                                 ("--batch-size", self.batch_size, 1)):
+        for name, value, low in (
+            ("--limit", self.limit, 0),
+            ("--max-new-tokens", self.max_new_tokens, 1),
+            ("--batch-size", self.batch_size, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}" + (" (0 = all)" if name == "--limit" else "")
-                                  + f", got {value!r}")
+                raise ConfigError(
+                    f"{name} must be an integer >= {low}"
+                    + (" (0 = all)" if name == "--limit" else "")
+                    + f", got {value!r}"
+                )
 
 
 def _parse_set_values(spec: str) -> tuple[str, list[str]]:
@@ -97,9 +103,15 @@ def _run_or_resume(cfg: Config) -> dict:
 
 def _eval_settings(tests: list, ev: EvalOptions) -> dict:
     judge = ev.judge
-    return {"test": ev.test or "data.test", "format": ev.format, "reference": ev.reference, "n": len(tests),
-            "first": tests[0].instruction if tests else "", "max_new_tokens": ev.max_new_tokens,
-            "judge": None if judge is None else [judge.cfg.base_url, judge.cfg.model, judge.cfg.protocol]}
+    return {
+        "test": ev.test or "data.test",
+        "format": ev.format,
+        "reference": ev.reference,
+        "n": len(tests),
+        "first": tests[0].instruction if tests else "",
+        "max_new_tokens": ev.max_new_tokens,
+        "judge": None if judge is None else [judge.cfg.base_url, judge.cfg.model, judge.cfg.protocol],
+    }
 
 
 def _evaluate_once(folder: str, cfg: Config, tests: list, ev: EvalOptions) -> dict:
@@ -107,12 +119,22 @@ def _evaluate_once(folder: str, cfg: Config, tests: list, ev: EvalOptions) -> di
     resumed or extended experiment (more seeds, more methods) does not re-answer the test set."""
     out = Path(folder) / "eval"
     settings = _eval_settings(tests, ev)
-    if (out / "metrics.json").is_file() and (out / "settings.json").is_file() \
-            and read_json(out / "settings.json") == settings:
+    if (
+        (out / "metrics.json").is_file()
+        and (out / "settings.json").is_file()
+        and read_json(out / "settings.json") == settings
+    ):
         return read_json(out / "metrics.json")
     engine = engine_for(folder, max_seq_len=cfg.model.max_seq_len, dtype=cfg.model.dtype)
-    res = evaluate(engine, folder, tests, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, judge=ev.judge,
-                   answers_dir=out)
+    res = evaluate(
+        engine,
+        folder,
+        tests,
+        max_new_tokens=ev.max_new_tokens,
+        batch_size=ev.batch_size,
+        judge=ev.judge,
+        answers_dir=out,
+    )
     res.save(out)
     write_json(out / "settings.json", settings)
     return res.metrics
@@ -121,8 +143,11 @@ def _evaluate_once(folder: str, cfg: Config, tests: list, ev: EvalOptions) -> di
 def _leakage(summary: dict, kind: str) -> dict:
     """The extraction attack's means: on the shared model, or averaged over the clients' private adapters."""
     ext = summary.get("extraction") or {}
-    found = [ext["shared"]] if kind == "shared" and ext.get("shared") else \
-        [v for k, v in ext.items() if kind == "private" and k.startswith("private_client_")]
+    found = (
+        [ext["shared"]]
+        if kind == "shared" and ext.get("shared")
+        else [v for k, v in ext.items() if kind == "private" and k.startswith("private_client_")]
+    )
     keys = ("rouge_l", "exact", "prefix_exact")
     return {f"leak_{k}": sum(f[k] for f in found) / len(found) for k in keys if found and all(k in f for f in found)}
 
@@ -132,8 +157,15 @@ def _judge_fields(metrics: dict) -> dict:
     return {f"judge_{k}": j[k] for k in ("win", "tie", "loss", "wt", "score") if j.get(k) is not None}
 
 
-def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOptions, *, name: str = "",
-                   console: Console | None = None, command: str = "") -> Path:
+def run_experiment(
+    cells: list[tuple[str, Config]],
+    out: str | Path,
+    ev: EvalOptions,
+    *,
+    name: str = "",
+    console: Console | None = None,
+    command: str = "",
+) -> Path:
     """Run, evaluate and report every cell; returns the path of results.json. ``command`` is recorded in the
     report as the command that produced it (default: this process's command line)."""
     out = Path(out)
@@ -164,11 +196,21 @@ def run_experiment(cells: list[tuple[str, Config]], out: str | Path, ev: EvalOpt
             models.append(("private", summary["personal_adapters"]))
         for kind, folders in models:
             per = [_evaluate_once(folder, cfg, tests, ev) for folder in folders]
-            head = {"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label, "model": kind,
-                    "run_dir": summary["run_dir"], "wall_s": wall, "n_test": len(tests)}
+            head = {
+                "algorithm": cfg.algorithm,
+                "seed": cfg.seed,
+                "setting": label,
+                "model": kind,
+                "run_dir": summary["run_dir"],
+                "wall_s": wall,
+                "n_test": len(tests),
+            }
             records.append(_record(head, per, summary, kind))
         curves.append(_curve(cfg, label, summary))
-        write_json(out / "results.json", {"meta": _meta(name, out, t_all, ev, started, command), "records": records, "curves": curves})
+        write_json(
+            out / "results.json",
+            {"meta": _meta(name, out, t_all, ev, started, command), "records": records, "curves": curves},
+        )
     from .report import write_report
 
     write_report(out / "results.json")
@@ -192,18 +234,26 @@ def _record(head: dict, per: list[dict], summary: dict, kind: str) -> dict:
 
 def _curve(cfg: Config, label: str, summary: dict) -> dict:
     rounds = [m for m in RunDir(summary["run_dir"]).read_metrics() if m.get("kind") == "round"]
-    return {"algorithm": cfg.algorithm, "seed": cfg.seed, "setting": label,
-            "train_loss": [m.get("train_loss") for m in rounds if m["round"] > 0],
-            "test_loss": [m.get("test_loss") for m in rounds],
-            "leak_rouge_l": [(m.get("extraction") or {}).get("rouge_l") for m in rounds if m["round"] > 0]}
+    return {
+        "algorithm": cfg.algorithm,
+        "seed": cfg.seed,
+        "setting": label,
+        "train_loss": [m.get("train_loss") for m in rounds if m["round"] > 0],
+        "test_loss": [m.get("test_loss") for m in rounds],
+        "leak_rouge_l": [(m.get("extraction") or {}).get("rouge_l") for m in rounds if m["round"] > 0],
+    }
 
 
 def _meta(name: str, out: Path, t0: float, ev: EvalOptions, started: str, command: str = "") -> dict:
-    return {"name": name or out.name,
-            "command": command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "started": started, "wall_s": round(time.perf_counter() - t0, 1),
-            "test_set": ev.test or "the runs' data.test", "note": None}
+    return {
+        "name": name or out.name,
+        "command": command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "started": started,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "test_set": ev.test or "the runs' data.test",
+        "note": None,
+    }
 
 
 __all__ = ["EvalOptions", "grid", "run_experiment"]

@@ -183,7 +183,9 @@ class Config:
 
 
 def _sections(cfg) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
+    return {
+        f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))
+    }
 
 
 def valid_keys(cfg: Config | None = None) -> list[str]:
@@ -344,16 +346,22 @@ def _check(cond: bool, key: str, msg: str) -> None:
 def _model(cfg: Config) -> None:
     m = cfg.model
     _check(m.template in ("alpaca", "chat"), "model.template", "must be alpaca or chat")
-    _check(m.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"), "model.dtype",
-           f"'{m.dtype}' is not one of auto, bf16, fp16, fp32")
+    _check(
+        m.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
+        "model.dtype",
+        f"'{m.dtype}' is not one of auto, bf16, fp16, fp32",
+    )
     _check(m.max_seq_len >= 16, "model.max_seq_len", "must be at least 16")
 
 
 def _data(cfg: Config) -> None:
     d = cfg.data
     _check(bool(d.train), "data.train", "must name a dataset ('demo', a file, or hf:NAME)")
-    _check(d.format in ("auto", "alpaca", "jsonl", "medinstruct", "hf"), "data.format",
-           "must be auto, alpaca, jsonl, medinstruct or hf")
+    _check(
+        d.format in ("auto", "alpaca", "jsonl", "medinstruct", "hf"),
+        "data.format",
+        "must be auto, alpaca, jsonl, medinstruct or hf",
+    )
     _check(d.on_duplicate in ("error", "drop"), "data.on_duplicate", "must be error or drop")
     _check(d.limit >= 0, "data.limit", "must be >= 0")
 
@@ -426,8 +434,11 @@ def _methods(cfg: Config) -> None:
     _check(1 <= cfg.fedpit.keep <= cfg.fedpit.candidates, "fedpit.keep", "must be between 1 and fedpit.candidates")
     _check(cfg.fedpit.synthetic_epochs >= 1, "fedpit.synthetic_epochs", "must be >= 1")
     _check(cfg.fedpit.select_by in SELECT_BY, "fedpit.select_by", f"must be one of {', '.join(SELECT_BY)}")
-    _check(cfg.fedpit.shared_budget in ("synthetic_epochs", "parity"), "fedpit.shared_budget",
-           "must be synthetic_epochs or parity")
+    _check(
+        cfg.fedpit.shared_budget in ("synthetic_epochs", "parity"),
+        "fedpit.shared_budget",
+        "must be synthetic_epochs or parity",
+    )
     _check(cfg.fedprox.mu >= 0, "fedprox.mu", "must be >= 0")
     _check(cfg.fewfedweight.energy_temperature > 0, "fewfedweight.energy_temperature", "must be > 0")
     _check(cfg.fewfedweight.pseudo_samples >= 0, "fewfedweight.pseudo_samples", "must be >= 0")
@@ -441,8 +452,11 @@ def _flower(cfg: Config) -> None:
     _check(1 <= fl.min_replies <= n, "flower.min_replies", f"must be between 1 and partition.num_clients ({n})")
     _check(fl.dp_noise_multiplier >= 0, "flower.dp_noise_multiplier", "must be >= 0")
     _check(fl.dp_clipping_norm >= 0, "flower.dp_clipping_norm", "must be >= 0 (0 = no DP)")
-    _check(fl.dp_noise_multiplier == 0 or fl.dp_clipping_norm > 0, "flower.dp_noise_multiplier",
-           "needs flower.dp_clipping_norm > 0")
+    _check(
+        fl.dp_noise_multiplier == 0 or fl.dp_clipping_norm > 0,
+        "flower.dp_noise_multiplier",
+        "needs flower.dp_clipping_norm > 0",
+    )
 
 
 SECTION_CHECKS = (_model, _data, _partition, _lora, _train, _federation, _eval, _selfgen, _methods, _flower)

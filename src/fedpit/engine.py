@@ -51,28 +51,35 @@ def cosine_lr(round_idx: int, num_rounds: int, lr0: float, lr_min: float) -> flo
     return lr_min + 0.5 * (lr0 - lr_min) * (1.0 + math.cos(math.pi * round_idx / max(1, num_rounds)))
 
 
-def make_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
-                 group_by_length: bool = True) -> list[list[int]]:
+def make_batches(
+    lengths: Sequence[int], batch_size: int, rng: np.random.Generator, group_by_length: bool = True
+) -> list[list[int]]:
     """Shuffle, then (optionally) sort within windows of 16 batches by length so batches carry little padding."""
     order = rng.permutation(len(lengths)).tolist()
     if group_by_length:
         window = batch_size * 16
-        order = [i for s in range(0, len(order), window)
-                 for i in sorted(order[s:s + window], key=lambda j: -lengths[j])]
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        order = [
+            i for s in range(0, len(order), window) for i in sorted(order[s : s + window], key=lambda j: -lengths[j])
+        ]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     perm = rng.permutation(len(batches)).tolist()
     return [batches[i] for i in perm]
 
 
-def micro_batch_stream(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
-                       group_by_length: bool = True) -> Iterator[list[int]]:
+def micro_batch_stream(
+    lengths: Sequence[int], batch_size: int, rng: np.random.Generator, group_by_length: bool = True
+) -> Iterator[list[int]]:
     """:func:`make_batches` epoch after epoch, endlessly (a fixed step budget cycles over the data)."""
     while True:
         yield from make_batches(lengths, batch_size, rng, group_by_length)
 
 
-def _optimizer_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
-                    extra_loss: Callable[[], torch.Tensor] | None, max_grad_norm: float) -> None:
+def _optimizer_step(
+    opt: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    extra_loss: Callable[[], torch.Tensor] | None,
+    max_grad_norm: float,
+) -> None:
     """Add the extra loss's gradient (FedProx), clip, step, and clear the gradients."""
     if extra_loss is not None:
         extra_loss().backward()
@@ -83,8 +90,9 @@ def _optimizer_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]
 
 
 class Engine:
-    def __init__(self, backbone: Backbone, lora: LoraSpec, *, template: str = "alpaca", max_seq_len: int = 512,
-                 seed: int = 0):
+    def __init__(
+        self, backbone: Backbone, lora: LoraSpec, *, template: str = "alpaca", max_seq_len: int = 512, seed: int = 0
+    ):
         from peft import LoraConfig, get_peft_model
 
         self.backbone = backbone
@@ -94,8 +102,13 @@ class Engine:
         self.max_seq_len = max_seq_len
         self.lora = lora
         torch.manual_seed(seed)  # LoRA A init
-        self.peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        self.peft_config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
         self.model = get_peft_model(backbone.model, self.peft_config)
         self.initial_adapter = self.adapter_state()
         self._encoded: dict[object, Encoded | None] = {}
@@ -135,17 +148,23 @@ class Engine:
         out, cut = [], []
         for ex in examples:
             if ex not in self._encoded:
-                self._encoded[ex] = enc = encode_example(self.tokenizer, ex, template=self.template,
-                                                         max_len=self.max_seq_len)
+                self._encoded[ex] = enc = encode_example(
+                    self.tokenizer, ex, template=self.template, max_len=self.max_seq_len
+                )
                 if enc is not None and enc.full_length:
                     cut.append(enc.full_length)
             if self._encoded[ex] is not None:
                 out.append(self._encoded[ex])
         if cut and not self._warned_cut:
             self._warned_cut = True
-            log.warning("%d of %d examples are longer than model.max_seq_len = %d tokens and were cut to fit (the "
-                        "longest has %d tokens); raise model.max_seq_len to keep more of them (warned once)",
-                        len(cut), len(examples), self.max_seq_len, max(cut))
+            log.warning(
+                "%d of %d examples are longer than model.max_seq_len = %d tokens and were cut to fit (the "
+                "longest has %d tokens); raise model.max_seq_len to keep more of them (warned once)",
+                len(cut),
+                len(examples),
+                self.max_seq_len,
+                max(cut),
+            )
         return out
 
     def _collate(self, items: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -179,7 +198,9 @@ class Engine:
             logits = base(input_ids=ids, attention_mask=mask).logits[:, :-1][sel]
         return logits.float(), targets[sel], rows
 
-    def _token_losses(self, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _token_losses(
+        self, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-target-token cross-entropy and each token's row index."""
         logits, targets, rows = self._target_logits(ids, labels, mask)
         return F.cross_entropy(logits, targets, reduction="none"), rows
@@ -198,7 +219,7 @@ class Engine:
         out = [float("nan")] * len(encoded)
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
         for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+            idx = order[s : s + batch_size]
             logits, _, rows = self._target_logits(*self._collate([encoded[i] for i in idx]))
             e = -temperature * torch.logsumexp(logits / temperature, dim=-1)
             for j, v in zip(idx, self._per_row_mean(e, rows, len(idx))):
@@ -225,7 +246,7 @@ class Engine:
         out = [float("nan")] * len(encoded)
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
         for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+            idx = order[s : s + batch_size]
             tok_loss, rows = self._token_losses(*self._collate([encoded[i] for i in idx]))
             for j, v in zip(idx, self._per_row_mean(tok_loss, rows, len(idx))):
                 out[j] = v
@@ -240,7 +261,7 @@ class Engine:
         total, count = 0.0, 0
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
         for s in range(0, len(order), batch_size):
-            tok_loss, _ = self._token_losses(*self._collate([encoded[i] for i in order[s:s + batch_size]]))
+            tok_loss, _ = self._token_losses(*self._collate([encoded[i] for i in order[s : s + batch_size]]))
             total += float(tok_loss.sum())
             count += tok_loss.numel()
         return total / max(1, count)
@@ -254,8 +275,14 @@ class Engine:
         pairs = [(e, w) for e, w in zip((self.encode([ex]) for ex in examples), weights) if e]
         return [e[0] for e, _ in pairs], torch.tensor([w for _, w in pairs], dtype=torch.float32)
 
-    def _accumulate(self, encoded: Sequence[Encoded], group: list[list[int]], sample_w: torch.Tensor, n_target: int,
-                    stats: TrainStats) -> float:
+    def _accumulate(
+        self,
+        encoded: Sequence[Encoded],
+        group: list[list[int]],
+        sample_w: torch.Tensor,
+        n_target: int,
+        stats: TrainStats,
+    ) -> float:
         """Backward over one optimizer step's micro-batches (gradients accumulate); the step's summed token loss."""
         step_loss = 0.0
         for idx in group:
@@ -269,11 +296,23 @@ class Engine:
             stats.examples_seen += len(mb)
         return step_loss
 
-    def train(self, examples: Sequence, *, lr: float, epochs: int = 1, steps: int = 0, batch_size: int = 4,
-              grad_accum: int = 1, weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
-              group_by_length: bool = True, on_step: Callable[[int, int, float], None] | None = None,
-              extra_loss: Callable[[], torch.Tensor] | None = None,
-              weights: Sequence[float] | None = None) -> TrainStats:
+    def train(
+        self,
+        examples: Sequence,
+        *,
+        lr: float,
+        epochs: int = 1,
+        steps: int = 0,
+        batch_size: int = 4,
+        grad_accum: int = 1,
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 1.0,
+        seed: int = 0,
+        group_by_length: bool = True,
+        on_step: Callable[[int, int, float], None] | None = None,
+        extra_loss: Callable[[], torch.Tensor] | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> TrainStats:
         """Train the currently loaded adapter in place with AdamW at a constant ``lr``.
 
         ``steps`` > 0 fixes the number of optimizer steps (cycling over the data), else ``epochs`` passes are made.

@@ -51,12 +51,16 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def generation_key(engine: Engine, adapter: dict | None, prompts: list[str], max_new_tokens: int,
-                   batch_size: int) -> str:
+def generation_key(
+    engine: Engine, adapter: dict | None, prompts: list[str], max_new_tokens: int, batch_size: int
+) -> str:
     """A digest of everything the greedy answers depend on: backbone, adapter weights, prompts, settings."""
-    h = hashlib.sha256(json.dumps([engine.backbone.path, str(engine.backbone.dtype), engine.template,
-                                   max_new_tokens, batch_size, prompts], ensure_ascii=False).encode("utf-8",
-                                                                                                   "surrogatepass"))
+    h = hashlib.sha256(
+        json.dumps(
+            [engine.backbone.path, str(engine.backbone.dtype), engine.template, max_new_tokens, batch_size, prompts],
+            ensure_ascii=False,
+        ).encode("utf-8", "surrogatepass")
+    )
     for name in sorted(adapter or {}):
         t = adapter[name].detach().cpu().contiguous()
         h.update(name.encode())
@@ -77,8 +81,14 @@ def saved_answers(folder: Path, key: str, n: int) -> list[str] | None:
     return answers if len(answers) == n and all(isinstance(a, str) for a in answers) else None
 
 
-def engine_for(adapter: str | Path | None, *, model: str | None = None, dtype: str = "auto",
-               max_seq_len: int = 512, template: str | None = None) -> Engine:
+def engine_for(
+    adapter: str | Path | None,
+    *,
+    model: str | None = None,
+    dtype: str = "auto",
+    max_seq_len: int = 512,
+    template: str | None = None,
+) -> Engine:
     """An engine whose LoRA shape matches the adapter folder (or the default one for the bare backbone), built by
     :func:`fedpit.federation.make_engine` from the config the folder implies."""
     cfg = Config(seed=0)
@@ -93,9 +103,17 @@ def engine_for(adapter: str | Path | None, *, model: str | None = None, dtype: s
     return make_engine(cfg)
 
 
-def evaluate(engine: Engine, adapter: str | Path | dict | None, examples: list[Example], *,
-             max_new_tokens: int = 256, batch_size: int = 8, judge=None, embed=None,
-             answers_dir: str | Path | None = None) -> EvalResult:
+def evaluate(
+    engine: Engine,
+    adapter: str | Path | dict | None,
+    examples: list[Example],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    judge=None,
+    embed=None,
+    answers_dir: str | Path | None = None,
+) -> EvalResult:
     """Answer every example with ``adapter`` loaded (None: the bare backbone) and score the answers.
 
     With a ``judge``, its endpoint is checked with one cheap request before anything is generated. With
@@ -113,30 +131,55 @@ def evaluate(engine: Engine, adapter: str | Path | dict | None, examples: list[E
         engine.load_adapter(adapter)
     scope = engine.model.disable_adapter() if adapter is None else contextlib.nullcontext()
     with scope:
-        prompts = [build_prompt(e.instruction, e.input, template=engine.template, tokenizer=engine.tokenizer)
-                   for e in examples]
+        prompts = [
+            build_prompt(e.instruction, e.input, template=engine.template, tokenizer=engine.tokenizer) for e in examples
+        ]
         key = generation_key(engine, adapter, prompts, max_new_tokens, batch_size) if answers_dir else ""
         answers = saved_answers(Path(answers_dir), key, len(prompts)) if answers_dir else None
         if answers is not None:
-            log.warning("%s: reusing %d answers saved by an earlier evaluation (same model, adapter, prompts and "
-                        "settings)", Path(answers_dir) / ANSWERS, len(answers))
+            log.warning(
+                "%s: reusing %d answers saved by an earlier evaluation (same model, adapter, prompts and settings)",
+                Path(answers_dir) / ANSWERS,
+                len(answers),
+            )
         else:
-            answers = generate(engine.model, engine.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size)
+            answers = generate(
+                engine.model, engine.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+            )
             if answers_dir:
                 folder = Path(answers_dir)
                 folder.mkdir(parents=True, exist_ok=True)
-                _write_rows(folder / ANSWERS, [{"instruction": e.instruction, "input": e.input, "reference": e.output,
-                                                "answer": a} for e, a in zip(examples, answers)])
+                _write_rows(
+                    folder / ANSWERS,
+                    [
+                        {"instruction": e.instruction, "input": e.input, "reference": e.output, "answer": a}
+                        for e, a in zip(examples, answers)
+                    ],
+                )
                 write_json(folder / GENERATION, {"key": key, "n": len(answers)})
         ref_loss = engine.mean_loss(engine.encode(examples))
     cos = embedding_cosine(answers, [e.output for e in examples], embed=embed)
-    rows = [{"instruction": e.instruction, "input": e.input, "reference": e.output, "answer": a,
-             "rouge_l": rouge_l(a, e.output), "cosine": c} for e, a, c in zip(examples, answers, cos)]
-    metrics = {"n": len(rows), "rouge_l": float(np.mean([r["rouge_l"] for r in rows])) if rows else float("nan"),
-               "cosine": float(np.mean(cos)) if rows else float("nan"), "reference_loss": ref_loss}
+    rows = [
+        {
+            "instruction": e.instruction,
+            "input": e.input,
+            "reference": e.output,
+            "answer": a,
+            "rouge_l": rouge_l(a, e.output),
+            "cosine": c,
+        }
+        for e, a, c in zip(examples, answers, cos)
+    ]
+    metrics = {
+        "n": len(rows),
+        "rouge_l": float(np.mean([r["rouge_l"] for r in rows])) if rows else float("nan"),
+        "cosine": float(np.mean(cos)) if rows else float("nan"),
+        "reference_loss": ref_loss,
+    }
     if judge is not None:
-        items = [{"instruction": e.instruction, "input": e.input, "model_output": a, "reference_output": e.output}
-                 for e, a in zip(examples, answers)]
+        items = [
+            {"instruction": e.instruction, "input": e.input, "model_output": a, "reference_output": e.output}
+            for e, a in zip(examples, answers)
+        ]
         metrics["judge"] = judge.compare(items).as_dict()
     return EvalResult(metrics, rows)

@@ -40,8 +40,20 @@ from .rundir import RunDir, read_json, write_json
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Prepared", "budget_of", "client_context", "client_seed", "client_share", "default_run_name",
-           "finish_run", "make_engine", "open_run", "prepare", "round_plan", "sample_clients"]
+__all__ = [
+    "Prepared",
+    "budget_of",
+    "client_context",
+    "client_seed",
+    "client_share",
+    "default_run_name",
+    "finish_run",
+    "make_engine",
+    "open_run",
+    "prepare",
+    "round_plan",
+    "sample_clients",
+]
 
 
 def peak_rss_mb() -> float:
@@ -66,8 +78,9 @@ def load_split(cfg: Config, which: str) -> list[Example]:
         return []
     if src == "demo":
         return load_demo(which)
-    return load_examples(src, format=cfg.data.format, output_field=cfg.data.output_field or None,
-                         on_duplicate=cfg.data.on_duplicate)
+    return load_examples(
+        src, format=cfg.data.format, output_field=cfg.data.output_field or None, on_duplicate=cfg.data.on_duplicate
+    )
 
 
 def load_train(cfg: Config) -> list[Example]:
@@ -98,8 +111,16 @@ def prepare(cfg: Config) -> Prepared:
         from .selfgen import public_pool
 
         public_pool(cfg.selfgen.public_data)
-    part = make_partition(train, num_clients=p.num_clients, method=p.method, alpha=p.alpha, label=p.label,
-                          num_clusters=p.num_clusters, min_per_client=p.min_per_client, seed=cfg.seed)
+    part = make_partition(
+        train,
+        num_clients=p.num_clients,
+        method=p.method,
+        alpha=p.alpha,
+        label=p.label,
+        num_clusters=p.num_clusters,
+        min_per_client=p.min_per_client,
+        seed=cfg.seed,
+    )
     return Prepared(cfg, train, test, part)
 
 
@@ -107,8 +128,10 @@ def client_share(cfg: Config, k: int) -> list[Example]:
     """Client ``k``'s share of ``data.train``: from the run folder's ``partition.json`` when the server wrote one
     (no re-partitioning on the node), else by partitioning the data as the server does."""
     if not 0 <= k < cfg.partition.num_clients:
-        raise ConfigError(f"node config: partition-id {k} is outside 0..{cfg.partition.num_clients - 1} "
-                          f"(partition.num_clients = {cfg.partition.num_clients})")
+        raise ConfigError(
+            f"node config: partition-id {k} is outside 0..{cfg.partition.num_clients - 1} "
+            f"(partition.num_clients = {cfg.partition.num_clients})"
+        )
     saved = Path(cfg.output_dir) / cfg.run_name / "partition.json" if cfg.run_name else None
     if saved is not None and saved.is_file():
         return Partition.from_dict(read_json(saved)).subset(load_train(cfg), k)
@@ -132,8 +155,15 @@ def round_plan(cfg: Config, method: Method, r: int) -> tuple[list[int], float]:
 def client_context(cfg: Config, method: Method, r: int, k: int) -> RoundContext:
     """Everything client ``k`` needs to know about round ``r``, derived from the config alone."""
     _, lr = round_plan(cfg, method, r)
-    return RoundContext(round=r, num_rounds=cfg.federation.rounds, client_id=k, lr=lr,
-                        seed=client_seed(cfg.seed, r, k), budget=method.budget(cfg), params=params_of(cfg))
+    return RoundContext(
+        round=r,
+        num_rounds=cfg.federation.rounds,
+        client_id=k,
+        lr=lr,
+        seed=client_seed(cfg.seed, r, k),
+        budget=method.budget(cfg),
+        params=params_of(cfg),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- engine
@@ -144,8 +174,9 @@ def make_engine(cfg: Config) -> Engine:
 
     m = cfg.model
     bb = load_backbone(m.name, dtype=m.dtype, device=m.device, cache_dir=m.cache_dir or None)
-    lora = LoraSpec(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                    target_modules=tuple(cfg.lora.target_modules))
+    lora = LoraSpec(
+        r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=tuple(cfg.lora.target_modules)
+    )
     try:
         return Engine(bb, lora, template=m.template, max_seq_len=m.max_seq_len, seed=cfg.seed)
     except ValueError as e:  # peft: target modules not found in the model
@@ -154,8 +185,13 @@ def make_engine(cfg: Config) -> Engine:
 
 def adapter_meta(cfg: Config, client: int | None = None) -> dict:
     """``fedpit.json`` of every adapter folder a run writes (one key set): what to load it onto, and whose it is."""
-    return {"model": cfg.model.name, "template": cfg.model.template, "algorithm": cfg.algorithm, "client": client,
-            "fedpit_version": __version__}
+    return {
+        "model": cfg.model.name,
+        "template": cfg.model.template,
+        "algorithm": cfg.algorithm,
+        "client": client,
+        "fedpit_version": __version__,
+    }
 
 
 def save_adapter(cfg: Config, engine: Engine, folder: Path, state: StateDict, client: int | None = None) -> None:
@@ -164,8 +200,9 @@ def save_adapter(cfg: Config, engine: Engine, folder: Path, state: StateDict, cl
     save_adapter_folder(folder, state, engine.peft_config_dict(), adapter_meta(cfg, client))
 
 
-def open_run(cfg: Config, engine: Engine, prep: Prepared, resume: str | Path | None, transport: str
-             ) -> tuple[RunDir, int, StateDict]:
+def open_run(
+    cfg: Config, engine: Engine, prep: Prepared, resume: str | Path | None, transport: str
+) -> tuple[RunDir, int, StateDict]:
     """A new run folder (round 0 committed), or the one to resume; returns (folder, first round to run, global)."""
     saver = lambda folder, state: save_adapter(cfg, engine, folder, state)  # noqa: E731
     if resume is not None:
@@ -202,9 +239,17 @@ def write_artifacts(folder: Path, artifacts: dict) -> None:
 def client_row(r: int, k: int, lr: float, reply: ClientReply, *, seconds: float, received: int, sent: int) -> dict:
     """One client's line in ``metrics.jsonl`` for round ``r``."""
     m = reply.metrics
-    return {"kind": "client", "round": r, "client": k, "lr": lr, "examples": reply.num_examples,
-            **{key: m[key] for key in m if key != "seconds"},
-            "seconds": round(seconds, 3), "bytes_received": received, "bytes_sent": sent}
+    return {
+        "kind": "client",
+        "round": r,
+        "client": k,
+        "lr": lr,
+        "examples": reply.num_examples,
+        **{key: m[key] for key in m if key != "seconds"},
+        "seconds": round(seconds, 3),
+        "bytes_received": received,
+        "bytes_sent": sent,
+    }
 
 
 def train_loss(rows: list[dict]) -> float | None:
@@ -213,16 +258,38 @@ def train_loss(rows: list[dict]) -> float | None:
     return sum(row.get("loss", 0.0) * row.get("target_tokens", 0) for row in rows) / tokens if tokens else None
 
 
-def round_row(r: int, lr: float, rows: list[dict], *, chosen: list[int], trained: list[int], bytes_down: int,
-              t0: float, test_loss: float | None, extraction: dict | None, dropped: list[int] = (),
-              errors: dict | None = None) -> dict:
+def round_row(
+    r: int,
+    lr: float,
+    rows: list[dict],
+    *,
+    chosen: list[int],
+    trained: list[int],
+    bytes_down: int,
+    t0: float,
+    test_loss: float | None,
+    extraction: dict | None,
+    dropped: list[int] = (),
+    errors: dict | None = None,
+) -> dict:
     """The round's line in ``metrics.jsonl`` (after its clients' lines)."""
-    return {"kind": "round", "round": r, "clients": chosen, "trained": trained, "dropped": list(dropped),
-            "errors": {str(k): v for k, v in (errors or {}).items()}, "lr": lr, "train_loss": train_loss(rows),
-            "test_loss": test_loss, "seconds": round(time.perf_counter() - t0, 3),
-            "bytes_up": sum(row["bytes_sent"] for row in rows), "bytes_down": bytes_down,
-            "synthetic": sum(row.get("synthetic", 0) for row in rows), "extraction": extraction,
-            "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "kind": "round",
+        "round": r,
+        "clients": chosen,
+        "trained": trained,
+        "dropped": list(dropped),
+        "errors": {str(k): v for k, v in (errors or {}).items()},
+        "lr": lr,
+        "train_loss": train_loss(rows),
+        "test_loss": test_loss,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "bytes_up": sum(row["bytes_sent"] for row in rows),
+        "bytes_down": bytes_down,
+        "synthetic": sum(row.get("synthetic", 0) for row in rows),
+        "extraction": extraction,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 def private_adapters(rd: RunDir, num_clients: int, r: int) -> dict[int, StateDict]:
@@ -236,8 +303,7 @@ def private_adapters(rd: RunDir, num_clients: int, r: int) -> dict[int, StateDic
     return out
 
 
-def attack(cfg: Config, rd: RunDir, engine: Engine, train: list[Example], adapter: StateDict | None,
-           name: str) -> dict:
+def attack(cfg: Config, rd: RunDir, engine: Engine, train: list[Example], adapter: StateDict | None, name: str) -> dict:
     """Extraction attack on one adapter (None: the bare backbone); per-example rows go to extraction/NAME.jsonl."""
     from .privacy import extraction_attack, sample_targets
 
@@ -245,15 +311,29 @@ def attack(cfg: Config, rd: RunDir, engine: Engine, train: list[Example], adapte
     if adapter is not None:
         engine.load_adapter(adapter)
     with engine.model.disable_adapter() if adapter is None else nullcontext():
-        res = extraction_attack(engine.model, engine.tokenizer, targets, template=engine.template,
-                                max_new_tokens=cfg.eval.extraction_max_new_tokens, max_len=engine.max_seq_len)
+        res = extraction_attack(
+            engine.model,
+            engine.tokenizer,
+            targets,
+            template=engine.template,
+            max_new_tokens=cfg.eval.extraction_max_new_tokens,
+            max_len=engine.max_seq_len,
+        )
     # the rows quote private training instructions: owner-only (600), like the clients' synthetic data
     write_private_text(rd.path / "extraction" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in res.per_example))
     return res.summary()
 
 
-def evaluate_round(cfg: Config, method: Method, engine: Engine, rd: RunDir, prep: Prepared, r: int,
-                   new_global: StateDict, test_enc: list) -> tuple[float | None, dict | None]:
+def evaluate_round(
+    cfg: Config,
+    method: Method,
+    engine: Engine,
+    rd: RunDir,
+    prep: Prepared,
+    r: int,
+    new_global: StateDict,
+    test_enc: list,
+) -> tuple[float | None, dict | None]:
     """(held-out loss, extraction attack) after round ``r``: of the shared adapter, or for local-only methods the
     mean held-out loss of the clients' own adapters (those in this run folder)."""
     test_loss = None
@@ -272,8 +352,9 @@ def evaluate_round(cfg: Config, method: Method, engine: Engine, rd: RunDir, prep
     return test_loss, extraction
 
 
-def finish_clients(cfg: Config, rd: RunDir, engine: Engine, prep: Prepared, test_enc: list
-                   ) -> tuple[list[str], list[float], dict]:
+def finish_clients(
+    cfg: Config, rd: RunDir, engine: Engine, prep: Prepared, test_enc: list
+) -> tuple[list[str], list[float], dict]:
     """Save each client's private adapter (those in this run folder) as a peft folder, score it on the held-out set
     and, when asked, attack it, the bare backbone and (from the last round's attack) the shared model."""
     personal, losses, extraction = [], [], {}
@@ -294,8 +375,17 @@ def finish_clients(cfg: Config, rd: RunDir, engine: Engine, prep: Prepared, test
     return personal, losses, extraction
 
 
-def summary(cfg: Config, method: Method, rd: RunDir, *, transport: str, t_start: float, personal: list[str],
-            personal_losses: list[float], extraction: dict) -> dict:
+def summary(
+    cfg: Config,
+    method: Method,
+    rd: RunDir,
+    *,
+    transport: str,
+    t_start: float,
+    personal: list[str],
+    personal_losses: list[float],
+    extraction: dict,
+) -> dict:
     """``summary.json``: the same keys for every runtime."""
     rounds = [m for m in rd.read_metrics() if m.get("kind") == "round"]
     trained = [m for m in rounds if m["round"] > 0]
@@ -321,13 +411,31 @@ def summary(cfg: Config, method: Method, rd: RunDir, *, transport: str, t_start:
     }
 
 
-def finish_run(cfg: Config, method: Method, engine: Engine, rd: RunDir, prep: Prepared, global_state: StateDict,
-               test_enc: list, *, transport: str, t_start: float) -> dict:
+def finish_run(
+    cfg: Config,
+    method: Method,
+    engine: Engine,
+    rd: RunDir,
+    prep: Prepared,
+    global_state: StateDict,
+    test_enc: list,
+    *,
+    transport: str,
+    t_start: float,
+) -> dict:
     """The end of a run, for every runtime: final adapters, personal scores, ``summary.json``, status complete."""
     save_adapter(cfg, engine, rd.path / "final", global_state)
     personal, losses, extraction = finish_clients(cfg, rd, engine, prep, test_enc)
-    result = summary(cfg, method, rd, transport=transport, t_start=t_start, personal=personal,
-                     personal_losses=losses, extraction=extraction)
+    result = summary(
+        cfg,
+        method,
+        rd,
+        transport=transport,
+        t_start=t_start,
+        personal=personal,
+        personal_losses=losses,
+        extraction=extraction,
+    )
     rd.finish(result, cfg.federation.rounds)
     return result
 

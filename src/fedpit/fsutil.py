@@ -57,7 +57,9 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
         with tempfile.TemporaryFile(dir=base):
             pass
     except OSError as e:
-        raise ConfigError(f"{what}: cannot write {path}: no file can be created in {base} ({e.strerror or e})") from None
+        raise ConfigError(
+            f"{what}: cannot write {path}: no file can be created in {base} ({e.strerror or e})"
+        ) from None
 
 
 def check_writable_file(path: str | os.PathLike, what: str) -> None:

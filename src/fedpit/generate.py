@@ -23,8 +23,11 @@ def lora_merged(model) -> Iterator[None]:
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged] \
-        if isinstance(model, PeftModel) else []
+    layers = (
+        [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
+        if isinstance(model, PeftModel)
+        else []
+    )
     if not layers or any(m.disable_adapters for m in layers):  # inside model.disable_adapter(): nothing to fold
         yield
         return
@@ -57,10 +60,21 @@ def stop_criteria(tokenizer, stop_strings: Sequence[str]):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 256, batch_size: int = 8,
-             do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
-             repetition_penalty: float = 1.0, seed: int = 0, stop_strings: Sequence[str] | None = None,
-             merge_lora: bool = True) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.0,
+    seed: int = 0,
+    stop_strings: Sequence[str] | None = None,
+    merge_lora: bool = True,
+) -> list[str]:
     """Complete each prompt; batches are formed from length-sorted prompts (a fixed order, so reruns agree).
 
     Each sequence stops at EOS or at any of ``stop_strings`` (which are cut from the returned text), independently of
@@ -77,12 +91,17 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
             stack.enter_context(lora_merged(model))
         model.eval()
         for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+            idx = order[s : s + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
             if do_sample:
                 torch.manual_seed(seed + s)
-            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, repetition_penalty=repetition_penalty,
-                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            kwargs = dict(
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                repetition_penalty=repetition_penalty,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
             if stop_strings and CACHE_STOP_CRITERIA:
                 from transformers import StoppingCriteriaList
 
@@ -94,7 +113,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
             else:  # silence sampling defaults a model's generation_config may carry
                 kwargs.update(temperature=None, top_p=None, top_k=None)
             gen = model.generate(**enc, **kwargs)
-            new = gen[:, enc["input_ids"].shape[1]:]
+            new = gen[:, enc["input_ids"].shape[1] :]
             for j, i in enumerate(idx):
                 text = tokenizer.decode(new[j], skip_special_tokens=True)
                 for stop in stop_strings or ():
@@ -103,8 +122,14 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     return out
 
 
-def load_for_inference(adapter: str | Path | None, *, model: str | None = None, dtype: str = "auto",
-                       device: str = "auto", cache_dir: str | None = None):
+def load_for_inference(
+    adapter: str | Path | None,
+    *,
+    model: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    cache_dir: str | None = None,
+):
     """Backbone (+ a trained adapter folder written by fedpit or peft). Returns (model, tokenizer, template)."""
     from .backbone import DEFAULT_MODEL, load_backbone
     from .rundir import read_adapter_folder

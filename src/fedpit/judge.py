@@ -174,7 +174,7 @@ def parse_fedpit(text: str | None) -> tuple[tuple[float, ...], tuple[float, ...]
         return None
     scores = {}
     for m, end in zip(marks, [marks[1].start(), len(text)]):
-        values = _segment_scores(text[m.end():end])
+        values = _segment_scores(text[m.end() : end])
         if len(values) != len(ASPECTS) or not all(1 <= v <= 5 for v in values):
             return None
         scores[m.group(1).lower()] = values
@@ -219,8 +219,16 @@ class JudgeResult:
         pct = {k: 100.0 * valid.count(k) / len(valid) if valid else math.nan for k in _POINTS}
         item_scores = [it["item_score"] for it in per_item if it["item_score"] is not None]
         score = sum(item_scores) / len(item_scores) if item_scores else math.nan
-        return cls(per_item=per_item, win=pct["win"], tie=pct["tie"], loss=pct["loss"], wt=pct["win"] + pct["tie"],
-                   score=score, unparseable=len(outcomes) - len(valid), n_items=len(per_item))
+        return cls(
+            per_item=per_item,
+            win=pct["win"],
+            tie=pct["tie"],
+            loss=pct["loss"],
+            wt=pct["win"] + pct["tie"],
+            score=score,
+            unparseable=len(outcomes) - len(valid),
+            n_items=len(per_item),
+        )
 
     def as_dict(self) -> dict:
         """JSON-ready; NaN (no valid judgments) becomes None."""
@@ -228,8 +236,9 @@ class JudgeResult:
 
 
 def _is_transient(exc: Exception) -> bool:
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
-                        openai.InternalServerError)):
+    if isinstance(
+        exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
+    ):
         return True
     status = getattr(exc, "status_code", None)
     return isinstance(status, int) and (status == 429 or status >= 500)
@@ -260,8 +269,9 @@ class Judge:
     def client(self):
         if self._client is None:
             api_key = os.environ.get(self.cfg.api_key_env) or "EMPTY"  # local servers accept any key
-            self._client = openai.OpenAI(base_url=self.cfg.base_url, api_key=api_key, timeout=self.cfg.timeout_s,
-                                         max_retries=0)  # retries are ours, with our backoff
+            self._client = openai.OpenAI(
+                base_url=self.cfg.base_url, api_key=api_key, timeout=self.cfg.timeout_s, max_retries=0
+            )  # retries are ours, with our backoff
         return self._client
 
     def _where(self) -> str:
@@ -279,8 +289,11 @@ class Judge:
         before any answer is generated; at most one retry. Done once per judge; raises a one-line ConfigError."""
         if self.checked:
             return
-        self._complete([{"role": "user", "content": "Reply with the word OK."}], max_tokens=1,
-                       max_retries=min(self.cfg.max_retries, 1))
+        self._complete(
+            [{"role": "user", "content": "Reply with the word OK."}],
+            max_tokens=1,
+            max_retries=min(self.cfg.max_retries, 1),
+        )
         self.checked = True
 
     def _complete(self, messages: list[dict], *, max_tokens: int | None = None, max_retries: int | None = None) -> str:
@@ -288,9 +301,12 @@ class Judge:
         for attempt in range(retries + 1):
             self.calls += 1
             try:
-                resp = self.client.chat.completions.create(model=self.cfg.model, messages=messages,
-                                                           temperature=self.cfg.temperature,
-                                                           max_tokens=max_tokens or self.cfg.max_tokens)
+                resp = self.client.chat.completions.create(
+                    model=self.cfg.model,
+                    messages=messages,
+                    temperature=self.cfg.temperature,
+                    max_tokens=max_tokens or self.cfg.max_tokens,
+                )
                 if not resp.choices:
                     raise ConfigError(f"{self._where()} answered without any choices")
                 return resp.choices[0].message.content or ""
@@ -300,8 +316,10 @@ class Judge:
                     code = f"HTTP {status}: " if status else ""
                     raise ConfigError(f"{self._where()} rejected the request: {code}{self._one_line(exc)}") from None
                 if attempt == retries:
-                    raise ConfigError(f"{self._where()} kept failing after {attempt + 1} attempts: "
-                                      f"{type(exc).__name__}: {self._one_line(exc)}") from None
+                    raise ConfigError(
+                        f"{self._where()} kept failing after {attempt + 1} attempts: "
+                        f"{type(exc).__name__}: {self._one_line(exc)}"
+                    ) from None
                 self._sleep(_backoff_s(attempt))
         raise AssertionError("unreachable")
 
@@ -318,8 +336,12 @@ class Judge:
         except (OSError, ValueError, KeyError, TypeError):
             pass  # missing or unreadable: ask the endpoint
         verdict = verdict_from_text(self.cfg.protocol, self._complete(messages))
-        record = {"protocol": self.cfg.protocol, "model": self.cfg.model, "base_url": self.cfg.base_url,
-                  **asdict(verdict)}
+        record = {
+            "protocol": self.cfg.protocol,
+            "model": self.cfg.model,
+            "base_url": self.cfg.base_url,
+            **asdict(verdict),
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -336,14 +358,21 @@ class Judge:
         second = {"b": "win", "tie": "tie", "a": "loss", None: None}  # model shown as Output (b)
         per_item = []
         for i, item in enumerate(items, 1):
-            missing = [k for k in ("instruction", "model_output", "reference_output")
-                       if not isinstance(item.get(k), str)]
+            missing = [
+                k for k in ("instruction", "model_output", "reference_output") if not isinstance(item.get(k), str)
+            ]
             if missing:
                 raise ConfigError(f"judge item {i}: missing or non-string field {missing[0]!r}")
             instruction = item["instruction"] + (f"\n\n{item['input']}" if item.get("input") else "")
             o1 = first[self.judge_pair(instruction, item["model_output"], item["reference_output"]).winner]
             o2 = second[self.judge_pair(instruction, item["reference_output"], item["model_output"]).winner]
             score = (_POINTS[o1] + _POINTS[o2]) / 2 if o1 is not None and o2 is not None else None
-            per_item.append({"instruction": item["instruction"], "verdict_model_first": o1,
-                             "verdict_model_second": o2, "item_score": score})
+            per_item.append(
+                {
+                    "instruction": item["instruction"],
+                    "verdict_model_first": o1,
+                    "verdict_model_second": o2,
+                    "item_score": score,
+                }
+            )
         return JudgeResult.from_items(per_item)

@@ -358,8 +358,9 @@ def plot_partition(partition: Partition, path: str | os.PathLike) -> str:
             if v:
                 ax.text(j, c, str(v), ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
     alpha = "" if partition.alpha is None else f", alpha {partition.alpha:g}"
-    ax.set_title(f"{partition.method} split over {k} clients{alpha}, seed {partition.seed}: examples per label",
-                 fontsize=9)
+    ax.set_title(
+        f"{partition.method} split over {k} clients{alpha}, seed {partition.seed}: examples per label", fontsize=9
+    )
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
     try:

@@ -43,30 +43,49 @@ def sample_targets(examples: Sequence, n: int, seed: int) -> list:
 
 
 @torch.no_grad()
-def _greedy_from_ids(model, tokenizer, prefixes: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+def _greedy_from_ids(
+    model, tokenizer, prefixes: list[list[int]], max_new_tokens: int, batch_size: int
+) -> list[list[int]]:
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     out: list[list[int]] = [[] for _ in prefixes]
     order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
     model.eval()
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         width = max(len(prefixes[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for j, i in enumerate(idx):  # left padding
-            ids[j, width - len(prefixes[i]):] = torch.tensor(prefixes[i])
-            mask[j, width - len(prefixes[i]):] = 1
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             min_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                             pad_token_id=pad)
+            ids[j, width - len(prefixes[i]) :] = torch.tensor(prefixes[i])
+            mask[j, width - len(prefixes[i]) :] = 1
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=pad,
+        )
         for j, i in enumerate(idx):
             out[i] = gen[j, width:].tolist()
     return out
 
 
-def extraction_attack(model, tokenizer, targets: Sequence, *, template: str = "alpaca", max_new_tokens: int = 128,
-                      suffix_tokens: int = 50, batch_size: int = 8, max_len: int = 512) -> ExtractionResult:
+def extraction_attack(
+    model,
+    tokenizer,
+    targets: Sequence,
+    *,
+    template: str = "alpaca",
+    max_new_tokens: int = 128,
+    suffix_tokens: int = 50,
+    batch_size: int = 8,
+    max_len: int = 512,
+) -> ExtractionResult:
     """Attack ``model`` (with whatever adapter is loaded) on each target example; see the module docstring."""
     if not targets:
         return ExtractionResult(0, float("nan"), float("nan"), float("nan"))
@@ -78,14 +97,21 @@ def extraction_attack(model, tokenizer, targets: Sequence, *, template: str = "a
         ids = list(encode_example(tokenizer, t, template=template, max_len=max_len).input_ids)
         half = len(ids) // 2
         prefixes.append(ids[:half])
-        suffixes.append(ids[half:half + suffix_tokens])
+        suffixes.append(ids[half : half + suffix_tokens])
     longest = max(len(s) for s in suffixes)
     produced = _greedy_from_ids(model, tokenizer, prefixes, longest, batch_size)
 
     rows = []
     for t, cont, suf, got in zip(targets, continuations, suffixes, produced):
-        rows.append({"instruction": t.instruction, "continuation": cont, "rouge_l": rouge_l(cont, t.output),
-                     "exact": exact_match(cont, t.output), "prefix_exact": got[:len(suf)] == suf})
+        rows.append(
+            {
+                "instruction": t.instruction,
+                "continuation": cont,
+                "rouge_l": rouge_l(cont, t.output),
+                "exact": exact_match(cont, t.output),
+                "prefix_exact": got[: len(suf)] == suf,
+            }
+        )
     return ExtractionResult(
         n=len(rows),
         rouge_l=float(np.mean([r["rouge_l"] for r in rows])),

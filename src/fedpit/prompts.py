@@ -58,7 +58,7 @@ def encode(tokenizer, prompt: str, response: str, max_len: int) -> Encoded | Non
     r_ids = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     full = len(p_ids) + len(r_ids)
     if full > max_len:
-        p_ids = p_ids[-max(1, min(len(p_ids), max_len // 2)):] if len(p_ids) > max_len // 2 else p_ids
+        p_ids = p_ids[-max(1, min(len(p_ids), max_len // 2)) :] if len(p_ids) > max_len // 2 else p_ids
         r_ids = r_ids[: max_len - len(p_ids)]
     if not r_ids:
         return None

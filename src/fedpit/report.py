@@ -100,8 +100,13 @@ def _plot_bars(rows: list[dict], key: str, title: str, path: Path) -> bool:
         return False
     labels = [f"{r['algorithm']}\n{r['model']}" + (f"\n{r['setting']}" if r["setting"] else "") for r in rows]
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows)), 3.6))
-    ax.bar(range(len(rows)), [r[key] for r in rows], yerr=[r.get(key + "_std", 0) for r in rows], capsize=3,
-           color="#4c72b0")
+    ax.bar(
+        range(len(rows)),
+        [r[key] for r in rows],
+        yerr=[r.get(key + "_std", 0) for r in rows],
+        capsize=3,
+        color="#4c72b0",
+    )
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_title(title)
     fig.tight_layout()
@@ -161,19 +166,20 @@ def load_results(results_file: str | Path) -> tuple[Path, dict]:
     except UnicodeDecodeError as e:
         raise DataError(path, f"not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise DataError(path, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg} (a results.json cut "
-                              "short?)") from None
+        raise DataError(
+            path, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg} (a results.json cut short?)"
+        ) from None
     if not isinstance(data, dict):
         raise DataError(path, f"expected a JSON object with 'records', got {type(data).__name__}")
     if "records" not in data:
-        raise DataError(path, "no 'records' (not a results.json written by fedpit compare or sweep)",
-                        field="records")
+        raise DataError(path, "no 'records' (not a results.json written by fedpit compare or sweep)", field="records")
     records = data["records"]
     if not isinstance(records, list):
         raise DataError(path, f"expected a list, got {type(records).__name__}", field="records")
     if not records:
-        raise DataError(path, "no records: no run of this experiment has been evaluated yet, nothing to report",
-                        field="records")
+        raise DataError(
+            path, "no records: no run of this experiment has been evaluated yet, nothing to report", field="records"
+        )
     for i, r in enumerate(records, 1):
         where = f"record {i}"
         if not isinstance(r, dict):
@@ -182,8 +188,7 @@ def load_results(results_file: str | Path) -> tuple[Path, dict]:
             if key not in r:
                 raise DataError(path, "missing required field", record=where, field=key)
             if not isinstance(r[key], kind) or isinstance(r[key], bool):
-                raise DataError(path, f"expected {kind.__name__}, got {type(r[key]).__name__}", record=where,
-                                field=key)
+                raise DataError(path, f"expected {kind.__name__}, got {type(r[key]).__name__}", record=where, field=key)
         if not isinstance(r.get("setting", ""), str):
             raise DataError(path, f"expected text, got {type(r['setting']).__name__}", record=where, field="setting")
         for key, _, _ in METRICS:
@@ -226,14 +231,17 @@ def _write(results_file: Path, data: dict, out: Path) -> dict[str, Path]:
     rows = aggregate(data.get("records", []))
     curves = data.get("curves", [])
     plots = {}
-    for key, title, fname in (("rouge_l", "Rouge-L vs reference (mean ± std over seeds)", "score.png"),
-                              ("judge_wt", "judge WT % (win + tie)", "judge_wt.png")):
+    for key, title, fname in (
+        ("rouge_l", "Rouge-L vs reference (mean ± std over seeds)", "score.png"),
+        ("judge_wt", "judge WT % (win + tie)", "judge_wt.png"),
+    ):
         if _plot_bars(rows, key, title, out / fname):
             plots[title] = fname
     for key, title, ylabel, fname in (
-            ("leak_rouge_l", "extraction leakage of the shared model", "Rouge-L of continuation", "leakage.png"),
-            ("train_loss", "training loss", "loss", "train_loss.png"),
-            ("test_loss", "held-out loss of the shared model", "loss", "test_loss.png")):
+        ("leak_rouge_l", "extraction leakage of the shared model", "Rouge-L of continuation", "leakage.png"),
+        ("train_loss", "training loss", "loss", "train_loss.png"),
+        ("test_loss", "held-out loss of the shared model", "loss", "test_loss.png"),
+    ):
         if _plot_curves(curves, key, title, ylabel, out / fname):
             plots[title] = fname
     meta = data.get("meta", {})
@@ -244,20 +252,27 @@ def _write(results_file: Path, data: dict, out: Path) -> dict[str, Path]:
         if meta.get(k) is not None:
             md.append(f"- {k}: {meta[k]}")
     md += ["", markdown_table(rows), ""]
-    md += ["Models: `shared` is the final global adapter; `private` is the mean over the clients' own adapters "
-           "(methods that keep them). Leakage: training-data extraction attack on that model after the last round "
-           "(higher = more leakage); for `private`, the mean over the clients' adapters; the bare backbone's "
-           "score on the same targets is the floor.", ""]
+    md += [
+        "Models: `shared` is the final global adapter; `private` is the mean over the clients' own adapters "
+        "(methods that keep them). Leakage: training-data extraction attack on that model after the last round "
+        "(higher = more leakage); for `private`, the mean over the clients' adapters; the bare backbone's "
+        "score on the same targets is the floor.",
+        "",
+    ]
     md += [f"![{t}]({f})" for t, f in plots.items()]
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     body = [f"<h1>{html.escape(md[0][2:])}</h1>"]
     if meta.get("command"):
         body.append(f"<pre>{html.escape(meta['command'])}</pre>")
     body.append(html_table(rows))
-    body += [f'<figure><img src="{html.escape(f)}" alt="{html.escape(t)}"><figcaption>{html.escape(t)}</figcaption>'
-             f"</figure>" for t, f in plots.items()]
+    body += [
+        f'<figure><img src="{html.escape(f)}" alt="{html.escape(t)}"><figcaption>{html.escape(t)}</figcaption></figure>'
+        for t, f in plots.items()
+    ]
     (out / "report.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>fedpit report</title><style>body{font-family:sans-serif}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}</style>"
-        + "\n".join(body), encoding="utf-8")
+        + "\n".join(body),
+        encoding="utf-8",
+    )
     return {"md": out / "report.md", "html": out / "report.html", **{f: out / f for f in plots.values()}}

@@ -25,7 +25,6 @@ from .adapters import StateDict, load_state, nbytes, save_state
 from .algorithms import Method, get_method
 from .config import Config
 from .engine import Engine
-from .fsutil import check_writable_dir
 from .federation import (
     Prepared,
     client_context,
@@ -44,6 +43,7 @@ from .federation import (
     sample_clients,
     write_artifacts,
 )
+from .fsutil import check_writable_dir
 from .rundir import RunDir
 from .selfgen import summary_line
 
@@ -72,8 +72,15 @@ class Runner:
         test_enc = encoded_test(cfg, engine, prep)
 
         R = cfg.federation.rounds
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=self.console, disable=not self.show_progress, transient=False)
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not self.show_progress,
+            transient=False,
+        )
         try:
             with progress if self.show_progress else nullcontext():
                 rounds_task = progress.add_task("rounds", total=R, completed=start - 1)
@@ -84,14 +91,24 @@ class Runner:
                         rd.set_progress(status="stopped")
                         return {"run_dir": str(rd.path), "completed_rounds": r, "status": "stopped"}
         except BaseException as e:
-            rd.set_progress(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                            error=f"{type(e).__name__}: {e}")
+            rd.set_progress(
+                status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=f"{type(e).__name__}: {e}"
+            )
             raise
-        return finish_run(cfg, self.method, engine, rd, prep, global_state, test_enc, transport=TRANSPORT,
-                          t_start=t_start)
+        return finish_run(
+            cfg, self.method, engine, rd, prep, global_state, test_enc, transport=TRANSPORT, t_start=t_start
+        )
 
-    def round(self, r: int, rd: RunDir, prep: Prepared, engine: Engine, global_state: StateDict,
-              test_enc: list, progress: Progress) -> StateDict:
+    def round(
+        self,
+        r: int,
+        rd: RunDir,
+        prep: Prepared,
+        engine: Engine,
+        global_state: StateDict,
+        test_enc: list,
+        progress: Progress,
+    ) -> StateDict:
         """One round: each sampled client trains (its private state from and back to its folder), the server
         aggregates the uploads, the new global adapter is evaluated, and the round is committed."""
         cfg, method = self.cfg, self.method
@@ -105,16 +122,28 @@ class Runner:
             rows.append(client_row(r, k, lr, reply, seconds=seconds, received=down, sent=nbytes(reply.adapter)))
         new_global = method.server_aggregate(global_state, replies)
         test_loss, extraction = evaluate_round(cfg, method, engine, rd, prep, r, new_global, test_enc)
-        rows.append(round_row(r, lr, rows, chosen=chosen, trained=chosen, bytes_down=down * len(chosen), t0=t0,
-                              test_loss=test_loss, extraction=extraction))
+        rows.append(
+            round_row(
+                r,
+                lr,
+                rows,
+                chosen=chosen,
+                trained=chosen,
+                bytes_down=down * len(chosen),
+                t0=t0,
+                test_loss=test_loss,
+                extraction=extraction,
+            )
+        )
         rd.commit_round(r, new_global, rows)
         if test_loss is not None:
             tl = "n/a" if rows[-1]["train_loss"] is None else f"{rows[-1]['train_loss']:.3f}"
             self.console.log(f"round {r}: train loss {tl}, held-out loss {test_loss:.3f}")
         return new_global
 
-    def train_client(self, r: int, k: int, rd: RunDir, prep: Prepared, engine: Engine, global_state: StateDict,
-                     progress: Progress):
+    def train_client(
+        self, r: int, k: int, rd: RunDir, prep: Prepared, engine: Engine, global_state: StateDict, progress: Progress
+    ):
         """Client ``k``'s update in round ``r``; its private state and local outputs stay in its own folder."""
         cfg, method = self.cfg, self.method
         examples = method.examples(prep.train, prep.partition, k)
@@ -126,8 +155,9 @@ class Runner:
         f = rd.latest_client_state(k, r - 1)
         state = load_state(f) if f is not None else {}
         tc = time.perf_counter()
-        result = method.client_update(engine, global_state, examples, state, client_context(cfg, method, r, k),
-                                      on_step=on_step)
+        result = method.client_update(
+            engine, global_state, examples, state, client_context(cfg, method, r, k), on_step=on_step
+        )
         seconds = time.perf_counter() - tc
         if result.state:
             save_state(result.state, rd.client_state_file(k, r))
@@ -135,8 +165,10 @@ class Runner:
         progress.remove_task(task)
         m = result.reply.metrics
         synth = f", {m['synthetic']} synthetic" if "synthetic" in m else ""
-        self.console.log(f"round {r}/{cfg.federation.rounds} client {k}: {len(examples)} examples{synth}, "
-                         f"{m.get('steps', 0)} steps, mean loss {m.get('loss', float('nan')):.3f}, {seconds:.1f} s")
+        self.console.log(
+            f"round {r}/{cfg.federation.rounds} client {k}: {len(examples)} examples{synth}, "
+            f"{m.get('steps', 0)} steps, mean loss {m.get('loss', float('nan')):.3f}, {seconds:.1f} s"
+        )
         if isinstance(m.get("selfgen"), dict):
             self.console.log(f"round {r} client {k} {summary_line(m['selfgen'])}")
         return result.reply, seconds

@@ -41,10 +41,34 @@ from .generate import generate
 from .prompts import build_prompt
 
 SYNTHETIC = "synthetic"
-REFUSAL_PREFIXES = ("as a", "as an", "sorry", "i'm sorry", "i am sorry", "i cannot", "i can't", "i can not",
-                    "i apologize", "i'm unable", "i am unable", "unfortunately", "i do not", "i don't")
-FILTERS = ("unparseable", "length", "truncated", "refusal", "bad_start", "similar", "response_empty", "response_short",
-           "response_degenerate", "response_copy")
+REFUSAL_PREFIXES = (
+    "as a",
+    "as an",
+    "sorry",
+    "i'm sorry",
+    "i am sorry",
+    "i cannot",
+    "i can't",
+    "i can not",
+    "i apologize",
+    "i'm unable",
+    "i am unable",
+    "unfortunately",
+    "i do not",
+    "i don't",
+)
+FILTERS = (
+    "unparseable",
+    "length",
+    "truncated",
+    "refusal",
+    "bad_start",
+    "similar",
+    "response_empty",
+    "response_short",
+    "response_degenerate",
+    "response_copy",
+)
 
 
 def generation_template(setting: str, training_template: str, tokenizer) -> str:
@@ -72,8 +96,10 @@ def task_texts(local: list[Example], mode: str = "auto") -> list[str]:
         mode = "instruction+input" if local and distinct < 0.5 * len(local) else "instruction"
     if mode == "instruction":
         return [e.instruction for e in local]
-    return [" ".join(f"{e.instruction.strip()} {e.input.strip()}".split()) if e.input.strip() else e.instruction
-            for e in local]
+    return [
+        " ".join(f"{e.instruction.strip()} {e.input.strip()}".split()) if e.input.strip() else e.instruction
+        for e in local
+    ]
 
 
 @dataclass
@@ -93,10 +119,16 @@ class SelfGenReport:
     quality_candidates: dict = field(default_factory=dict)  # the same over all candidates (when some were not kept)
 
     def as_dict(self, rows: bool = False) -> dict:
-        d = {"generated_instructions": self.generated_instructions, "generated_responses": self.generated_responses,
-             "dropped": {k: self.dropped.get(k, 0) for k in FILTERS},
-             "candidates": self.kept if self.candidates is None else self.candidates, "kept": self.kept,
-             "select_by": self.select_by, "template": self.template, "quality": self.quality}
+        d = {
+            "generated_instructions": self.generated_instructions,
+            "generated_responses": self.generated_responses,
+            "dropped": {k: self.dropped.get(k, 0) for k in FILTERS},
+            "candidates": self.kept if self.candidates is None else self.candidates,
+            "kept": self.kept,
+            "select_by": self.select_by,
+            "template": self.template,
+            "quality": self.quality,
+        }
         if self.quality_candidates:
             d["quality_candidates"] = self.quality_candidates
         if rows:
@@ -183,7 +215,7 @@ def instruction_filter(text: str | None, references, s: SelfGenSettings) -> str 
 
 def repeated_ngram_ratio(text: str, n: int = 3) -> float:
     words = text.lower().split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
@@ -212,18 +244,31 @@ def response_prompt(demos: list[Example], instruction: str, *, template: str, to
     if template == "chat":
         turns = []
         for d in demos:
-            turns += [{"role": "user", "content": f"{d.instruction}\n\n{d.input}" if d.input else d.instruction},
-                      {"role": "assistant", "content": d.output}]
+            turns += [
+                {"role": "user", "content": f"{d.instruction}\n\n{d.input}" if d.input else d.instruction},
+                {"role": "assistant", "content": d.output},
+            ]
         return _chat(tokenizer, turns + [{"role": "user", "content": instruction}])
-    shots = "".join(build_prompt(d.instruction, d.input, template=template, tokenizer=tokenizer) + d.output + "\n\n"
-                    for d in demos)
+    shots = "".join(
+        build_prompt(d.instruction, d.input, template=template, tokenizer=tokenizer) + d.output + "\n\n" for d in demos
+    )
     return shots + build_prompt(instruction, "", template=template, tokenizer=tokenizer)
 
 
 def _gen(model, tok, prompts, s: SelfGenSettings, max_new_tokens: int, stop: list[str], seed: int) -> list[str]:
-    return generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=s.batch_size,
-                    do_sample=s.do_sample, temperature=s.temperature, top_p=s.top_p,
-                    repetition_penalty=s.repetition_penalty, stop_strings=stop, seed=seed)
+    return generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=s.batch_size,
+        do_sample=s.do_sample,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        repetition_penalty=s.repetition_penalty,
+        stop_strings=stop,
+        seed=seed,
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -233,8 +278,16 @@ def public_pool(path: str) -> tuple[Example, ...]:
     return tuple(load_examples(path, on_duplicate="drop"))
 
 
-def self_generate(model, tokenizer, local: list[Example], s: SelfGenSettings, *, seed: int,
-                  template: str = "alpaca", num: int | None = None) -> tuple[list[Example], SelfGenReport]:
+def self_generate(
+    model,
+    tokenizer,
+    local: list[Example],
+    s: SelfGenSettings,
+    *,
+    seed: int,
+    template: str = "alpaca",
+    num: int | None = None,
+) -> tuple[list[Example], SelfGenReport]:
     """Write up to ``num`` (default ``s.num_instructions``) new synthetic examples from ``local`` demonstrations.
 
     ``model`` must carry the shared global adapter. Deterministic for a given seed (demonstrations are drawn from a
@@ -248,8 +301,10 @@ def self_generate(model, tokenizer, local: list[Example], s: SelfGenSettings, *,
         return [], report
     if s.public_data:
         pool = public_pool(s.public_data)
-        picked = [dataclasses.replace(pool[i], category="public")
-                  for i in sorted(rng.choice(len(pool), size=min(num, len(pool)), replace=False))]
+        picked = [
+            dataclasses.replace(pool[i], category="public")
+            for i in sorted(rng.choice(len(pool), size=min(num, len(pool)), replace=False))
+        ]
         report.kept = len(picked)
         return picked, report
     local_instr = task_texts(local, s.task_text)
@@ -270,12 +325,15 @@ def self_generate(model, tokenizer, local: list[Example], s: SelfGenSettings, *,
         need = num - len(accepted)
         if need <= 0:
             break
-        prompts = [instruction_prompt([local_instr[i] for i in rng.choice(len(local), k, replace=False)],
-                                      template=fmt, tokenizer=tokenizer)
-                   for _ in range(-(-need // per_call))]
+        prompts = [
+            instruction_prompt(
+                [local_instr[i] for i in rng.choice(len(local), k, replace=False)], template=fmt, tokenizer=tokenizer
+            )
+            for _ in range(-(-need // per_call))
+        ]
         outs = _gen(model, tokenizer, prompts, s, cap, stop, seed + len(accepted))
         for out in outs:
-            for cand in ([parse_instruction(out)] if per_call == 1 else parse_instructions(out, per_call)):
+            for cand in [parse_instruction(out)] if per_call == 1 else parse_instructions(out, per_call):
                 if len(accepted) >= num:
                     break
                 report.generated_instructions += 1
@@ -291,8 +349,15 @@ def self_generate(model, tokenizer, local: list[Example], s: SelfGenSettings, *,
     todo = [(instr, 0) for instr in accepted]
     r_stop = ["###"] if fmt != "chat" else ["<|im_start|>"]
     while todo:
-        prompts = [response_prompt([local[i] for i in rng.choice(len(local), r_demos, replace=False)], instr,
-                                   template=fmt, tokenizer=tokenizer) for instr, _ in todo]
+        prompts = [
+            response_prompt(
+                [local[i] for i in rng.choice(len(local), r_demos, replace=False)],
+                instr,
+                template=fmt,
+                tokenizer=tokenizer,
+            )
+            for instr, _ in todo
+        ]
         outs = _gen(model, tokenizer, prompts, s, s.max_response_tokens, r_stop, seed + 7 + len(kept))
         report.generated_responses += len(outs)
         retry = []
@@ -348,7 +413,7 @@ def self_rouge_l(texts) -> float:
     """Mean pairwise Rouge-L F1 within a set (Self-BLEU's idea with Rouge-L): low is diverse (nan below 2 texts)."""
     if len(texts) < 2:
         return float("nan")
-    vals = [_scorer.score(a, b)["rougeL"].fmeasure for i, a in enumerate(texts) for b in texts[i + 1:]]
+    vals = [_scorer.score(a, b)["rougeL"].fmeasure for i, a in enumerate(texts) for b in texts[i + 1 :]]
     return float(np.mean(vals))
 
 
@@ -375,12 +440,13 @@ def ifs_ratio(cond: float, uncond: float) -> float:
 
 def top_k(scores, keep: int, *, lower_is_better: bool) -> list[int]:
     """Indices of the ``keep`` best scores, best first; ties (and nan, ranked last) broken by index: deterministic."""
+
     def key(i):
         v = scores[i]
         bad = v is None or not math.isfinite(v)
         return (bad, (v if lower_is_better else -v) if not bad else 0.0, i)
 
-    return sorted(range(len(scores)), key=key)[:max(0, keep)]
+    return sorted(range(len(scores)), key=key)[: max(0, keep)]
 
 
 def _mean(xs) -> float:
@@ -393,33 +459,53 @@ def summarize_quality(rows: list[dict]) -> dict:
     if not rows:
         return {"n": 0}
     instr = [r["instruction"] for r in rows]
-    out = {"n": len(rows), "on_task": _mean(r.get("on_task") for r in rows),
-           "answer_relevance": _mean(r.get("answer_relevance") for r in rows),
-           "distinct": distinct_ratio(instr), "self_rouge_l": self_rouge_l(instr),
-           "private_rouge_l": _mean(r.get("private_rouge_l") for r in rows),
-           "private_rouge_l_max": max((r["private_rouge_l"] for r in rows if "private_rouge_l" in r), default=float("nan")),
-           "response_words": _mean(r.get("response_words") for r in rows)}
+    out = {
+        "n": len(rows),
+        "on_task": _mean(r.get("on_task") for r in rows),
+        "answer_relevance": _mean(r.get("answer_relevance") for r in rows),
+        "distinct": distinct_ratio(instr),
+        "self_rouge_l": self_rouge_l(instr),
+        "private_rouge_l": _mean(r.get("private_rouge_l") for r in rows),
+        "private_rouge_l_max": max(
+            (r["private_rouge_l"] for r in rows if "private_rouge_l" in r), default=float("nan")
+        ),
+        "response_words": _mean(r.get("response_words") for r in rows),
+    }
     if any("ifs" in r for r in rows):
-        out.update(ifs=_mean(r.get("ifs") for r in rows), loss_cond=_mean(r.get("loss_cond") for r in rows),
-                   loss_uncond=_mean(r.get("loss_uncond") for r in rows))
-    return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else (None if isinstance(v, float) else v))
-            for k, v in out.items()}
+        out.update(
+            ifs=_mean(r.get("ifs") for r in rows),
+            loss_cond=_mean(r.get("loss_cond") for r in rows),
+            loss_uncond=_mean(r.get("loss_uncond") for r in rows),
+        )
+    return {
+        k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else (None if isinstance(v, float) else v))
+        for k, v in out.items()
+    }
 
 
-def measure_rows(synthetic: list[Example], local: list[Example], s: SelfGenSettings, *,
-                 ifs: tuple[list[float], list[float]] | None = None, embed=None) -> list[dict]:
+def measure_rows(
+    synthetic: list[Example],
+    local: list[Example],
+    s: SelfGenSettings,
+    *,
+    ifs: tuple[list[float], list[float]] | None = None,
+    embed=None,
+) -> list[dict]:
     """One row per synthetic example: on-task relevance, answer relevance, closeness to private text and, given the
     private adapter's (L(y|x), L(y)), the IFS terms."""
-    rows = [{"instruction": e.instruction, "response_words": len(e.output.split()),
-             "private_rouge_l": round(c, 4)}
-            for e, c in zip(synthetic, private_closeness([e.output for e in synthetic], [e.output for e in local]))]
+    rows = [
+        {"instruction": e.instruction, "response_words": len(e.output.split()), "private_rouge_l": round(c, 4)}
+        for e, c in zip(synthetic, private_closeness([e.output for e in synthetic], [e.output for e in local]))
+    ]
     if synthetic:
         if embed is None:
             from .partition import minilm_embed as embed
         tasks = task_texts(local, s.task_text)
         vecs = np.asarray(embed([e.instruction for e in synthetic] + [e.output for e in synthetic] + tasks))
         n = len(synthetic)
-        for r, a, b in zip(rows, on_task_relevance(vecs[:n], vecs[2 * n:]), answer_relevance(vecs[:n], vecs[n:2 * n])):
+        for r, a, b in zip(
+            rows, on_task_relevance(vecs[:n], vecs[2 * n :]), answer_relevance(vecs[:n], vecs[n : 2 * n])
+        ):
             r.update(on_task=round(a, 4), answer_relevance=round(b, 4))
     if ifs is not None:
         for r, c, u in zip(rows, *ifs):
@@ -432,8 +518,17 @@ def relevance_score(row: dict) -> float:
     return 0.5 * (row.get("on_task", float("nan")) + row.get("answer_relevance", float("nan")))
 
 
-def assess_and_select(candidates: list[Example], local: list[Example], s: SelfGenSettings, report: SelfGenReport, *,
-                      keep: int | None = None, select_by: str = "none", ifs=None, embed=None) -> list[Example]:
+def assess_and_select(
+    candidates: list[Example],
+    local: list[Example],
+    s: SelfGenSettings,
+    report: SelfGenReport,
+    *,
+    keep: int | None = None,
+    select_by: str = "none",
+    ifs=None,
+    embed=None,
+) -> list[Example]:
     """Measure every candidate, keep ``keep`` of them (all when None) by ``select_by``, record both in ``report``.
 
     ``ifs`` (the private adapter's L(y|x) and L(y) per candidate) is needed for ``select_by="ifs"``. ``none`` keeps
@@ -446,8 +541,11 @@ def assess_and_select(candidates: list[Example], local: list[Example], s: SelfGe
             raise ValueError("select_by='ifs' needs the private adapter's losses")
         ifs = ([], [])
     need_rows = s.measure or select_by == "relevance"
-    rows = measure_rows(candidates, local, s, ifs=ifs, embed=embed) if need_rows else \
-        [{"instruction": e.instruction} for e in candidates]
+    rows = (
+        measure_rows(candidates, local, s, ifs=ifs, embed=embed)
+        if need_rows
+        else [{"instruction": e.instruction} for e in candidates]
+    )
     if not need_rows and ifs is not None:
         for r, c, u in zip(rows, *ifs):
             r.update(loss_cond=round(c, 4), loss_uncond=round(u, 4), ifs=round(ifs_ratio(c, u), 4))
@@ -482,12 +580,16 @@ def summary_line(d: dict) -> str:
         v = q.get(key)
         return "-" if v is None else format(v, fmt)
 
-    line = (f"selfgen {d.get('template') or '?'}: kept {d.get('kept', 0)}/{d.get('candidates', 0)}"
-            f" by {d.get('select_by', 'none')}")
+    line = (
+        f"selfgen {d.get('template') or '?'}: kept {d.get('kept', 0)}/{d.get('candidates', 0)}"
+        f" by {d.get('select_by', 'none')}"
+    )
     if q.get("n"):
-        line += (f"; on-task {f('on_task')}, answer rel {f('answer_relevance')}, distinct {f('distinct')}, "
-                 f"self-RL {f('self_rouge_l')}, RL to private mean {f('private_rouge_l')} max "
-                 f"{f('private_rouge_l_max')}, {f('response_words', '.0f')} words")
+        line += (
+            f"; on-task {f('on_task')}, answer rel {f('answer_relevance')}, distinct {f('distinct')}, "
+            f"self-RL {f('self_rouge_l')}, RL to private mean {f('private_rouge_l')} max "
+            f"{f('private_rouge_l_max')}, {f('response_words', '.0f')} words"
+        )
         if "ifs" in q:
             line += f", IFS {f('ifs', '.3f')}"
     return line

@@ -30,5 +30,15 @@ def get_method(name: str) -> Method:
 
 load_all()
 
-__all__ = ["REGISTRY", "get_method", "load_all", "ClientReply", "ClientResult", "ClientState", "LocalBudget",
-           "Method", "MethodParams", "RoundContext"]
+__all__ = [
+    "REGISTRY",
+    "get_method",
+    "load_all",
+    "ClientReply",
+    "ClientResult",
+    "ClientState",
+    "LocalBudget",
+    "Method",
+    "MethodParams",
+    "RoundContext",
+]

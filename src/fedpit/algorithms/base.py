@@ -69,9 +69,17 @@ class RoundContext:
         epochs, steps = (self.params.fedpit.synthetic_epochs, 0) if synthetic else (b.epochs, b.steps)
         if synthetic and self.params.fedpit.shared_budget == "parity":
             epochs, steps = b.epochs, b.steps or parity_steps(b, local_examples)
-        return dict(lr=self.lr, epochs=epochs, steps=steps, batch_size=b.batch_size, grad_accum=b.grad_accum,
-                    weight_decay=b.weight_decay, max_grad_norm=b.max_grad_norm, seed=self.seed + seed_offset,
-                    group_by_length=b.group_by_length)
+        return dict(
+            lr=self.lr,
+            epochs=epochs,
+            steps=steps,
+            batch_size=b.batch_size,
+            grad_accum=b.grad_accum,
+            weight_decay=b.weight_decay,
+            max_grad_norm=b.max_grad_norm,
+            seed=self.seed + seed_offset,
+            group_by_length=b.group_by_length,
+        )
 
 
 def parity_steps(b: LocalBudget, num_examples: int) -> int:
@@ -101,8 +109,15 @@ OnStep = Callable[[int, int, float], None]  # (step, total steps, loss): progres
 
 
 class ClientUpdate(Protocol):
-    def __call__(self, engine: Engine, global_adapter: StateDict, examples: list[Example], state: ClientState,
-                 ctx: RoundContext, on_step: OnStep | None = None) -> ClientResult: ...
+    def __call__(
+        self,
+        engine: Engine,
+        global_adapter: StateDict,
+        examples: list[Example],
+        state: ClientState,
+        ctx: RoundContext,
+        on_step: OnStep | None = None,
+    ) -> ClientResult: ...
 
 
 ServerAggregate = Callable[[StateDict, list["ClientReply"]], StateDict]
@@ -121,8 +136,15 @@ def sample_clients(seed: int, round_idx: int, num_clients: int, fraction: float,
 
 def budget_of(cfg: Config) -> LocalBudget:
     t = cfg.train
-    return LocalBudget(epochs=t.local_epochs, steps=t.local_steps, batch_size=t.batch_size, grad_accum=t.grad_accum,
-                       weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, group_by_length=t.group_by_length)
+    return LocalBudget(
+        epochs=t.local_epochs,
+        steps=t.local_steps,
+        batch_size=t.batch_size,
+        grad_accum=t.grad_accum,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        group_by_length=t.group_by_length,
+    )
 
 
 @dataclass(frozen=True)
@@ -160,7 +182,7 @@ def register(method: Method) -> Method:
 
 
 def split_state(state: ClientState, prefix: str = LOCAL_PREFIX) -> StateDict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def join_state(adapter: StateDict, prefix: str = LOCAL_PREFIX) -> ClientState:

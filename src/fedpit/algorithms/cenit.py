@@ -42,7 +42,12 @@ class Pooled(Method):
 
 
 # The update itself is FedIT's (train the global adapter on the examples given); only the data and budget differ.
-METHOD = register(Pooled(
-    name="cenit",
-    description="all data pooled, centralized training (no privacy; the ceiling)",
-    client_update=fedit.client_update, server_aggregate=server_aggregate, pools_data=True))
+METHOD = register(
+    Pooled(
+        name="cenit",
+        description="all data pooled, centralized training (no privacy; the ceiling)",
+        client_update=fedit.client_update,
+        server_aggregate=server_aggregate,
+        pools_data=True,
+    )
+)

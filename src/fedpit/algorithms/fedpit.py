@@ -37,21 +37,30 @@ from .base import (
 )
 
 
-def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
-                  on_step=None) -> ClientResult:
+def client_update(
+    engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext, on_step=None
+) -> ClientResult:
     p, s = ctx.params.fedpit, ctx.params.selfgen
     selecting = p.select_by != "auto"  # auto: no selection step, selfgen.num_instructions all kept (as before)
     select_by = p.select_by if selecting else "none"
     engine.load_adapter(global_adapter)  # generation uses the shared model, never a private adapter
-    candidates, report = self_generate(engine.model, engine.tokenizer, examples, s, seed=ctx.seed,
-                                       template=engine.template, num=p.candidates if selecting else None)
+    candidates, report = self_generate(
+        engine.model,
+        engine.tokenizer,
+        examples,
+        s,
+        seed=ctx.seed,
+        template=engine.template,
+        num=p.candidates if selecting else None,
+    )
     private_start = split_state(state) or global_adapter
     ifs = None
     if candidates and (s.measure or select_by == "ifs"):
         engine.load_adapter(private_start)  # the private adapter scores; nothing it computes is uploaded but the choice
         ifs = ifs_terms(engine, candidates)
-    synthetic = assess_and_select(candidates, examples, s, report, select_by=select_by,
-                                  keep=p.keep if selecting else None, ifs=ifs)
+    synthetic = assess_and_select(
+        candidates, examples, s, report, select_by=select_by, keep=p.keep if selecting else None, ifs=ifs
+    )
 
     engine.load_adapter(global_adapter)
     shared = engine.train(synthetic, on_step=on_step, **ctx.train_kwargs(synthetic=True, local_examples=len(examples)))
@@ -61,14 +70,27 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
     local = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs(seed_offset=1))
     new_state = join_state(engine.adapter_state())
 
-    metrics = {**shared.as_dict(), **train_stats("local_", local), "synthetic": len(synthetic),
-               "candidates": len(candidates), "kept": len(synthetic), "selfgen": report.as_dict()}
-    return ClientResult(ClientReply(upload, len(examples), metrics), new_state,
-                        {"synthetic": synthetic, "selfgen": report.as_dict(rows=True)})
+    metrics = {
+        **shared.as_dict(),
+        **train_stats("local_", local),
+        "synthetic": len(synthetic),
+        "candidates": len(candidates),
+        "kept": len(synthetic),
+        "selfgen": report.as_dict(),
+    }
+    return ClientResult(
+        ClientReply(upload, len(examples), metrics),
+        new_state,
+        {"synthetic": synthetic, "selfgen": report.as_dict(rows=True)},
+    )
 
 
-METHOD = register(Method(
-    name="fedpit",
-    description="shared adapter trained on self-generated data only; "
-                "private local adapter on local + synthetic data",
-    client_update=client_update, server_aggregate=fedavg))
+METHOD = register(
+    Method(
+        name="fedpit",
+        description="shared adapter trained on self-generated data only; "
+        "private local adapter on local + synthetic data",
+        client_update=client_update,
+        server_aggregate=fedavg,
+    )
+)

@@ -31,13 +31,15 @@ def select_by_ifs(examples: list, scores: list[float], keep: int) -> list:
     return [examples[i] for i in top_k(scores, keep, lower_is_better=True)]
 
 
-def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
-                  on_step=None) -> ClientResult:
+def client_update(
+    engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext, on_step=None
+) -> ClientResult:
     p, s = ctx.params.fedpit, ctx.params.selfgen
     select_by = "ifs" if p.select_by == "auto" else p.select_by
     engine.load_adapter(global_adapter)
-    candidates, report = self_generate(engine.model, engine.tokenizer, examples, s, seed=ctx.seed,
-                                       template=engine.template, num=p.candidates)
+    candidates, report = self_generate(
+        engine.model, engine.tokenizer, examples, s, seed=ctx.seed, template=engine.template, num=p.candidates
+    )
 
     engine.load_adapter(global_adapter)
     private_stats = engine.train(examples, on_step=on_step, **ctx.train_kwargs())
@@ -47,17 +49,31 @@ def client_update(engine, global_adapter: StateDict, examples: list, state: Clie
     kept = assess_and_select(candidates, examples, s, report, keep=p.keep, select_by=select_by, ifs=ifs)
 
     engine.load_adapter(global_adapter)
-    public_stats = engine.train(kept, on_step=on_step,
-                                **ctx.train_kwargs(seed_offset=1, synthetic=True, local_examples=len(examples)))
+    public_stats = engine.train(
+        kept, on_step=on_step, **ctx.train_kwargs(seed_offset=1, synthetic=True, local_examples=len(examples))
+    )
     public = engine.adapter_state()
 
-    metrics = {**private_stats.as_dict(), **train_stats("public_", public_stats), "synthetic": len(kept),
-               "candidates": len(candidates), "kept": len(kept), "selfgen": report.as_dict()}
-    return ClientResult(ClientReply(mix(private, public, p.beta), len(examples), metrics), state,
-                        {"synthetic": kept, "selfgen": report.as_dict(rows=True)})
+    metrics = {
+        **private_stats.as_dict(),
+        **train_stats("public_", public_stats),
+        "synthetic": len(kept),
+        "candidates": len(candidates),
+        "kept": len(kept),
+        "selfgen": report.as_dict(),
+    }
+    return ClientResult(
+        ClientReply(mix(private, public, p.beta), len(examples), metrics),
+        state,
+        {"synthetic": kept, "selfgen": report.as_dict(rows=True)},
+    )
 
 
-METHOD = register(Method(
-    name="fedpit-mix",
-    description="journal variant: upload beta*private + (1-beta)*public, synthetic data kept by lowest IFS",
-    client_update=client_update, server_aggregate=fedavg))
+METHOD = register(
+    Method(
+        name="fedpit-mix",
+        description="journal variant: upload beta*private + (1-beta)*public, synthetic data kept by lowest IFS",
+        client_update=client_update,
+        server_aggregate=fedavg,
+    )
+)

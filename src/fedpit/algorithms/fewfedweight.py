@@ -36,32 +36,56 @@ def energy_weights(energies: list[float]) -> list[float]:
     return (w / w.sum() * e.size).tolist()
 
 
-def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
-                  on_step=None) -> ClientResult:
+def client_update(
+    engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext, on_step=None
+) -> ClientResult:
     p, s = ctx.params.fewfedweight, ctx.params.selfgen
     engine.load_adapter(global_adapter)
     rng = np.random.default_rng(ctx.seed)
-    picked = [examples[i] for i in sorted(rng.choice(len(examples), min(p.pseudo_samples, len(examples)),
-                                                     replace=False))]
-    prompts = [build_prompt(ex.instruction, ex.input, template=engine.template, tokenizer=engine.tokenizer)
-               for ex in picked]
-    answers = generate(engine.model, engine.tokenizer, prompts, max_new_tokens=s.max_response_tokens,
-                       batch_size=s.batch_size, repetition_penalty=s.repetition_penalty, stop_strings=["###"])
-    pseudo = [Example(ex.instruction, clean_response(a), ex.input, category="pseudo")
-              for ex, a in zip(picked, answers) if clean_response(a)]
+    picked = [
+        examples[i] for i in sorted(rng.choice(len(examples), min(p.pseudo_samples, len(examples)), replace=False))
+    ]
+    prompts = [
+        build_prompt(ex.instruction, ex.input, template=engine.template, tokenizer=engine.tokenizer) for ex in picked
+    ]
+    answers = generate(
+        engine.model,
+        engine.tokenizer,
+        prompts,
+        max_new_tokens=s.max_response_tokens,
+        batch_size=s.batch_size,
+        repetition_penalty=s.repetition_penalty,
+        stop_strings=["###"],
+    )
+    pseudo = [
+        Example(ex.instruction, clean_response(a), ex.input, category="pseudo")
+        for ex, a in zip(picked, answers)
+        if clean_response(a)
+    ]
     energies = engine.energies(engine.encode(pseudo), p.energy_temperature) if pseudo else []
     weights = energy_weights(energies)
 
     engine.load_adapter(global_adapter)
-    stats = engine.train(examples + pseudo, weights=[1.0] * len(examples) + weights, on_step=on_step,
-                         **ctx.train_kwargs())
+    stats = engine.train(
+        examples + pseudo, weights=[1.0] * len(examples) + weights, on_step=on_step, **ctx.train_kwargs()
+    )
     val_loss = engine.mean_loss(engine.encode(examples))
-    metrics = {**stats.as_dict(), "pseudo": len(pseudo), "val_loss": val_loss,
-               "energy_mean": float(np.mean(energies)) if energies else None}
-    return ClientResult(ClientReply(engine.adapter_state(), len(examples), metrics), state,
-                        {"synthetic": [ex for ex in pseudo],
-                         "pseudo_weights": [{"instruction": ex.instruction, "energy": e, "weight": w}
-                                            for ex, e, w in zip(pseudo, energies, weights)]})
+    metrics = {
+        **stats.as_dict(),
+        "pseudo": len(pseudo),
+        "val_loss": val_loss,
+        "energy_mean": float(np.mean(energies)) if energies else None,
+    }
+    return ClientResult(
+        ClientReply(engine.adapter_state(), len(examples), metrics),
+        state,
+        {
+            "synthetic": [ex for ex in pseudo],
+            "pseudo_weights": [
+                {"instruction": ex.instruction, "energy": e, "weight": w} for ex, e, w in zip(pseudo, energies, weights)
+            ],
+        },
+    )
 
 
 def aggregation_weights(replies: list[ClientReply]) -> list[float]:
@@ -76,8 +100,12 @@ def server_aggregate(global_adapter: StateDict, replies: list[ClientReply]) -> S
     return weighted_average([r.adapter for r in replies], aggregation_weights(replies))
 
 
-METHOD = register(Method(
-    name="fewfedweight",
-    description="pseudo responses from the global model, energy-weighted; "
-                "aggregation weights from client loss (approx.)",
-    client_update=client_update, server_aggregate=server_aggregate))
+METHOD = register(
+    Method(
+        name="fewfedweight",
+        description="pseudo responses from the global model, energy-weighted; "
+        "aggregation weights from client loss (approx.)",
+        client_update=client_update,
+        server_aggregate=server_aggregate,
+    )
+)

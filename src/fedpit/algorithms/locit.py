@@ -16,14 +16,20 @@ from .base import (
 )
 
 
-def client_update(engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext,
-                  on_step=None) -> ClientResult:
+def client_update(
+    engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext, on_step=None
+) -> ClientResult:
     engine.load_adapter(split_state(state) or global_adapter)
     stats = engine.train(examples, on_step=on_step, **ctx.train_kwargs())
     return ClientResult(ClientReply({}, len(examples), stats.as_dict()), join_state(engine.adapter_state()))
 
 
-METHOD = register(Method(
-    name="locit",
-    description="each client alone on its own data; no communication",
-    client_update=client_update, server_aggregate=keep_global, shares_adapter=False))
+METHOD = register(
+    Method(
+        name="locit",
+        description="each client alone on its own data; no communication",
+        client_update=client_update,
+        server_aggregate=keep_global,
+        shares_adapter=False,
+    )
+)

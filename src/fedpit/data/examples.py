@@ -215,9 +215,13 @@ def check_utf8(value: str, *, path: str | Path, record: str | None = None, field
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise DataError(path, f"not valid Unicode text: a lone surrogate U+{ord(value[e.start]):04X} at character "
-                              f"{e.start + 1} (an unpaired \\u{ord(value[e.start]):04x} escape?)",
-                        record=record, field=field) from None
+        raise DataError(
+            path,
+            f"not valid Unicode text: a lone surrogate U+{ord(value[e.start]):04X} at character "
+            f"{e.start + 1} (an unpaired \\u{ord(value[e.start]):04x} escape?)",
+            record=record,
+            field=field,
+        ) from None
 
 
 def _type_name(value: object) -> str:

@@ -52,8 +52,9 @@ _PRIVATE: set[bytes] = set()  # fingerprints of this process's private tensors, 
 
 def client_id(node_config: Mapping) -> int:
     if "partition-id" not in node_config:
-        raise ConfigError("node config: 'partition-id' is missing (start the SuperNode with "
-                          "--node-config \"partition-id=K\")")
+        raise ConfigError(
+            "node config: 'partition-id' is missing (start the SuperNode with --node-config \"partition-id=K\")"
+        )
     try:
         return int(node_config["partition-id"])
     except (TypeError, ValueError):
@@ -72,13 +73,21 @@ def cached_engine(cfg: Config) -> Engine:
 def local_examples(cfg: Config, node_config: Mapping, k: int) -> list[Example]:
     """This node's private training examples: its own ``data-file``, or its share of the run's partition."""
     data_file = str(node_config.get("data-file") or "")
-    key = (data_file, str(node_config.get("data-format", "auto")), str(node_config.get("output-field", "")),
-           repr((cfg.data, cfg.partition, cfg.seed)), k)
+    key = (
+        data_file,
+        str(node_config.get("data-format", "auto")),
+        str(node_config.get("output-field", "")),
+        repr((cfg.data, cfg.partition, cfg.seed)),
+        k,
+    )
     if key not in _DATA:
         if data_file:
-            _DATA[key] = load_examples(data_file, format=str(node_config.get("data-format", "auto")),
-                                       output_field=str(node_config.get("output-field", "")) or cfg.data.output_field or None,
-                                       on_duplicate=cfg.data.on_duplicate)
+            _DATA[key] = load_examples(
+                data_file,
+                format=str(node_config.get("data-format", "auto")),
+                output_field=str(node_config.get("output-field", "")) or cfg.data.output_field or None,
+                on_duplicate=cfg.data.on_duplicate,
+            )
         else:
             _DATA[key] = client_share(cfg, k)
     return _DATA[key]
@@ -137,9 +146,14 @@ def train(msg: Message, context: Context) -> Message:
             save_adapter(cfg, engine, rd.path / "clients" / f"client_{k}" / "final", split_state(result.state), k)
     write_artifacts(rd.path / "clients" / f"client_{k}" / f"round_{r:03d}", result.artifacts)
     reply = result.reply
-    metrics = {**reply.metrics, "client-id": k, "num-examples": reply.num_examples,
-               "bytes-sent": nbytes(reply.adapter), "bytes-received": nbytes(global_state),
-               "client-seconds": round(time.perf_counter() - t0, 3)}
+    metrics = {
+        **reply.metrics,
+        "client-id": k,
+        "num-examples": reply.num_examples,
+        "bytes-sent": nbytes(reply.adapter),
+        "bytes-received": nbytes(global_state),
+        "client-seconds": round(time.perf_counter() - t0, 3),
+    }
     log.info("client %d round %d: %d examples, upload %d bytes", k, r, len(examples), nbytes(reply.adapter))
     return Message(RecordDict({ARRAYS: to_record(reply.adapter), METRICS: metric_record(metrics)}), reply_to=msg)
 

@@ -114,5 +114,18 @@ def node_root(cfg: Config, node_config: Mapping) -> Path:
     return Path(cfg.output_dir) / cfg.run_name
 
 
-__all__ = ["ARRAYS", "CONFIG", "METRICS", "config_from_run_config", "config_of", "config_record", "fingerprint",
-           "flat_metrics", "from_record", "informative", "metric_record", "node_root", "to_record"]
+__all__ = [
+    "ARRAYS",
+    "CONFIG",
+    "METRICS",
+    "config_from_run_config",
+    "config_of",
+    "config_record",
+    "fingerprint",
+    "flat_metrics",
+    "from_record",
+    "informative",
+    "metric_record",
+    "node_root",
+    "to_record",
+]

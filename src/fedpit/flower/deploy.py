@@ -36,10 +36,17 @@ DEFAULT_HOSTS = ("127.0.0.1", "localhost", "::1")
 # ---------------------------------------------------------------------------------------------------------- keys
 def check_key_name(name: str) -> str:
     """A key's name must be a plain file name: it becomes ``OUT/NAME`` and ``OUT/NAME.pub``, never a path elsewhere."""
-    if not isinstance(name, str) or not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") \
-            or name != name.strip() or not name.isprintable():
-        raise FedpitError(f"key name {name!r} is not a plain file name (e.g. site-a; no '/', not '.' or '..', "
-                          "not empty)")
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name in (".", "..")
+        or any(c in name for c in "/\\\0")
+        or name != name.strip()
+        or not name.isprintable()
+    ):
+        raise FedpitError(
+            f"key name {name!r} is not a plain file name (e.g. site-a; no '/', not '.' or '..', not empty)"
+        )
     return name
 
 
@@ -54,8 +61,10 @@ def _prepare_out(out: Path, files: list[Path], force: bool) -> None:
         raise FedpitError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
     existing = [str(f) for f in files if f.exists() or f.is_symlink()]
     if existing and not force:
-        raise FedpitError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; refusing to "
-                          "overwrite (a replaced key or certificate cannot be recovered): pass --force to replace")
+        raise FedpitError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; refusing to "
+            "overwrite (a replaced key or certificate cannot be recovered): pass --force to replace"
+        )
 
 
 def _write(path: Path, data: bytes, private: bool = False, force: bool = False) -> None:
@@ -93,19 +102,38 @@ def _make_ca(start: dt.datetime, end: dt.datetime):
 
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedpit deployment CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     return ca_key, ca_name, ca
 
 
-def make_certificates(out: str | Path, hosts: list[str] | tuple[str, ...] = (), days: int = 365, *,
-                      force: bool = False) -> dict[str, Path]:
+def make_certificates(
+    out: str | Path, hosts: list[str] | tuple[str, ...] = (), days: int = 365, *, force: bool = False
+) -> dict[str, Path]:
     """A private CA and a SuperLink certificate for ``hosts`` (plus 127.0.0.1, localhost, ::1).
 
     Writes ca.crt (give it to every SuperNode and to ``flwr``), ca.key (keep offline), server.pem and server.key
@@ -122,8 +150,9 @@ def make_certificates(out: str | Path, hosts: list[str] | tuple[str, ...] = (), 
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
 
     def pem_key(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     def san(name: str):
         try:
@@ -134,15 +163,20 @@ def make_certificates(out: str | Path, hosts: list[str] | tuple[str, ...] = (), 
     ca_key, ca_name, ca = _make_ca(start, end)
     names = list(dict.fromkeys([*DEFAULT_HOSTS, *hosts]))
     srv_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    srv = (x509.CertificateBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[3] if len(names) > 3 else "localhost")]))
-           .issuer_name(ca_name).public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
-           .not_valid_before(start).not_valid_after(end)
-           .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-           .add_extension(x509.SubjectAlternativeName([san(n) for n in names]), critical=False)
-           .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-           .sign(ca_key, hashes.SHA256()))
+    srv = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[3] if len(names) > 3 else "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(srv_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([san(n) for n in names]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     _write(files["ca_key"], pem_key(ca_key), private=True, force=force)
     _write(files["ca"], ca.public_bytes(serialization.Encoding.PEM), force=force)
     _write(files["key"], pem_key(srv_key), private=True, force=force)
@@ -150,8 +184,9 @@ def make_certificates(out: str | Path, hosts: list[str] | tuple[str, ...] = (), 
     return files
 
 
-def make_node_keys(out: str | Path, names: list[str] | tuple[str, ...], *,
-                   force: bool = False) -> list[tuple[Path, Path]]:
+def make_node_keys(
+    out: str | Path, names: list[str] | tuple[str, ...], *, force: bool = False
+) -> list[tuple[Path, Path]]:
     """An ECDSA P-384 key pair per name for SuperNode authentication: [(private key, public key)], OpenSSH format.
 
     Every name is checked (a plain file name, no repeats, no name that is another's ``.pub``) and every target file
@@ -171,8 +206,9 @@ def make_node_keys(out: str | Path, names: list[str] | tuple[str, ...], *,
     made = []
     for name in names:
         key = ec.generate_private_key(ec.SECP384R1())
-        priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                 serialization.NoEncryption())
+        priv = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
         pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         _write(out / name, priv, private=True, force=force)
         _write(out / f"{name}.pub", pub + b"\n", force=force)
@@ -273,35 +309,67 @@ class LocalCluster:
         # Flower's processes start helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name: put this
         # environment's scripts first on PATH, so an unactivated virtualenv works too.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env.update({"FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **self.env})
+        env.update(
+            {
+                "FLWR_HOME": str(self.home),
+                "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "HF_HUB_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                **self.env,
+            }
+        )
         return env
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
         fh = open(self.logs / log, "ab")
-        return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=self._env(), cwd=self.workdir,
-                                start_new_session=True)
+        return subprocess.Popen(
+            args, stdout=fh, stderr=subprocess.STDOUT, env=self._env(), cwd=self.workdir, start_new_session=True
+        )
 
     def flwr(self, *args: str, timeout: float = 120.0) -> dict:
         """A ``flwr`` CLI call with ``--format json``; its parsed output (the CLI's exit code is always 0)."""
-        out = subprocess.run([_bin("flwr"), *args, "--format", "json"], capture_output=True, text=True,
-                             env=self._env(), cwd=self.workdir, timeout=timeout)
+        out = subprocess.run(
+            [_bin("flwr"), *args, "--format", "json"],
+            capture_output=True,
+            text=True,
+            env=self._env(),
+            cwd=self.workdir,
+            timeout=timeout,
+        )
         try:
-            return json.loads(out.stdout[out.stdout.index("{"):])
+            return json.loads(out.stdout[out.stdout.index("{") :])
         except ValueError:
             return {"success": False, "error-message": (out.stdout + out.stderr).strip()[-500:]}
 
     def start(self) -> LocalCluster:
         for d in (self.workdir, self.home, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        conn = [f'[superlink]\ndefault = "{self.connection}"\n', f"[superlink.{self.connection}]",
-                f'address = "127.0.0.1:{self.port}"']
-        link = [_bin("flower-superlink"), "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
-                "--port", str(self.port), "--database", str(self.workdir / "superlink.db")]
+        conn = [
+            f'[superlink]\ndefault = "{self.connection}"\n',
+            f"[superlink.{self.connection}]",
+            f'address = "127.0.0.1:{self.port}"',
+        ]
+        link = [
+            _bin("flower-superlink"),
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.workdir / "superlink.db"),
+        ]
         if self.tls:
             self.certs = make_certificates(self.workdir / "certs", force=True)  # its own: remade each start
-            link += ["--ssl-ca-certfile", str(self.certs["ca"]), "--ssl-certfile", str(self.certs["cert"]),
-                     "--ssl-keyfile", str(self.certs["key"])]
+            link += [
+                "--ssl-ca-certfile",
+                str(self.certs["ca"]),
+                "--ssl-certfile",
+                str(self.certs["cert"]),
+                "--ssl-keyfile",
+                str(self.certs["key"]),
+            ]
             conn.append(f'root-certificates = "{self.certs["ca"]}"')
             if self.auth:
                 link.append("--enable-supernode-auth")
@@ -312,8 +380,11 @@ class LocalCluster:
             conn.append("insecure = true")
         (self.home / "config.toml").write_text("\n".join(conn) + "\n", encoding="utf-8")
         self.superlink = self._spawn(link, "superlink.log")
-        self._wait(lambda: self.flwr("supernode", "list", self.connection, timeout=30).get("success"), 90,
-                   "the SuperLink did not come up (see logs/superlink.log)")
+        self._wait(
+            lambda: self.flwr("supernode", "list", self.connection, timeout=30).get("success"),
+            90,
+            "the SuperLink did not come up (see logs/superlink.log)",
+        )
         for i in range(self.nodes):
             if self.auth:
                 self.register(i)
@@ -323,7 +394,11 @@ class LocalCluster:
 
     def key(self, i: int, name: str | None = None) -> tuple[Path, Path]:
         priv = self.workdir / "keys" / (name or f"node{i}")
-        return (priv, priv.with_suffix(".pub")) if priv.exists() else make_node_key(self.workdir / "keys", name or f"node{i}")
+        return (
+            (priv, priv.with_suffix(".pub"))
+            if priv.exists()
+            else make_node_key(self.workdir / "keys", name or f"node{i}")
+        )
 
     def register(self, i: int) -> dict:
         res = self.flwr("supernode", "register", str(self.key(i)[1]), self.connection)
@@ -333,9 +408,15 @@ class LocalCluster:
 
     def node_args(self, i: int, key_name: str | None = None) -> list[str]:
         cfg = {"partition-id": i, "num-partitions": self.nodes, **self.node_config}
-        args = [_bin("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}", "--port",
-                str(self.node_ports[i] if i < len(self.node_ports) else free_port()),
-                "--node-config", " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in cfg.items())]
+        args = [
+            _bin("flower-supernode"),
+            "--superlink",
+            f"127.0.0.1:{self.port}",
+            "--port",
+            str(self.node_ports[i] if i < len(self.node_ports) else free_port()),
+            "--node-config",
+            " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in cfg.items()),
+        ]
         args += ["--root-certificates", str(self.certs["ca"])] if self.tls else ["--insecure"]
         if self.auth:
             args += ["--auth-supernode-private-key", str(self.key(i, key_name)[0])]
@@ -381,7 +462,10 @@ class LocalCluster:
         """Start the app in ``app_dir`` (a folder whose pyproject has [tool.flwr.app]); returns the run id."""
         args = ["run", str(app_dir), self.connection]
         for k, v in (run_config or {}).items():
-            args += ["--run-config", f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"]
+            args += [
+                "--run-config",
+                f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}",
+            ]
         res = self.flwr(*args, timeout=300)
         if not res.get("success") or "run-id" not in res:
             raise FedpitError(f"flwr run failed: {res}")
@@ -427,9 +511,18 @@ def repo_app_dir() -> Path:
         pp = parent / "pyproject.toml"
         if pp.is_file() and "[tool.flwr.app]" in pp.read_text(encoding="utf-8"):
             return parent
-    raise FedpitError("no pyproject.toml with [tool.flwr.app] above the fedpit package; "
-                      "run from a source checkout or pass --app DIR")
+    raise FedpitError(
+        "no pyproject.toml with [tool.flwr.app] above the fedpit package; run from a source checkout or pass --app DIR"
+    )
 
 
-__all__ = ["LocalCluster", "check_key_name", "free_port", "make_certificates", "make_node_key", "make_node_keys",
-           "repo_app_dir", "stop_tree"]
+__all__ = [
+    "LocalCluster",
+    "check_key_name",
+    "free_port",
+    "make_certificates",
+    "make_node_key",
+    "make_node_keys",
+    "repo_app_dir",
+    "stop_tree",
+]

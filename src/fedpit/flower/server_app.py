@@ -65,8 +65,9 @@ class FedpitStrategy(Strategy):
 
     Being a Strategy lets Flower's DP wrappers wrap it."""
 
-    def __init__(self, cfg: Config, method: Method,
-                 evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None):
+    def __init__(
+        self, cfg: Config, method: Method, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
+    ):
         self.cfg, self.method, self.evaluate_fn = cfg, method, evaluate_fn
         self.nodes: dict[int, int] = {}  # client id -> node id
         self.node_errors: dict[int, str] = {}  # node id -> why it cannot take part
@@ -82,8 +83,10 @@ class FedpitStrategy(Strategy):
         connected = set(grid.get_node_ids())
         self.nodes = {k: n for k, n in self.nodes.items() if n in connected}
         new = sorted(connected - set(self.nodes.values()) - set(self.node_errors))
-        q = [Message(RecordDict({CONFIG: config_record(self.cfg, 0)}), dst_node_id=n, message_type=MessageType.QUERY)
-             for n in new]
+        q = [
+            Message(RecordDict({CONFIG: config_record(self.cfg, 0)}), dst_node_id=n, message_type=MessageType.QUERY)
+            for n in new
+        ]
         for reply in grid.send_and_receive(q, timeout=min(self.cfg.flower.round_timeout_s, 300.0)) if q else []:
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -104,43 +107,62 @@ class FedpitStrategy(Strategy):
             time.sleep(1.0)
         log.info("%d of %d clients connected: %s", len(self.nodes), want, sorted(self.nodes))
         if len(self.nodes) < fl.min_replies:
-            raise FedpitError(f"only {len(self.nodes)} client node(s) connected within flower.wait_for_nodes_s = "
-                              f"{fl.wait_for_nodes_s} s (flower.min_replies = {fl.min_replies})")
+            raise FedpitError(
+                f"only {len(self.nodes)} client node(s) connected within flower.wait_for_nodes_s = "
+                f"{fl.wait_for_nodes_s} s (flower.min_replies = {fl.min_replies})"
+            )
 
     # ------------------------------------------------------------------------------------------ train
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.current = from_record(arrays)
         self.sampled, _ = round_plan(self.cfg, self.method, server_round)
         self.discover(grid)
         self.targets = {k: self.nodes[k] for k in self.sampled if k in self.nodes}
         if len(self.targets) < self.cfg.flower.min_replies:  # cannot reach quorum: fail now, not after the timeout
-            raise FedpitError(f"round {server_round}: only {len(self.targets)} of the sampled clients {self.sampled} "
-                              f"are connected, fewer than flower.min_replies = {self.cfg.flower.min_replies}")
-        return [Message(RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=node,
-                        message_type=MessageType.TRAIN) for _, node in sorted(self.targets.items())]
+            raise FedpitError(
+                f"round {server_round}: only {len(self.targets)} of the sampled clients {self.sampled} "
+                f"are connected, fewer than flower.min_replies = {self.cfg.flower.min_replies}"
+            )
+        return [
+            Message(RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=node, message_type=MessageType.TRAIN)
+            for _, node in sorted(self.targets.items())
+        ]
 
     def check_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The well-formed answers; records the round's dropped clients and errors; fails below quorum."""
         by_node = {n: k for k, n in self.targets.items()}
         replies = list(replies)
         ok = [m for m in replies if _well_formed(m)]
-        self.errors = {by_node.get(m.metadata.src_node_id, -1): m.error.reason if m.has_error() else "malformed reply"
-                       for m in replies if not _well_formed(m)}
+        self.errors = {
+            by_node.get(m.metadata.src_node_id, -1): m.error.reason if m.has_error() else "malformed reply"
+            for m in replies
+            if not _well_formed(m)
+        }
         answered = {_client_of(m) for m in ok}
         self.dropped = sorted(k for k in self.sampled if k not in answered)
         for k in self.dropped:
-            log.warning("round %d: client %d dropped (%s)", server_round, k, self.errors.get(k) or
-                        ("not connected" if k not in self.targets else "no reply before flower.round_timeout_s"))
+            log.warning(
+                "round %d: client %d dropped (%s)",
+                server_round,
+                k,
+                self.errors.get(k)
+                or ("not connected" if k not in self.targets else "no reply before flower.round_timeout_s"),
+            )
         if len(ok) < self.cfg.flower.min_replies:
-            raise FedpitError(f"round {server_round}: {len(ok)} client(s) replied, fewer than flower.min_replies = "
-                              f"{self.cfg.flower.min_replies}; dropped {self.dropped}")
+            raise FedpitError(
+                f"round {server_round}: {len(ok)} client(s) replied, fewer than flower.min_replies = "
+                f"{self.cfg.flower.min_replies}; dropped {self.dropped}"
+            )
         return ok
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         ordered = sorted((m for m in replies if _well_formed(m)), key=_client_of)  # the in-process order
-        uploads = [ClientReply(from_record(m.content.array_records.get(ARRAYS)), int(m.content[METRICS]["num-examples"]))
-                   for m in ordered]
+        uploads = [
+            ClientReply(from_record(m.content.array_records.get(ARRAYS)), int(m.content[METRICS]["num-examples"]))
+            for m in ordered
+        ]
         if not uploads:
             return None, None
         new = self.method.server_aggregate(self.current, uploads)
@@ -165,8 +187,12 @@ def _dp_wrap(cfg: Config, strategy: FedpitStrategy, method: Method) -> Strategy:
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
     sampled = len(round_plan(cfg, method, 1)[0])
-    return DifferentialPrivacyServerSideFixedClipping(strategy, noise_multiplier=fl.dp_noise_multiplier,
-                                                      clipping_norm=fl.dp_clipping_norm, num_sampled_clients=sampled)
+    return DifferentialPrivacyServerSideFixedClipping(
+        strategy,
+        noise_multiplier=fl.dp_noise_multiplier,
+        clipping_norm=fl.dp_clipping_norm,
+        num_sampled_clients=sampled,
+    )
 
 
 class FlowerServer:
@@ -176,8 +202,10 @@ class FlowerServer:
     def __init__(self, cfg: Config, grid: Grid, *, resume: bool = False):
         self.method: Method = get_method(cfg.algorithm)
         if self.method.pools_data:
-            raise ConfigError(f"algorithm: {cfg.algorithm} pools every client's data in one place; it is a reference "
-                              "for `fedpit run`, not something to deploy")
+            raise ConfigError(
+                f"algorithm: {cfg.algorithm} pools every client's data in one place; it is a reference "
+                "for `fedpit run`, not something to deploy"
+            )
         if resume and not cfg.run_name:
             raise ConfigError("resume: needs run_name (the run folder to continue)")
         self.cfg, self.grid, self.resume = named(cfg, TRANSPORT), grid, resume
@@ -192,8 +220,9 @@ class FlowerServer:
         test_enc = encoded_test(cfg, engine, prep)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            loss, extraction = evaluate_round(cfg, self.method, engine, rd, prep, server_round, from_record(arrays),
-                                              test_enc)
+            loss, extraction = evaluate_round(
+                cfg, self.method, engine, rd, prep, server_round, from_record(arrays), test_enc
+            )
             return metric_record({"test_loss": loss, "extraction": extraction or {}})
 
         strategy = FedpitStrategy(cfg, self.method, evaluate_fn)
@@ -205,11 +234,13 @@ class FlowerServer:
         except BaseException as e:
             rd.set_progress(status="failed", error=f"{type(e).__name__}: {e}")
             raise
-        return finish_run(cfg, self.method, engine, rd, prep, global_state, test_enc, transport=TRANSPORT,
-                          t_start=t_start)
+        return finish_run(
+            cfg, self.method, engine, rd, prep, global_state, test_enc, transport=TRANSPORT, t_start=t_start
+        )
 
-    def round(self, r: int, rd: RunDir, strategy: FedpitStrategy, wrapped: Strategy, global_state: StateDict
-              ) -> StateDict:
+    def round(
+        self, r: int, rd: RunDir, strategy: FedpitStrategy, wrapped: Strategy, global_state: StateDict
+    ) -> StateDict:
         """One round, as Flower's ``Strategy.start`` runs it (configure, send and receive, aggregate, evaluate),
         then committed to the run folder with the dropped clients recorded."""
         cfg = self.cfg
@@ -224,12 +255,30 @@ class FlowerServer:
         rows = [_client_row(r, lr, m, down) for m in sorted(ok, key=_client_of)]
         ev = dict(strategy.evaluate_fn(r, to_record(new_global)))
         extraction = {k.split(".", 1)[1]: v for k, v in ev.items() if k.startswith("extraction.")} or None
-        rows.append(round_row(r, lr, rows, chosen=strategy.sampled, trained=sorted(_client_of(m) for m in ok),
-                              bytes_down=down * len(strategy.targets), t0=t0, test_loss=ev.get("test_loss"),
-                              extraction=extraction, dropped=strategy.dropped, errors=strategy.errors))
+        rows.append(
+            round_row(
+                r,
+                lr,
+                rows,
+                chosen=strategy.sampled,
+                trained=sorted(_client_of(m) for m in ok),
+                bytes_down=down * len(strategy.targets),
+                t0=t0,
+                test_loss=ev.get("test_loss"),
+                extraction=extraction,
+                dropped=strategy.dropped,
+                errors=strategy.errors,
+            )
+        )
         rd.commit_round(r, new_global, rows)
-        log.info("round %d: %d/%d clients, train loss %s, held-out loss %s", r, len(ok), len(strategy.sampled),
-                 _fmt(rows[-1]["train_loss"]), _fmt(ev.get("test_loss")))
+        log.info(
+            "round %d: %d/%d clients, train loss %s, held-out loss %s",
+            r,
+            len(ok),
+            len(strategy.sampled),
+            _fmt(rows[-1]["train_loss"]),
+            _fmt(ev.get("test_loss")),
+        )
         return new_global
 
 

@@ -14,8 +14,9 @@ from ..errors import FedpitError
 from ..rundir import RunDir, read_json
 
 
-def simulate(cfg: Config, *, resume: bool = False, num_cpus_per_client: float | None = None,
-             verbose: bool = False) -> dict:
+def simulate(
+    cfg: Config, *, resume: bool = False, num_cpus_per_client: float | None = None, verbose: bool = False
+) -> dict:
     """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run's summary (raises if it failed)."""
     from dataclasses import replace
 
@@ -38,20 +39,34 @@ def simulate(cfg: Config, *, resume: bool = False, num_cpus_per_client: float | 
     cpus = os.cpu_count() or 1
     per_client = num_cpus_per_client or cpus
     gpus = 1.0 if torch.cuda.is_available() else 0.0
-    backend = {"client_resources": {"num_cpus": per_client, "num_gpus": gpus},
-               "init_args": {"num_cpus": cpus, "num_gpus": int(gpus), "include_dashboard": False,
-                             "logging_level": "ERROR", "log_to_driver": verbose}}
+    backend = {
+        "client_resources": {"num_cpus": per_client, "num_gpus": gpus},
+        "init_args": {
+            "num_cpus": cpus,
+            "num_gpus": int(gpus),
+            "include_dashboard": False,
+            "logging_level": "ERROR",
+            "log_to_driver": verbose,
+        },
+    }
     try:
-        run_simulation(make_server_app({"config": str(cfg_file), "resume": resume}), client_app,
-                       num_supernodes=cfg.partition.num_clients, backend_name="ray", backend_config=backend,
-                       verbose_logging=verbose)
+        run_simulation(
+            make_server_app({"config": str(cfg_file), "resume": resume}),
+            client_app,
+            num_supernodes=cfg.partition.num_clients,
+            backend_name="ray",
+            backend_config=backend,
+            verbose_logging=verbose,
+        )
     finally:
         cfg_file.unlink(missing_ok=True)
     rd = RunDir(Path(cfg.output_dir) / cfg.run_name)
     if not rd.is_complete():
         p = rd.progress()
-        raise FedpitError(f"Flower simulation did not complete: {rd.path} status {p.get('status')}"
-                          + (f" ({p['error']})" if p.get("error") else ""))
+        raise FedpitError(
+            f"Flower simulation did not complete: {rd.path} status {p.get('status')}"
+            + (f" ({p['error']})" if p.get("error") else "")
+        )
     return read_json(rd.path / "summary.json")
 
 
