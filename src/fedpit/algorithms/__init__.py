@@ -24,7 +24,7 @@ def load_all() -> dict[str, Method]:
 def get_method(name: str) -> Method:
     """The registered method called ``name``; a one-line ``ConfigError`` naming the valid ones otherwise."""
     if name not in load_all():
-        raise ConfigError(f"algorithm: '{name}' is not one of {', '.join(REGISTRY)}")
+        raise ConfigError(f"algorithm: '{name}' is not one of {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 
