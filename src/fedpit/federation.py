@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .adapters import StateDict, load_state
+from .adapters import StateDict
 from .algorithms.base import (
     ClientReply,
+    ClientState,
     Method,
     MethodParams,
     RoundContext,
     budget_of,
     client_seed,
     sample_clients,
-    split_state,
 )
 from .config import Config
 from .data import Example, check_enough, load_demo, load_examples, save_jsonl
@@ -297,7 +297,7 @@ def private_adapters(rd: RunDir, num_clients: int, r: int) -> dict[int, StateDic
     out = {}
     for k in range(num_clients):
         f = rd.latest_client_state(k, r)
-        local = split_state(load_state(f)) if f is not None else {}
+        local = ClientState.load(f).local
         if local:
             out[k] = local
     return out

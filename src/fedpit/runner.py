@@ -21,8 +21,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .adapters import StateDict, load_state, nbytes, save_state
-from .algorithms import Method, get_method
+from .adapters import StateDict, nbytes
+from .algorithms import ClientState, Method, get_method
 from .config import Config
 from .engine import Engine
 from .federation import (
@@ -153,14 +153,14 @@ class Runner:
             progress.update(task, completed=step, total=total, description=f"round {r} client {k} loss {loss:.3f}")
 
         f = rd.latest_client_state(k, r - 1)
-        state = load_state(f) if f is not None else {}
+        state = ClientState.load(f)
         tc = time.perf_counter()
         result = method.client_update(
             engine, global_state, examples, state, client_context(cfg, method, r, k), on_step=on_step
         )
         seconds = time.perf_counter() - tc
         if result.state:
-            save_state(result.state, rd.client_state_file(k, r))
+            result.state.save(rd.client_state_file(k, r))
         write_artifacts(rd.path / "clients" / f"client_{k}" / f"round_{r:03d}", result.artifacts)
         progress.remove_task(task)
         m = result.reply.metrics

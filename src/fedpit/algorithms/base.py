@@ -8,14 +8,14 @@ same functions. Anything a client keeps private (a local adapter, synthetic data
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
-from ..adapters import StateDict
+from ..adapters import StateDict, load_state, save_state
 from ..config import Config, FedPITConfig, FedProxConfig, FewFedWeightConfig, SelfGenSettings
 
 if TYPE_CHECKING:
@@ -23,8 +23,29 @@ if TYPE_CHECKING:
     from ..engine import Engine
     from ..partition import Partition
 
-ClientState = dict[str, torch.Tensor]  # private per-client tensors, persisted on the client between rounds
-LOCAL_PREFIX = "local."  # state keys of a client's private (personalized) adapter
+LOCAL_PREFIX = "local."  # key prefix of the private adapter's tensors in a client's state file
+
+
+@dataclass
+class ClientState:
+    """A client's private state, kept on the client between rounds and never sent: its local (personalized) adapter.
+
+    On disk it is one safetensors file whose keys are the adapter's, prefixed with ``local.``."""
+
+    local: StateDict = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.local)
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_state({LOCAL_PREFIX + k: v for k, v in self.local.items()}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None) -> ClientState:
+        """The state saved at ``path`` (an empty state for None: the client has not trained yet)."""
+        if path is None:
+            return cls()
+        return cls({k[len(LOCAL_PREFIX) :]: v for k, v in load_state(path).items() if k.startswith(LOCAL_PREFIX)})
 
 
 @dataclass(frozen=True)
@@ -181,12 +202,14 @@ def register(method: Method) -> Method:
     return method
 
 
-def split_state(state: ClientState, prefix: str = LOCAL_PREFIX) -> StateDict:
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+def split_state(state: ClientState | dict) -> StateDict:
+    """The private adapter held in ``state`` (empty when there is none yet)."""
+    return state.local if isinstance(state, ClientState) else {}
 
 
-def join_state(adapter: StateDict, prefix: str = LOCAL_PREFIX) -> ClientState:
-    return {prefix + k: v for k, v in adapter.items()}
+def join_state(adapter: StateDict) -> ClientState:
+    """A client state holding ``adapter`` as the private adapter."""
+    return ClientState(dict(adapter))
 
 
 def fedavg(global_adapter: StateDict, replies: list[ClientReply]) -> StateDict:

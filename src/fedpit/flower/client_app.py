@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..adapters import load_state, nbytes, save_state
-from ..algorithms import get_method
-from ..algorithms.base import LOCAL_PREFIX, split_state
+from ..adapters import nbytes
+from ..algorithms import ClientState, get_method
+from ..algorithms.base import LOCAL_PREFIX
 from ..config import Config
 from ..data import Example, load_examples
 from ..engine import Engine
@@ -134,16 +134,16 @@ def train(msg: Message, context: Context) -> Message:
     global_state = from_record(msg.content.array_records.get(ARRAYS))
     rd = RunDir(node_root(cfg, context.node_config))
     f = rd.latest_client_state(k, r - 1)
-    state = load_state(f) if f is not None else {}
-    _register_private(split_state(state))
+    state = ClientState.load(f)
+    _register_private(state.local)
 
     result = method.client_update(engine, global_state, examples, state, client_context(cfg, method, r, k))
 
     if result.state:
-        save_state(result.state, rd.client_state_file(k, r))
-        _register_private(split_state(result.state))
+        result.state.save(rd.client_state_file(k, r))
+        _register_private(result.state.local)
         if r == cfg.federation.rounds:  # the personalized model stays here, as a peft folder
-            save_adapter(cfg, engine, rd.path / "clients" / f"client_{k}" / "final", split_state(result.state), k)
+            save_adapter(cfg, engine, rd.path / "clients" / f"client_{k}" / "final", result.state.local, k)
     write_artifacts(rd.path / "clients" / f"client_{k}" / f"round_{r:03d}", result.artifacts)
     reply = result.reply
     metrics = {
