@@ -103,6 +103,39 @@ def engine_for(
     return make_engine(cfg)
 
 
+def _answers(
+    engine: Engine,
+    adapter: dict | None,
+    examples: list[Example],
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    answers_dir: str | Path | None,
+) -> list[str]:
+    """Greedy answers to ``prompts``: reused from ``answers_dir`` when an earlier evaluation with the same
+    :func:`generation_key` saved them there, else generated and (with ``answers_dir``) saved at once."""
+    key = generation_key(engine, adapter, prompts, max_new_tokens, batch_size) if answers_dir else ""
+    answers = saved_answers(Path(answers_dir), key, len(prompts)) if answers_dir else None
+    if answers is not None:
+        log.warning(
+            "%s: reusing %d answers saved by an earlier evaluation (same model, adapter, prompts and settings)",
+            Path(answers_dir) / ANSWERS,
+            len(answers),
+        )
+        return answers
+    answers = generate(engine.model, engine.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if answers_dir:
+        folder = Path(answers_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [
+            {"instruction": e.instruction, "input": e.input, "reference": e.output, "answer": a}
+            for e, a in zip(examples, answers)
+        ]
+        _write_rows(folder / ANSWERS, rows)
+        write_json(folder / GENERATION, {"key": key, "n": len(answers)})
+    return answers
+
+
 def evaluate(
     engine: Engine,
     adapter: str | Path | dict | None,
@@ -134,29 +167,7 @@ def evaluate(
         prompts = [
             build_prompt(e.instruction, e.input, template=engine.template, tokenizer=engine.tokenizer) for e in examples
         ]
-        key = generation_key(engine, adapter, prompts, max_new_tokens, batch_size) if answers_dir else ""
-        answers = saved_answers(Path(answers_dir), key, len(prompts)) if answers_dir else None
-        if answers is not None:
-            log.warning(
-                "%s: reusing %d answers saved by an earlier evaluation (same model, adapter, prompts and settings)",
-                Path(answers_dir) / ANSWERS,
-                len(answers),
-            )
-        else:
-            answers = generate(
-                engine.model, engine.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
-            )
-            if answers_dir:
-                folder = Path(answers_dir)
-                folder.mkdir(parents=True, exist_ok=True)
-                _write_rows(
-                    folder / ANSWERS,
-                    [
-                        {"instruction": e.instruction, "input": e.input, "reference": e.output, "answer": a}
-                        for e, a in zip(examples, answers)
-                    ],
-                )
-                write_json(folder / GENERATION, {"key": key, "n": len(answers)})
+        answers = _answers(engine, adapter, examples, prompts, max_new_tokens, batch_size, answers_dir)
         ref_loss = engine.mean_loss(engine.encode(examples))
     cos = embedding_cosine(answers, [e.output for e in examples], embed=embed)
     rows = [

@@ -149,6 +149,40 @@ def _number_or_none(v) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
+def _check_records(path: Path, records: list) -> None:
+    """Each record: an object with algorithm, model, seed, an optional setting and numeric metrics."""
+    for i, r in enumerate(records, 1):
+        where = f"record {i}"
+        if not isinstance(r, dict):
+            raise DataError(path, f"expected an object, got {type(r).__name__}", record=where)
+        for key, kind in (("algorithm", str), ("model", str), ("seed", int)):
+            if key not in r:
+                raise DataError(path, "missing required field", record=where, field=key)
+            if not isinstance(r[key], kind) or isinstance(r[key], bool):
+                raise DataError(path, f"expected {kind.__name__}, got {type(r[key]).__name__}", record=where, field=key)
+        if not isinstance(r.get("setting", ""), str):
+            raise DataError(path, f"expected text, got {type(r['setting']).__name__}", record=where, field="setting")
+        for key, _, _ in METRICS:
+            if not _number_or_none(r.get(key)):
+                raise DataError(path, f"expected a number, got {type(r[key]).__name__}", record=where, field=key)
+
+
+def _check_curves(path: Path, curves) -> None:
+    """Each curve: an object with an algorithm and per-round lists of numbers."""
+    if not isinstance(curves, list):
+        raise DataError(path, f"expected a list, got {type(curves).__name__}", field="curves")
+    for i, c in enumerate(curves, 1):
+        where = f"curve {i}"
+        if not isinstance(c, dict) or not isinstance(c.get("algorithm"), str):
+            raise DataError(path, "expected an object with an 'algorithm'", record=where)
+        if not isinstance(c.get("setting", ""), str):
+            raise DataError(path, "expected text", record=where, field="setting")
+        for key in ("train_loss", "test_loss", "leak_rouge_l"):
+            ys = c.get(key, [])
+            if not isinstance(ys, list) or not all(_number_or_none(y) for y in ys):
+                raise DataError(path, "expected a list of numbers", record=where, field=key)
+
+
 def load_results(results_file: str | Path) -> tuple[Path, dict]:
     """Read and check a ``results.json`` (or the experiment folder holding one): one-line DataErrors naming the
     file, record and field for anything a report cannot be made from, including an experiment with no records."""
@@ -180,33 +214,8 @@ def load_results(results_file: str | Path) -> tuple[Path, dict]:
         raise DataError(
             path, "no records: no run of this experiment has been evaluated yet, nothing to report", field="records"
         )
-    for i, r in enumerate(records, 1):
-        where = f"record {i}"
-        if not isinstance(r, dict):
-            raise DataError(path, f"expected an object, got {type(r).__name__}", record=where)
-        for key, kind in (("algorithm", str), ("model", str), ("seed", int)):
-            if key not in r:
-                raise DataError(path, "missing required field", record=where, field=key)
-            if not isinstance(r[key], kind) or isinstance(r[key], bool):
-                raise DataError(path, f"expected {kind.__name__}, got {type(r[key]).__name__}", record=where, field=key)
-        if not isinstance(r.get("setting", ""), str):
-            raise DataError(path, f"expected text, got {type(r['setting']).__name__}", record=where, field="setting")
-        for key, _, _ in METRICS:
-            if not _number_or_none(r.get(key)):
-                raise DataError(path, f"expected a number, got {type(r[key]).__name__}", record=where, field=key)
-    curves = data.get("curves", [])
-    if not isinstance(curves, list):
-        raise DataError(path, f"expected a list, got {type(curves).__name__}", field="curves")
-    for i, c in enumerate(curves, 1):
-        where = f"curve {i}"
-        if not isinstance(c, dict) or not isinstance(c.get("algorithm"), str):
-            raise DataError(path, "expected an object with an 'algorithm'", record=where)
-        if not isinstance(c.get("setting", ""), str):
-            raise DataError(path, "expected text", record=where, field="setting")
-        for key in ("train_loss", "test_loss", "leak_rouge_l"):
-            ys = c.get(key, [])
-            if not isinstance(ys, list) or not all(_number_or_none(y) for y in ys):
-                raise DataError(path, "expected a list of numbers", record=where, field=key)
+    _check_records(path, records)
+    _check_curves(path, data.get("curves", []))
     meta = data.get("meta", {})
     if not isinstance(meta, dict):
         raise DataError(path, f"expected an object, got {type(meta).__name__}", field="meta")
