@@ -245,6 +245,22 @@ def kmeans_labels(texts: Sequence[str], num_clusters: int, seed: int, embed: Emb
     return [names[int(cluster[t])] for t in texts]
 
 
+def _check_split_args(n: int, method: str, label: str, num_clients, alpha, num_clusters, min_per_client, seed) -> None:
+    """One-line ConfigErrors for split settings that cannot work, before anything is embedded or drawn."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown partition method {method!r}; choose one of {', '.join(METHODS)}")
+    if label not in LABELS:
+        raise ConfigError(f"unknown label source {label!r}; choose one of {', '.join(LABELS)}")
+    _check_int("num_clients", num_clients, 1)
+    if method == "dirichlet":
+        _check_alpha(alpha)
+    _check_int("num_clusters", num_clusters, 1)
+    _check_int("min_per_client", min_per_client, 0)
+    _check_int("seed", seed, 0)
+    if n < num_clients * min_per_client:
+        raise ConfigError(f"{n} examples cannot give {num_clients} clients at least {min_per_client} each")
+
+
 def make_partition(
     examples: Sequence[Any],
     *,
@@ -265,19 +281,7 @@ def make_partition(
     """
     examples = list(examples)
     n = len(examples)
-    if method not in METHODS:
-        raise ConfigError(f"unknown partition method {method!r}; choose one of {', '.join(METHODS)}")
-    if label not in LABELS:
-        raise ConfigError(f"unknown label source {label!r}; choose one of {', '.join(LABELS)}")
-    _check_int("num_clients", num_clients, 1)
-    if method == "dirichlet":
-        _check_alpha(alpha)
-    _check_int("num_clusters", num_clusters, 1)
-    _check_int("min_per_client", min_per_client, 0)
-    _check_int("seed", seed, 0)
-    if n < num_clients * min_per_client:
-        raise ConfigError(f"{n} examples cannot give {num_clients} clients at least {min_per_client} each")
-
+    _check_split_args(n, method, label, num_clients, alpha, num_clusters, min_per_client, seed)
     lacking = sum(1 for ex in examples if not getattr(ex, "category", None))
     if label == "auto":
         label = "category" if n and not lacking else "kmeans" if method == "dirichlet" else "none"

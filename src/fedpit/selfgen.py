@@ -307,14 +307,20 @@ def self_generate(
         ]
         report.kept = len(picked)
         return picked, report
-    local_instr = task_texts(local, s.task_text)
-    local_resp = [e.output for e in local]
-    k = min(s.demos, len(local))
-    fmt = generation_template(s.template, template, tokenizer)
-    report.template = fmt
+    report.template = generation_template(s.template, template, tokenizer)
+    accepted = _write_instructions(model, tokenizer, local, s, num, rng, seed, report)
+    kept = _write_responses(model, tokenizer, local, s, accepted, rng, seed, report)
+    report.kept = len(kept)
+    return kept, report
 
-    # Phase A: instructions. Each wave asks for the missing ones (tasks_per_call per prompt); at most max_attempts
-    # waves, so with one task per call every slot has max_attempts tries.
+
+def _write_instructions(
+    model, tokenizer, local: list[Example], s: SelfGenSettings, num: int, rng, seed: int, report: SelfGenReport
+) -> list[str]:
+    """Phase A: new instructions. Each wave asks for the missing ones (``tasks_per_call`` per prompt); at most
+    ``max_attempts`` waves, so with one task per call every slot has ``max_attempts`` tries."""
+    local_instr = task_texts(local, s.task_text)
+    k = min(s.demos, len(local))
     per_call = max(1, s.tasks_per_call)
     if per_call == 1:
         stop, cap = ["\n"], s.max_instruction_tokens
@@ -327,7 +333,9 @@ def self_generate(
             break
         prompts = [
             instruction_prompt(
-                [local_instr[i] for i in rng.choice(len(local), k, replace=False)], template=fmt, tokenizer=tokenizer
+                [local_instr[i] for i in rng.choice(len(local), k, replace=False)],
+                template=report.template,
+                tokenizer=tokenizer,
             )
             for _ in range(-(-need // per_call))
         ]
@@ -342,8 +350,23 @@ def self_generate(
                     accepted.append(cand)
                 else:
                     report.dropped[why] += 1
+    return accepted
 
-    # Phase B: responses
+
+def _write_responses(
+    model,
+    tokenizer,
+    local: list[Example],
+    s: SelfGenSettings,
+    accepted: list[str],
+    rng,
+    seed: int,
+    report: SelfGenReport,
+) -> list[Example]:
+    """Phase B: a response to each accepted instruction from worked local examples; a filtered one is retried
+    with fresh demonstrations, up to ``max_attempts`` tries per instruction."""
+    fmt = report.template
+    local_resp = [e.output for e in local]
     kept: list[Example] = []
     r_demos = min(s.response_demos, len(local))
     todo = [(instr, 0) for instr in accepted]
@@ -371,8 +394,7 @@ def self_generate(
                 if tries + 1 < s.max_attempts:
                     retry.append((instr, tries + 1))
         todo = retry
-    report.kept = len(kept)
-    return kept, report
+    return kept
 
 
 # ------------------------------------------------------------------------------------------------ synthetic quality
