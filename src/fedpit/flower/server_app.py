@@ -22,22 +22,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from .. import federation as fed
 from ..adapters import StateDict, nbytes
 from ..algorithms import ClientReply, Method, get_method
 from ..config import Config
 from ..errors import ConfigError, FedpitError
-from ..federation import (
-    client_row,
-    encoded_test,
-    evaluate_round,
-    finish_run,
-    make_engine,
-    named,
-    open_run,
-    prepare,
-    round_plan,
-    round_row,
-)
 from ..rundir import RunDir
 from .common import (
     ARRAYS,
@@ -117,7 +106,7 @@ class FedpitStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.current = from_record(arrays)
-        self.sampled, _ = round_plan(self.cfg, self.method, server_round)
+        self.sampled, _ = fed.round_plan(self.cfg, self.method, server_round)
         self.discover(grid)
         self.targets = {k: self.nodes[k] for k in self.sampled if k in self.nodes}
         if len(self.targets) < self.cfg.flower.min_replies:  # cannot reach quorum: fail now, not after the timeout
@@ -186,7 +175,7 @@ def _dp_wrap(cfg: Config, strategy: FedpitStrategy, method: Method) -> Strategy:
         raise ConfigError(f"flower.dp_clipping_norm: {method.name} shares nothing, so there is nothing to privatise")
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-    sampled = len(round_plan(cfg, method, 1)[0])
+    sampled = len(fed.round_plan(cfg, method, 1)[0])
     return DifferentialPrivacyServerSideFixedClipping(
         strategy,
         noise_multiplier=fl.dp_noise_multiplier,
@@ -208,19 +197,19 @@ class FlowerServer:
             )
         if resume and not cfg.run_name:
             raise ConfigError("resume: needs run_name (the run folder to continue)")
-        self.cfg, self.grid, self.resume = named(cfg, TRANSPORT), grid, resume
+        self.cfg, self.grid, self.resume = fed.named(cfg, TRANSPORT), grid, resume
 
     def run(self) -> dict:
         cfg = self.cfg
         t_start = time.perf_counter()
-        prep = prepare(cfg)  # the partition (written to partition.json, read by the nodes) and the held-out set
-        engine = make_engine(cfg)
+        prep = fed.prepare(cfg)  # the partition (written to partition.json, read by the nodes) and the held-out set
+        engine = fed.make_engine(cfg)
         resume = Path(cfg.output_dir) / cfg.run_name if self.resume else None
-        rd, start, global_state = open_run(cfg, engine, prep, resume, TRANSPORT)
-        test_enc = encoded_test(cfg, engine, prep)
+        rd, start, global_state = fed.open_run(cfg, engine, prep, resume, TRANSPORT)
+        test_enc = fed.encoded_test(cfg, engine, prep)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            loss, extraction = evaluate_round(
+            loss, extraction = fed.evaluate_round(
                 cfg, self.method, engine, rd, prep, server_round, from_record(arrays), test_enc
             )
             return metric_record({"test_loss": loss, "extraction": extraction or {}})
@@ -234,7 +223,7 @@ class FlowerServer:
         except BaseException as e:
             rd.set_progress(status="failed", error=f"{type(e).__name__}: {e}")
             raise
-        return finish_run(
+        return fed.finish_run(
             cfg, self.method, engine, rd, prep, global_state, test_enc, transport=TRANSPORT, t_start=t_start
         )
 
@@ -245,7 +234,7 @@ class FlowerServer:
         then committed to the run folder with the dropped clients recorded."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        _, lr = round_plan(cfg, self.method, r)
+        _, lr = fed.round_plan(cfg, self.method, r)
         messages = list(wrapped.configure_train(r, to_record(global_state), config_record(cfg, r), self.grid))
         sent = self.grid.send_and_receive(messages, timeout=cfg.flower.round_timeout_s) if messages else []
         ok = strategy.check_replies(r, sent)
@@ -256,7 +245,7 @@ class FlowerServer:
         ev = dict(strategy.evaluate_fn(r, to_record(new_global)))
         extraction = {k.split(".", 1)[1]: v for k, v in ev.items() if k.startswith("extraction.")} or None
         rows.append(
-            round_row(
+            fed.round_row(
                 r,
                 lr,
                 rows,
@@ -299,7 +288,7 @@ def _client_row(r: int, lr: float, m: Message, down: int) -> dict:
     k, n = int(met.pop("client-id")), int(met.pop("num-examples"))
     sent, seconds = int(met.pop("bytes-sent", 0)), float(met.pop("client-seconds", 0.0))
     met.pop("bytes-received", None)
-    row = client_row(r, k, lr, ClientReply({}, n, met), seconds=seconds, received=down, sent=sent)
+    row = fed.client_row(r, k, lr, ClientReply({}, n, met), seconds=seconds, received=down, sent=sent)
     return {**row, "wire_bytes_sent": m.content.array_records[ARRAYS].count_bytes()}
 
 
