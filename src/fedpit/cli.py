@@ -382,6 +382,20 @@ def _add_compare_parsers(sub) -> None:
         p.set_defaults(func=cmd_compare)
 
 
+def _add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="rebuild report.md/.html and plots from a results.json")
+    p.add_argument("results")
+    p.add_argument(
+        "--benchmarks",
+        nargs="?",
+        const="all",
+        metavar="LIST",
+        help="add the saved multiple-choice accuracies (all, or e.g. pubmedqa,medqa): RESULTS is an experiment "
+        "with benchmarks/results.json, or a results.json from fedpit evaluate --benchmarks",
+    )
+    p.set_defaults(func=cmd_report)
+
+
 def _add_frontier_parser(sub) -> None:
     from .compare import FRONTIER_BETAS, FRONTIER_METHODS
 
@@ -471,17 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parsers(sub)
     _add_frontier_parser(sub)
 
-    p = sub.add_parser("report", help="rebuild report.md/.html and plots from a results.json")
-    p.add_argument("results")
-    p.add_argument(
-        "--benchmarks",
-        nargs="?",
-        const="all",
-        metavar="LIST",
-        help="add the saved multiple-choice accuracies (all, or e.g. pubmedqa,medqa): RESULTS is an experiment "
-        "with benchmarks/results.json, or a results.json from fedpit evaluate --benchmarks",
-    )
-    p.set_defaults(func=cmd_report)
+    _add_report_parser(sub)
 
     p = sub.add_parser("evaluate", help="answer a test set with an adapter (or the bare backbone) and score it")
     p.add_argument("--adapter", "-a", metavar="PATH", help="adapter folder; omit for the bare backbone")
