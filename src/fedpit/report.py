@@ -287,7 +287,7 @@ def _write(results_file: Path, data: dict | None, out: Path, bench: dict | None 
     sections = [frontier_section(data.get("records", []), out)] if data is not None else []
     sections += [benchmark_section(bench)] if bench is not None else []
     for sec in filter(None, sections):
-        md += ["", *sec.markdown()]
+        md += ([""] if md[-1] else []) + sec.markdown()
         body.append(sec.html())
         plots.update(sec.plots)
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
