@@ -64,6 +64,11 @@ def test_frontier_report_from_a_small_results_file(tmp_path):
     assert order == ["| fedit shared", "| fedpit shared", "| fedpit private", "| fedpit-mix β=0.5 shared"] + [
         "| bare backbone"
     ]
+    # against FedIT, in the terms: leakage excess x FedIT's, share of the backbone -> FedIT loss gap closed
+    assert "| fedit shared | 1.00 | 100% | 100.0% | 100.0% |" in section
+    assert "| fedpit shared | 0.00 | 25% | 70.6% | 83.3% |" in section
+    assert "| fedpit-mix β=0.5 shared | 1.25 | 75% | 88.2% | 91.7% |" in section
+    assert "| bare backbone | 0.00 | 0% | 64.7% | 86.7% |" in section
     assert "![privacy-utility frontier](frontier.png)" in section
     width, height = _png_size(tmp_path / "frontier.png")
     assert width > 2.5 * height  # three panels side by side

@@ -485,6 +485,33 @@ def _frontier_cell(row: dict, key: str) -> str:
     return f"{v:.3f} ± {sd:.3f}" if len(row["seeds"]) > 1 else f"{v:.3f}"
 
 
+def _ratio(x: float, y: float, fmt: str) -> str:
+    return format(x / y, fmt) if y else "-"
+
+
+def _relative_blocks(rows: list[dict]) -> list[tuple]:
+    """Each point against FedIT's shared model (means over seeds), in the terms issue 16 sets its goals in: the
+    share of the backbone -> FedIT gap in reference loss closed, utility as a share of FedIT's, and leakage above
+    the floor as a multiple of FedIT's. Empty without both a FedIT shared point and the bare backbone's."""
+    fedit = next((r for r in rows if (r["algorithm"], r["setting"], r["model"]) == ("fedit", "", "shared")), None)
+    bare = next((r for r in rows if r["algorithm"] == "backbone"), None)
+    if fedit is None or bare is None:
+        return []
+    table = []
+    for r in rows:
+        gap = bare.get("reference_loss", math.nan) - fedit.get("reference_loss", math.nan)
+        closed = bare.get("reference_loss", math.nan) - r.get("reference_loss", math.nan)
+        cells = [_ratio(closed, gap, ".0%") if math.isfinite(closed) and math.isfinite(gap) else "-"]
+        for key in ("rouge_l", "cosine"):
+            cells.append(_ratio(r[key], fedit[key], ".1%") if key in r and key in fedit else "-")
+        table.append([r["label"], _ratio(r["leak_excess"], fedit["leak_excess"], ".2f")] + cells)
+    head = ["point", "leakage above floor ÷ FedIT's", "loss gap closed (backbone → FedIT)", "Rouge-L ÷ FedIT's"]
+    return [
+        ("table", head + ["cosine ÷ FedIT's"], table),
+        ("p", "Against FedIT's shared model, from the means above (a ratio is '-' where FedIT's value is 0)."),
+    ]
+
+
 def frontier_section(records: list[dict], out: Path) -> Section | None:
     """The frontier table and plot, from any results whose rows measured leakage and its floor (two points or
     more); ``None`` otherwise."""
@@ -510,6 +537,7 @@ def frontier_section(records: list[dict], out: Path) -> Section | None:
             "'On the front of': no other point has leakage as low and that utility as good (the dashed line).",
         )
     )
+    sec.blocks += _relative_blocks(rows)
     if _plot_frontier(rows, out / "frontier.png"):
         sec.blocks.append(("img", "frontier.png", "privacy-utility frontier"))
         sec.plots["privacy-utility frontier"] = "frontier.png"
