@@ -220,9 +220,8 @@ def test_report_benchmarks_of_an_experiment(tmp_path, capsys):
     exp = tmp_path / "exp"
     _bench_results(exp / "benchmarks")
     (exp / "results.json").write_text(json.dumps({"records": [_rec("fedit", 1, rouge_l=0.2)]}))
-    assert main(["report", str(exp)]) == 0
-    assert "benchmarks" not in (exp / "report.md").read_text()  # only when asked
     assert main(["report", str(exp), "--benchmarks"]) == 0
+    assert (exp / "report.md").read_text() == write_report(exp)["md"].read_text()  # found without asking, too
     md = (exp / "report.md").read_text()
     assert "| fedit | shared | 1 | 0.200 |" in md  # the experiment's own table stays
     sec = md[md.index("## Multiple-choice benchmarks") :]
@@ -280,7 +279,9 @@ def test_report_benchmarks_missing_or_unknown(tmp_path, capsys):
     exp = tmp_path / "exp"
     (exp).mkdir()
     (exp / "results.json").write_text(json.dumps({"records": [_rec("fedit", 1, rouge_l=0.2)]}))
-    assert main(["report", str(exp), "--benchmarks"]) == 2
+    assert main(["report", str(exp)]) == 0
+    assert "benchmarks" not in (exp / "report.md").read_text()  # none saved: no section
+    assert main(["report", str(exp), "--benchmarks"]) == 2  # asked for: an error
     assert "no benchmark results here" in capsys.readouterr().err
     _bench_results(exp / "benchmarks")
     assert main(["report", str(exp), "--benchmarks", "medmcqa"]) == 2

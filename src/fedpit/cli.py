@@ -390,8 +390,8 @@ def _add_report_parser(sub) -> None:
         nargs="?",
         const="all",
         metavar="LIST",
-        help="add the saved multiple-choice accuracies (all, or e.g. pubmedqa,medqa): RESULTS is an experiment "
-        "with benchmarks/results.json, or a results.json from fedpit evaluate --benchmarks",
+        help="the saved multiple-choice accuracies (all, or e.g. pubmedqa,medqa): RESULTS is an experiment with "
+        "benchmarks/results.json (shown even without this option), or a results.json of fedpit evaluate --benchmarks",
     )
     p.set_defaults(func=cmd_report)
 

@@ -230,8 +230,11 @@ def write_report(
 ) -> dict[str, Path]:
     """Write report.md, report.html and plots next to ``results.json`` (or into ``out_dir``). ``benchmarks`` ("all"
     or a list of sets) adds the multiple-choice accuracies saved beside the experiment; given a benchmark
-    results.json of ``fedpit evaluate --benchmarks``, the report holds those alone."""
+    results.json of ``fedpit evaluate --benchmarks``, the report holds those alone. Without ``benchmarks``, an
+    experiment's saved accuracies are shown when there are any (rebuilding a report never drops them)."""
     bench = data = None
+    if benchmarks is None and _beside(results_file).is_file():
+        benchmarks = "all"
     if benchmarks is not None:
         bench_file, own, bench = load_benchmark_results(results_file, benchmarks)
     if bench is not None and own:
@@ -561,6 +564,12 @@ def _read_json_file(path: Path):
         raise DataError(path, f"not valid JSON ({e})") from None
 
 
+def _beside(path: str | Path) -> Path:
+    """Where compare/sweep --benchmarks save the accuracies of the experiment at ``path`` (folder or results.json)."""
+    p = Path(path)
+    return (p if p.is_dir() else p.parent) / "benchmarks" / "results.json"
+
+
 def find_benchmark_results(path: str | Path) -> tuple[Path, bool]:
     """(the benchmark results.json for ``path``, whether it is ``path`` itself): a results.json written by
     ``fedpit evaluate --benchmarks`` (or its folder), or an experiment whose ``benchmarks/results.json`` was written
@@ -569,9 +578,8 @@ def find_benchmark_results(path: str | Path) -> tuple[Path, bool]:
     own = p / "results.json" if p.is_dir() else p
     if own.is_file() and _is_benchmark_results(_read_json_file(own)):
         return own, True
-    beside = own.parent / "benchmarks" / "results.json"
-    if beside.is_file():
-        return beside, False
+    if _beside(p).is_file():
+        return _beside(p), False
     raise DataError(
         p,
         "no benchmark results here (expected a results.json from fedpit evaluate --benchmarks, or an experiment "
