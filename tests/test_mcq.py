@@ -396,6 +396,8 @@ def test_compare_scores_shared_and_private_adapters(tiny_model_path, bench_data,
     assert sc["acc"] == pytest.approx(sum(sc["per_adapter_acc"]) / 2)
     assert "| locit private (mean of 2) |" in printed and "| majority class |" in printed
     assert (out / "benchmarks" / "samples" / "locit private" / "1" / "medqa.jsonl").is_file()
+    report = (out / "report.md").read_text()  # rewritten with the accuracies once they are in
+    assert "### medqa (n = 3)" in report and "| locit private (mean of 2 adapters: " in report
 
 
 def test_compare_checks_benchmark_data_before_training(tmp_path, capsys):

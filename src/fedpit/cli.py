@@ -205,13 +205,18 @@ def cmd_compare(args) -> int:
     from .compare import grid, run_experiment
     from .config import load_config
 
-    base = load_config(args.config, args.overrides)
+    base = load_config(args.config, getattr(args, "overrides_first", []) + args.overrides)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise FedpitError(f"--seeds expects integers like 1,2,3, got '{args.seeds}'") from None
-    cells = grid(base, algorithms, seeds, getattr(args, "set_values", None))
+    if args.command == "frontier":  # the method grid with fedpit-mix over --betas, and the bare backbone's row
+        from .compare import frontier_grid
+
+        cells = frontier_grid(base, algorithms, seeds, args.betas)
+    else:
+        cells = grid(base, algorithms, seeds, getattr(args, "set_values", None))
     out = Path(args.out or f"experiments/{datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.command}")
     from .fsutil import check_writable_dir
 
@@ -223,23 +228,26 @@ def cmd_compare(args) -> int:
         + ("" if args.out else f" --out {shlex.quote(str(out))}")
         + " (finished runs and evaluations are reused)"
     )
-    if args.benchmarks:  # check the benchmark data before hours of training
+    if getattr(args, "benchmarks", None):  # check the benchmark data before hours of training
         from .mcq import check_data
 
         check_data(args.benchmarks, args.benchmark_data)
-    results = run_experiment(cells, out, _eval_options(args), name=out.name, command=command)
+    backbone = args.command == "frontier"
+    results = run_experiment(cells, out, _eval_options(args), name=out.name, command=command, backbone=backbone)
     print(f"fedpit: {args.command} done: {len(cells)} runs; results in {results}, report in {out / 'report.md'}")
-    if args.benchmarks:
+    if getattr(args, "benchmarks", None):
         from .mcq import cli_experiment
+        from .report import write_report
 
         cli_experiment(args, results)
+        write_report(results, benchmarks="all")  # the report again, with the accuracies
     return 0
 
 
 def cmd_report(args) -> int:
     from .report import write_report
 
-    files = write_report(args.results)
+    files = write_report(args.results, benchmarks=args.benchmarks)
     print(f"report written: {files['md']} and {files['html']}")
     return 0
 
@@ -374,6 +382,37 @@ def _add_compare_parsers(sub) -> None:
         p.set_defaults(func=cmd_compare)
 
 
+def _add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="rebuild report.md/.html and plots from a results.json")
+    p.add_argument("results")
+    p.add_argument(
+        "--benchmarks",
+        nargs="?",
+        const="all",
+        metavar="LIST",
+        help="the saved multiple-choice accuracies (all, or e.g. pubmedqa,medqa): RESULTS is an experiment with "
+        "benchmarks/results.json (shown even without this option), or a results.json of fedpit evaluate --benchmarks",
+    )
+    p.set_defaults(func=cmd_report)
+
+
+def _add_frontier_parser(sub) -> None:
+    from .compare import FRONTIER_BETAS, FRONTIER_METHODS
+
+    p = sub.add_parser(
+        "frontier",
+        help="the privacy-utility frontier: methods (fedpit-mix over --betas) and the bare backbone x seeds, "
+        "utility against extraction leakage above the backbone's floor, in one report and plot",
+    )
+    _add_config_args(p)
+    p.add_argument("--algorithms", default=FRONTIER_METHODS)
+    p.add_argument("--betas", default=FRONTIER_BETAS, metavar="B1,B2,...", help="fedpit.beta values for fedpit-mix")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--out", help="experiment folder (default: experiments/<time>-frontier)")
+    _add_eval_args(p, test_default="")
+    p.set_defaults(func=cmd_compare, overrides_first=["eval.extraction_every_round=true"])
+
+
 def _add_flower_parser(sub) -> None:
     p = sub.add_parser("flower", help="run on Flower: simulate | local (SuperLink + SuperNodes here) | certs | keys")
     fl = p.add_subparsers(dest="action", required=True)
@@ -444,10 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_chat)
 
     _add_compare_parsers(sub)
+    _add_frontier_parser(sub)
 
-    p = sub.add_parser("report", help="rebuild report.md/.html and plots from a results.json")
-    p.add_argument("results")
-    p.set_defaults(func=cmd_report)
+    _add_report_parser(sub)
 
     p = sub.add_parser("evaluate", help="answer a test set with an adapter (or the bare backbone) and score it")
     p.add_argument("--adapter", "-a", metavar="PATH", help="adapter folder; omit for the bare backbone")

@@ -65,14 +65,18 @@ def _parse_set_values(spec: str) -> tuple[str, list[str]]:
     return key.strip(), vals
 
 
-def grid(base: Config, algorithms: list[str], seeds: list[int], sweep: str | None = None) -> list[tuple[str, Config]]:
-    """(setting label, config) for every cell; every config is validated before anything runs."""
-    for what, values in (("--algorithms", algorithms), ("--seeds", seeds)):
+def _check_lists(*lists: tuple[str, list]) -> None:
+    for what, values in lists:
         if not values:
             raise ConfigError(f"{what}: nothing to run (the list is empty)")
         twice = sorted({str(v) for v in values if values.count(v) > 1})
         if twice:
             raise ConfigError(f"{what} lists {', '.join(twice)} more than once (each would be run and counted twice)")
+
+
+def grid(base: Config, algorithms: list[str], seeds: list[int], sweep: str | None = None) -> list[tuple[str, Config]]:
+    """(setting label, config) for every cell; every config is validated before anything runs."""
+    _check_lists(("--algorithms", algorithms), ("--seeds", seeds))
     settings: list[tuple[str, list[tuple[str, str]]]] = [("", [])]
     if sweep:
         key, vals = _parse_set_values(sweep)
@@ -89,6 +93,29 @@ def grid(base: Config, algorithms: list[str], seeds: list[int], sweep: str | Non
                 tag = label.replace("=", "-").replace("/", "_").replace(".", "_")
                 name = "-".join(x for x in (algo, f"s{seed}", tag) if x)
                 cells.append((label, replace(cfg, run_name=name)))
+    return cells
+
+
+FRONTIER_METHODS = "fedit,fedpit,fedpit-mix,fedmit,locit,cenit"
+FRONTIER_BETAS = "0,0.25,0.5,0.75,1"
+
+
+def frontier_grid(
+    base: Config, methods: list[str], seeds: list[int], betas: str = FRONTIER_BETAS
+) -> list[tuple[str, Config]]:
+    """The privacy-utility frontier's cells: every method once per seed, ``fedpit-mix`` once per ``fedpit.beta``
+    value, seed by seed (an interrupted frontier holds whole seeds first). It needs the extraction attack, which also
+    measures the bare backbone's floor in every run."""
+    _check_lists(("--algorithms", methods), ("--seeds", seeds))
+    if not base.eval.extraction_every_round:
+        raise ConfigError(
+            "eval.extraction_every_round: the frontier needs the extraction attack (leakage and the backbone's floor)"
+        )
+    plain = [m for m in methods if m != "fedpit-mix"]
+    cells = []
+    for seed in seeds:
+        cells += grid(base, plain, [seed]) if plain else []
+        cells += grid(base, ["fedpit-mix"], [seed], f"fedpit.beta={betas}") if "fedpit-mix" in methods else []
     return cells
 
 
@@ -114,18 +141,21 @@ def _eval_settings(tests: list, ev: EvalOptions) -> dict:
     }
 
 
-def _evaluate_once(folder: str, cfg: Config, tests: list, ev: EvalOptions) -> dict:
-    """Evaluate one adapter folder, or reuse its saved evaluation when it was made with the same settings, so a
-    resumed or extended experiment (more seeds, more methods) does not re-answer the test set."""
-    out = Path(folder) / "eval"
+def _evaluate_once(folder: str | None, cfg: Config, tests: list, ev: EvalOptions, dest: Path | None = None) -> dict:
+    """Evaluate one adapter folder (None: the bare backbone, saved under ``dest``), or reuse its saved evaluation
+    when it was made with the same settings, so a resumed or extended experiment (more seeds, more methods) does not
+    re-answer the test set."""
+    out = Path(dest or folder) / "eval"
     settings = _eval_settings(tests, ev)
+    bare = {"model": cfg.model.name, "template": cfg.model.template} if folder is None else {}
+    settings.update(bare)  # an adapter folder names its backbone and template itself
     if (
         (out / "metrics.json").is_file()
         and (out / "settings.json").is_file()
         and read_json(out / "settings.json") == settings
     ):
         return read_json(out / "metrics.json")
-    engine = engine_for(folder, max_seq_len=cfg.model.max_seq_len, dtype=cfg.model.dtype)
+    engine = engine_for(folder, max_seq_len=cfg.model.max_seq_len, dtype=cfg.model.dtype, **bare)
     res = evaluate(
         engine,
         folder,
@@ -165,56 +195,93 @@ def run_experiment(
     name: str = "",
     console: Console | None = None,
     command: str = "",
+    backbone: bool = False,
 ) -> Path:
     """Run, evaluate and report every cell; returns the path of results.json. ``command`` is recorded in the
-    report as the command that produced it (default: this process's command line)."""
+    report as the command that produced it (default: this process's command line). ``backbone``: also evaluate the
+    bare backbone on the test set and add it as a row per seed (``algorithm`` "backbone", model "bare"), its leakage
+    the floor the runs of that seed measured."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = console or Console(stderr=True)
     records, curves = [], []
     t_all = time.perf_counter()
     started = datetime.now().isoformat(timespec="seconds")
+
+    def save() -> None:
+        meta = _meta(name, out, t_all, ev, started, command)
+        write_json(out / "results.json", {"meta": meta, "records": records, "curves": curves})
+
     for i, (label, cfg) in enumerate(cells, 1):
         cfg = replace(cfg, output_dir=str(out / "runs"))
         console.log(f"[{i}/{len(cells)}] {cfg.algorithm} seed {cfg.seed}" + (f" ({label})" if label else ""))
-        t0 = time.perf_counter()
-        summary = _run_or_resume(cfg)
-        wall = summary.get("seconds_this_process", time.perf_counter() - t0)
-        method = get_method(cfg.algorithm)
-        if ev.test:
-            from .data import load_examples
-
-            tests = load_examples(ev.test, format=ev.format, output_field=ev.reference)
-        else:
-            tests = load_split(cfg, "test")
-        if ev.limit:
-            tests = tests[: ev.limit]
-        models = []
-        if method.shares_adapter:
-            models.append(("shared", [summary["final_adapter"]]))
-        if summary.get("personal_adapters"):
-            models.append(("private", summary["personal_adapters"]))
-        for kind, folders in models:
-            per = [_evaluate_once(folder, cfg, tests, ev) for folder in folders]
-            head = {
-                "algorithm": cfg.algorithm,
-                "seed": cfg.seed,
-                "setting": label,
-                "model": kind,
-                "run_dir": summary["run_dir"],
-                "wall_s": wall,
-                "n_test": len(tests),
-            }
-            records.append(_record(head, per, summary, kind))
-        curves.append(_curve(cfg, label, summary))
-        write_json(
-            out / "results.json",
-            {"meta": _meta(name, out, t_all, ev, started, command), "records": records, "curves": curves},
-        )
+        recs, curve = _run_cell(cfg, label, ev)
+        records += recs
+        curves.append(curve)
+        save()
+    if backbone and cells:
+        console.log("the bare backbone on the test set")
+        records += _backbone_records(out, cells[0][1], records, ev)
+        save()
     from .report import write_report
 
     write_report(out / "results.json")
     return out / "results.json"
+
+
+def _tests(cfg: Config, ev: EvalOptions) -> list:
+    if ev.test:
+        from .data import load_examples
+
+        tests = load_examples(ev.test, format=ev.format, output_field=ev.reference)
+    else:
+        tests = load_split(cfg, "test")
+    return tests[: ev.limit] if ev.limit else tests
+
+
+def _run_cell(cfg: Config, label: str, ev: EvalOptions) -> tuple[list[dict], dict]:
+    """Train (or resume, or reuse) one run and evaluate its models: (results rows, loss/leakage curve)."""
+    t0 = time.perf_counter()
+    summary = _run_or_resume(cfg)
+    wall = summary.get("seconds_this_process", time.perf_counter() - t0)
+    method = get_method(cfg.algorithm)
+    tests = _tests(cfg, ev)
+    models = []
+    if method.shares_adapter:
+        models.append(("shared", [summary["final_adapter"]]))
+    if summary.get("personal_adapters"):
+        models.append(("private", summary["personal_adapters"]))
+    records = []
+    for kind, folders in models:
+        per = [_evaluate_once(folder, cfg, tests, ev) for folder in folders]
+        head = {
+            "algorithm": cfg.algorithm,
+            "seed": cfg.seed,
+            "setting": label,
+            "model": kind,
+            "run_dir": summary["run_dir"],
+            "wall_s": wall,
+            "n_test": len(tests),
+        }
+        records.append(_record(head, per, summary, kind))
+    return records, _curve(cfg, label, summary)
+
+
+def _backbone_records(out: Path, cfg: Config, records: list[dict], ev: EvalOptions) -> list[dict]:
+    """The bare backbone's row for each seed: its answers on the test set (greedy, so evaluated once, in
+    OUT/backbone/eval) and, as leakage, the floor the extraction attack measured on it in that seed's runs (the
+    runs of one seed attack the same targets). Its leakage above the floor is 0 by construction."""
+    tests = _tests(cfg, ev)
+    metrics = _evaluate_once(None, cfg, tests, ev, dest=out / "backbone")
+    rows = []
+    for seed in dict.fromkeys(r["seed"] for r in records):
+        floors = [r["leak_floor_rouge_l"] for r in records if r["seed"] == seed and "leak_floor_rouge_l" in r]
+        rec = {"algorithm": "backbone", "seed": seed, "setting": "", "model": "bare", "n_test": len(tests)}
+        rec.update({k: metrics[k] for k in ("rouge_l", "cosine", "reference_loss")})
+        if floors:
+            rec["leak_rouge_l"] = rec["leak_floor_rouge_l"] = sum(floors) / len(floors)
+        rows.append(rec)
+    return rows
 
 
 def _record(head: dict, per: list[dict], summary: dict, kind: str) -> dict:
@@ -256,4 +323,4 @@ def _meta(name: str, out: Path, t0: float, ev: EvalOptions, started: str, comman
     }
 
 
-__all__ = ["EvalOptions", "grid", "run_experiment"]
+__all__ = ["EvalOptions", "frontier_grid", "grid", "run_experiment"]

@@ -11,6 +11,7 @@ import html
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,7 @@ def aggregate(records: list[dict]) -> list[dict]:
     for (setting, algo, model), rs in groups.items():
         row = {"setting": setting, "algorithm": algo, "model": model, "seeds": sorted({r["seed"] for r in rs})}
         for key, _, _ in METRICS:
-            vals = _finite(r.get(key) for r in rs)
-            if vals:
-                row[key] = float(np.mean(vals))
-                row[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            _mean_std(row, rs, key)
         rows.append(row)
     return rows
 
@@ -205,6 +203,8 @@ def load_results(results_file: str | Path) -> tuple[Path, dict]:
         ) from None
     if not isinstance(data, dict):
         raise DataError(path, f"expected a JSON object with 'records', got {type(data).__name__}")
+    if _is_benchmark_results(data):
+        raise DataError(path, "holds benchmark accuracies: report them with fedpit report --benchmarks")
     if "records" not in data:
         raise DataError(path, "no 'records' (not a results.json written by fedpit compare or sweep)", field="records")
     records = data["records"]
@@ -225,20 +225,31 @@ def load_results(results_file: str | Path) -> tuple[Path, dict]:
     return path, data
 
 
-def write_report(results_file: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write report.md, report.html and plots next to ``results.json`` (or into ``out_dir``)."""
-    results_file, data = load_results(results_file)
+def write_report(
+    results_file: str | Path, out_dir: str | Path | None = None, *, benchmarks: str | None = None
+) -> dict[str, Path]:
+    """Write report.md, report.html and plots next to ``results.json`` (or into ``out_dir``). ``benchmarks`` ("all"
+    or a list of sets) adds the multiple-choice accuracies saved beside the experiment; given a benchmark
+    results.json of ``fedpit evaluate --benchmarks``, the report holds those alone. Without ``benchmarks``, an
+    experiment's saved accuracies are shown when there are any (rebuilding a report never drops them)."""
+    bench = data = None
+    if benchmarks is None and _beside(results_file).is_file():
+        benchmarks = "all"
+    if benchmarks is not None:
+        bench_file, own, bench = load_benchmark_results(results_file, benchmarks)
+    if bench is not None and own:
+        results_file = bench_file
+    else:
+        results_file, data = load_results(results_file)
     out = Path(out_dir or results_file.parent)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return _write(results_file, data, out)
+        return _write(results_file, data, out, bench)
     except OSError as e:
         raise FedpitError(f"{out}: cannot write the report ({e.strerror or e})") from None
 
 
-def _write(results_file: Path, data: dict, out: Path) -> dict[str, Path]:
-    rows = aggregate(data.get("records", []))
-    curves = data.get("curves", [])
+def _plots(rows: list[dict], curves: list[dict], out: Path) -> dict[str, str]:
     plots = {}
     for key, title, fname in (
         ("rouge_l", "Rouge-L vs reference (mean ± std over seeds)", "score.png"),
@@ -253,31 +264,36 @@ def _write(results_file: Path, data: dict, out: Path) -> dict[str, Path]:
     ):
         if _plot_curves(curves, key, title, ylabel, out / fname):
             plots[title] = fname
-    meta = data.get("meta", {})
+    return plots
+
+
+def _write(results_file: Path, data: dict | None, out: Path, bench: dict | None = None) -> dict[str, Path]:
+    """report.md and report.html: the experiment's table, notes and plots (when ``data``), its privacy-utility
+    frontier (when its rows measure leakage), and the benchmark accuracies (when ``bench``)."""
+    meta = (data or {}).get("meta", {})
     md = [f"# fedpit report: {meta.get('name', results_file.parent.name)}", ""]
+    body = [f"<h1>{html.escape(md[0][2:])}</h1>"]
     if meta.get("command"):
         md += ["Command:", "", f"    {meta['command']}", ""]
+        body.append(f"<pre>{html.escape(meta['command'])}</pre>")
     for k in ("machine", "started", "wall_s", "test_set", "note"):
         if meta.get(k) is not None:
             md.append(f"- {k}: {meta[k]}")
-    md += ["", markdown_table(rows), ""]
-    md += [
-        "Models: `shared` is the final global adapter; `private` is the mean over the clients' own adapters "
-        "(methods that keep them). Leakage: training-data extraction attack on that model after the last round "
-        "(higher = more leakage); for `private`, the mean over the clients' adapters; the bare backbone's "
-        "score on the same targets is the floor.",
-        "",
-    ]
-    md += [f"![{t}]({f})" for t, f in plots.items()]
+    plots: dict[str, str] = {}
+    if data is not None:
+        rows = aggregate(data.get("records", []))
+        plots = _plots(rows, data.get("curves", []), out)
+        md += ["", markdown_table(rows), "", MODELS_NOTE, ""]
+        md += [f"![{t}]({f})" for t, f in plots.items()]
+        body.append(html_table(rows))
+        body += [_figure(f, t) for t, f in plots.items()]
+    sections = [frontier_section(data.get("records", []), out)] if data is not None else []
+    sections += [benchmark_section(bench)] if bench is not None else []
+    for sec in filter(None, sections):
+        md += ([""] if md[-1] else []) + sec.markdown()
+        body.append(sec.html())
+        plots.update(sec.plots)
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    body = [f"<h1>{html.escape(md[0][2:])}</h1>"]
-    if meta.get("command"):
-        body.append(f"<pre>{html.escape(meta['command'])}</pre>")
-    body.append(html_table(rows))
-    body += [
-        f'<figure><img src="{html.escape(f)}" alt="{html.escape(t)}"><figcaption>{html.escape(t)}</figcaption></figure>'
-        for t, f in plots.items()
-    ]
     (out / "report.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>fedpit report</title><style>body{font-family:sans-serif}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}</style>"
@@ -285,3 +301,395 @@ def _write(results_file: Path, data: dict, out: Path) -> dict[str, Path]:
         encoding="utf-8",
     )
     return {"md": out / "report.md", "html": out / "report.html", **{f: out / f for f in plots.values()}}
+
+
+MODELS_NOTE = (
+    "Models: `shared` is the final global adapter; `private` is the mean over the clients' own adapters "
+    "(methods that keep them); `bare` is the untuned backbone. Leakage: training-data extraction attack on that model "
+    "after the last round (higher = more leakage); for `private`, the mean over the clients' adapters; the bare "
+    "backbone's score on the same targets is the floor."
+)
+
+
+def _figure(fname: str, title: str) -> str:
+    t = html.escape(title)
+    return f'<figure><img src="{html.escape(fname)}" alt="{t}"><figcaption>{t}</figcaption></figure>'
+
+
+@dataclass
+class Section:
+    """A report section as blocks, rendered to Markdown and HTML alike: ("h", text), ("p", text),
+    ("table", header, rows) or ("img", file, title); ``plots`` are the images it wrote (title -> file)."""
+
+    title: str
+    blocks: list[tuple] = field(default_factory=list)
+    plots: dict[str, str] = field(default_factory=dict)
+
+    def markdown(self) -> list[str]:
+        md = [f"## {self.title}", ""]
+        for kind, *rest in self.blocks:
+            if kind == "h":
+                md += [f"### {rest[0]}", ""]
+            elif kind == "p":
+                md += [rest[0], ""]
+            elif kind == "table":
+                head, rows = rest
+                md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+            else:
+                md += [f"![{rest[1]}]({rest[0]})", ""]
+        return md
+
+    def html(self) -> str:
+        out = [f"<h2>{html.escape(self.title)}</h2>"]
+        for kind, *rest in self.blocks:
+            if kind == "h":
+                out.append(f"<h3>{html.escape(rest[0])}</h3>")
+            elif kind == "p":
+                out.append(f"<p>{html.escape(rest[0])}</p>")
+            elif kind == "table":
+                head, rows = rest
+                out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+                out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+                out.append("</table>")
+            else:
+                out.append(_figure(rest[0], rest[1]))
+        return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The privacy-utility frontier: every (method, setting, model) placed by utility against leakage above the floor.
+
+FRONTIER_ORDER = ("fedit", "fedpit", "fedpit-mix", "fedmit", "locit", "cenit", "backbone")
+FRONTIER_UTILITY = (  # (key, title, higher is better)
+    ("reference_loss", "held-out reference loss", False),
+    ("rouge_l", "Rouge-L", True),
+    ("cosine", "MiniLM cosine", True),
+)
+SHORT = {"reference_loss": "loss", "rouge_l": "Rouge-L", "cosine": "cosine"}
+
+
+def _leak_excess(r: dict) -> float | None:
+    """A row's extraction Rouge-L minus its own run's floor (the bare backbone on the same targets)."""
+    leak, floor = r.get("leak_rouge_l"), r.get("leak_floor_rouge_l")
+    return leak - floor if len(_finite([leak, floor])) == 2 else None
+
+
+def _point_label(algo: str, setting: str, model: str) -> str:
+    if algo == "backbone":
+        return "bare backbone"
+    if setting.startswith("fedpit.beta="):
+        return f"{algo} β={setting.split('=', 1)[1]} {model}"
+    return f"{algo} {model}" + (f" [{setting}]" if setting else "")
+
+
+def _frontier_key(r: dict) -> tuple:
+    algo, setting = r["algorithm"], r["setting"]
+    value = setting.split("=", 1)[-1]
+    try:
+        num = float(value)
+    except ValueError:
+        num = math.inf
+    rank = FRONTIER_ORDER.index(algo) if algo in FRONTIER_ORDER else len(FRONTIER_ORDER)
+    return (rank, algo, setting.split("=", 1)[0], num, setting, r["model"] != "shared", r["model"])
+
+
+def _pareto(rows: list[dict], key: str, higher: bool) -> list[dict]:
+    """The points no other point beats: none has leakage as low or lower and utility as good or better, with one of
+    the two strictly better."""
+    pts = [r for r in rows if key in r]
+
+    def beats(q: dict, p: dict) -> bool:
+        better = q[key] >= p[key] if higher else q[key] <= p[key]
+        strict = q["leak_excess"] < p["leak_excess"] or q[key] != p[key]
+        return q is not p and q["leak_excess"] <= p["leak_excess"] and better and strict
+
+    return [p for p in pts if not any(beats(q, p) for q in pts)]
+
+
+def frontier_rows(records: list[dict]) -> list[dict]:
+    """One point per (method, setting, model) whose rows measured leakage and its floor: leakage above the floor
+    (``leak_excess``, per row against its own run's floor, then over seeds) and the utility measures, mean and sample
+    std over seeds; ``frontier`` lists the utility measures on whose Pareto front the point lies."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        excess = _leak_excess(r)
+        if excess is not None:
+            groups[(r["algorithm"], r.get("setting", ""), r["model"])].append(dict(r, leak_excess=excess))
+    rows = []
+    for (algo, setting, model), rs in groups.items():
+        row = {"algorithm": algo, "setting": setting, "model": model, "label": _point_label(algo, setting, model)}
+        row["seeds"] = sorted({r["seed"] for r in rs})
+        for key in ("leak_excess", *(k for k, _, _ in FRONTIER_UTILITY)):
+            _mean_std(row, rs, key)
+        row["frontier"] = []
+        rows.append(row)
+    rows.sort(key=_frontier_key)
+    for key, _, higher in FRONTIER_UTILITY:
+        for r in _pareto(rows, key, higher):
+            r["frontier"].append(key)
+    return rows
+
+
+def _mean_std(row: dict, rs: list[dict], key: str) -> None:
+    vals = _finite(r.get(key) for r in rs)
+    if vals:
+        row[key] = float(np.mean(vals))
+        row[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def _plot_frontier(rows: list[dict], path: Path) -> bool:
+    """One panel per utility measure: utility (up is better in every panel) against leakage above the floor,
+    error bars of one standard deviation over seeds on both axes, the Pareto front dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = [m for m in FRONTIER_UTILITY if any(m[0] in r for r in rows)]
+    if not measures:
+        return False
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.6 * len(measures) + 2.6, 4.2), squeeze=False)
+    colors = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    marks = {"shared": "o", "private": "^", "bare": "*"}
+    legend: dict = {}
+    for ax, (key, title, higher) in zip(axes[0], measures):
+        for i, r in enumerate(rows):
+            if key in r:
+                legend[r["label"]] = ax.errorbar(
+                    r["leak_excess"],
+                    r[key],
+                    xerr=r.get("leak_excess_std", 0.0),
+                    yerr=r.get(key + "_std", 0.0),
+                    fmt=marks.get(r["model"], "s"),
+                    color=colors(i % colors.N),
+                    markersize=11 if r["model"] == "bare" else 6,
+                    capsize=3,
+                )
+        front = sorted((r for r in rows if key in r["frontier"]), key=lambda r: r["leak_excess"])
+        ax.plot([r["leak_excess"] for r in front], [r[key] for r in front], "--", color="gray", lw=1, zorder=0)
+        ax.axvline(0.0, color="#999", lw=0.8, ls=":")
+        ax.set_xlabel("extraction Rouge-L above the backbone's floor")
+        ax.set_ylabel(title + ("" if higher else " (axis inverted: lower is better)"))
+        if not higher:
+            ax.invert_yaxis()
+        ax.set_title(title)
+    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1 - 2.6 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _frontier_cell(row: dict, key: str) -> str:
+    if key not in row:
+        return "-"
+    v, sd = row[key], row.get(key + "_std", 0.0)
+    return f"{v:.3f} ± {sd:.3f}" if len(row["seeds"]) > 1 else f"{v:.3f}"
+
+
+def _ratio(x: float, y: float, fmt: str) -> str:
+    return format(x / y, fmt) if y else "-"
+
+
+def _relative_blocks(rows: list[dict]) -> list[tuple]:
+    """Each point against FedIT's shared model (means over seeds), in the terms issue 16 sets its goals in: the
+    share of the backbone -> FedIT gap in reference loss closed, utility as a share of FedIT's, and leakage above
+    the floor as a multiple of FedIT's. Empty without both a FedIT shared point and the bare backbone's."""
+    fedit = next((r for r in rows if (r["algorithm"], r["setting"], r["model"]) == ("fedit", "", "shared")), None)
+    bare = next((r for r in rows if r["algorithm"] == "backbone"), None)
+    if fedit is None or bare is None:
+        return []
+    table = []
+    for r in rows:
+        gap = bare.get("reference_loss", math.nan) - fedit.get("reference_loss", math.nan)
+        closed = bare.get("reference_loss", math.nan) - r.get("reference_loss", math.nan)
+        cells = [_ratio(closed, gap, ".0%") if math.isfinite(closed) and math.isfinite(gap) else "-"]
+        for key in ("rouge_l", "cosine"):
+            cells.append(_ratio(r[key], fedit[key], ".1%") if key in r and key in fedit else "-")
+        table.append([r["label"], _ratio(r["leak_excess"], fedit["leak_excess"], ".2f")] + cells)
+    head = ["point", "leakage above floor ÷ FedIT's", "loss gap closed (backbone → FedIT)", "Rouge-L ÷ FedIT's"]
+    return [
+        ("table", head + ["cosine ÷ FedIT's"], table),
+        ("p", "Against FedIT's shared model, from the means above (a ratio is '-' where FedIT's value is 0)."),
+    ]
+
+
+def frontier_section(records: list[dict], out: Path) -> Section | None:
+    """The frontier table and plot, from any results whose rows measured leakage and its floor (two points or
+    more); ``None`` otherwise."""
+    rows = frontier_rows(records)
+    if len(rows) < 2:
+        return None
+    sec = Section("Privacy-utility frontier")
+    head = ["point", "seeds", "leakage above floor"] + [t for _, t, _ in FRONTIER_UTILITY] + ["on the front of"]
+    table = [
+        [r["label"], str(len(r["seeds"])), _frontier_cell(r, "leak_excess")]
+        + [_frontier_cell(r, k) for k, _, _ in FRONTIER_UTILITY]
+        + [", ".join(SHORT[k] for k in r["frontier"]) or "-"]
+        for r in rows
+    ]
+    sec.blocks.append(("table", head, table))
+    sec.blocks.append(
+        (
+            "p",
+            "Leakage above floor: the extraction attack's Rouge-L on the model minus the bare backbone's on the same "
+            "targets in the same run (0 = leaks no more than an untuned model). Utility on the test set: loss on the "
+            "reference answers (lower is better), Rouge-L and MiniLM cosine of the answers (higher is better). Mean "
+            "± standard deviation over seeds; error bars in the plot are one standard deviation on both axes. "
+            "'On the front of': no other point has leakage as low and that utility as good (the dashed line).",
+        )
+    )
+    sec.blocks += _relative_blocks(rows)
+    if _plot_frontier(rows, out / "frontier.png"):
+        sec.blocks.append(("img", "frontier.png", "privacy-utility frontier"))
+        sec.plots["privacy-utility frontier"] = "frontier.png"
+    return sec
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multiple-choice benchmark accuracies (fedpit evaluate|compare|sweep --benchmarks), per benchmark.
+
+
+def _is_benchmark_results(data) -> bool:
+    return isinstance(data, dict) and "benchmarks" in data and "models" in data and "records" not in data
+
+
+def _read_json_file(path: Path):
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise DataError(path, f"cannot read file ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, f"not valid JSON ({e})") from None
+
+
+def _beside(path: str | Path) -> Path:
+    """Where compare/sweep --benchmarks save the accuracies of the experiment at ``path`` (folder or results.json)."""
+    p = Path(path)
+    return (p if p.is_dir() else p.parent) / "benchmarks" / "results.json"
+
+
+def find_benchmark_results(path: str | Path) -> tuple[Path, bool]:
+    """(the benchmark results.json for ``path``, whether it is ``path`` itself): a results.json written by
+    ``fedpit evaluate --benchmarks`` (or its folder), or an experiment whose ``benchmarks/results.json`` was written
+    by ``compare``/``sweep --benchmarks``."""
+    p = Path(path)
+    own = p / "results.json" if p.is_dir() else p
+    if own.is_file() and _is_benchmark_results(_read_json_file(own)):
+        return own, True
+    if _beside(p).is_file():
+        return _beside(p), False
+    raise DataError(
+        p,
+        "no benchmark results here (expected a results.json from fedpit evaluate --benchmarks, or an experiment "
+        "folder with benchmarks/results.json from fedpit compare/sweep --benchmarks)",
+    )
+
+
+def _check_number(path: Path, value, where: str, key: str, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise DataError(path, f"expected a number in [{low:g}, {high:g}], got {value!r}", record=where, field=key)
+
+
+def _check_benchmarks(path: Path, data: dict) -> None:
+    """The fields a benchmark table is made from: per benchmark n, chance and majority; per model, acc and n."""
+    if not isinstance(data.get("benchmarks"), dict) or not data["benchmarks"]:
+        raise DataError(path, "expected an object of benchmarks", field="benchmarks")
+    if not isinstance(data.get("models"), dict):
+        raise DataError(path, "expected an object of models", field="models")
+    for name, b in data["benchmarks"].items():
+        where = f"benchmark {name}"
+        if not isinstance(b, dict):
+            raise DataError(path, "expected an object", record=where)
+        _check_number(path, b.get("n"), where, "n", 1, math.inf)
+        for key in ("chance", "majority"):
+            _check_number(path, b.get(key), where, key, 0, 1)
+    for label, m in data["models"].items():
+        scores = m.get("scores") if isinstance(m, dict) else None
+        if not isinstance(scores, dict):
+            raise DataError(path, "expected an object with 'scores'", record=f"model {label}")
+        for name, sc in scores.items():
+            where = f"model {label}, {name}"
+            if not isinstance(sc, dict):
+                raise DataError(path, "expected an object", record=where)
+            _check_number(path, sc.get("acc"), where, "acc", 0, 1)
+            _check_number(path, sc.get("n"), where, "n", 1, math.inf)
+
+
+def load_benchmark_results(path: str | Path, wanted: str = "all") -> tuple[Path, bool, dict]:
+    """Find, read and check benchmark results; keep the benchmarks in ``wanted`` ("all", or a list like
+    "pubmedqa,medqa"). Returns (file, whether it is ``path`` itself, results)."""
+    from .mcq.data import parse_benchmarks
+
+    file, own = find_benchmark_results(path)
+    data = _read_json_file(file)
+    if not isinstance(data, dict):
+        raise DataError(file, f"expected a JSON object, got {type(data).__name__}")
+    _check_benchmarks(file, data)
+    if wanted != "all":
+        names = parse_benchmarks(wanted)
+        missing = [n for n in names if n not in data["benchmarks"]]
+        if missing:
+            saved = ", ".join(data["benchmarks"])
+            raise DataError(file, f"{', '.join(missing)} not evaluated here (saved: {saved})", field="benchmarks")
+        data = dict(data, benchmarks={n: data["benchmarks"][n] for n in names})
+    return file, own, data
+
+
+def noise_points(n: int) -> float:
+    """Accuracy points below which a difference is noise at n items: the half-width of a 95% interval at 50%
+    accuracy, the widest (4.4 points at n = 500, 9.8 at n = 100)."""
+    from .mcq import Z95
+
+    return 100 * Z95 * math.sqrt(0.25 / n)
+
+
+def _model_row(label: str, m: dict, sc: dict) -> list[str]:
+    from .mcq import ci95
+
+    lo, hi = ci95(sc["acc"], sc["n"])
+    k = len(m.get("adapters") or [None])
+    if label == "backbone":
+        label = "backbone (untuned)"
+    elif k > 1:
+        each = sc.get("per_adapter_acc") or []
+        label += f" (mean of {k} adapters" + (f": {' / '.join(f'{100 * a:.1f}' for a in each)}" if each else "") + ")"
+    norm = sc.get("acc_norm")
+    norm_s = f"{100 * norm:.1f}" if isinstance(norm, (int, float)) else "-"
+    return [label, f"{100 * sc['acc']:.1f}", f"[{100 * lo:.1f}, {100 * hi:.1f}]", norm_s, str(sc["n"])]
+
+
+def benchmark_section(bench: dict) -> Section:
+    """Per benchmark: chance, majority class, the untuned backbone and every tuned model, accuracy % with its 95%
+    interval; the protocol, the n and the smallest difference that is not noise at that n."""
+    sec = Section("Multiple-choice benchmarks")
+    first = f" First {bench['limit']} items of each set only." if bench.get("limit") else ""
+    sec.blocks.append(("p", f"Protocol: {bench.get('label') or bench.get('protocol', '?')}.{first}"))
+    if bench.get("model"):
+        sec.blocks[-1] = ("p", sec.blocks[-1][1] + f" Backbone: {bench['model']} ({bench.get('dtype', '?')}).")
+    for name, b in bench["benchmarks"].items():
+        n = int(b["n"])
+        sec.blocks.append(("h", f"{name} (n = {n})"))
+        rows = [
+            ["chance", f"{100 * b['chance']:.1f}", "-", "-", str(n)],
+            [f"majority class ({b.get('majority_class', '?')})", f"{100 * b['majority']:.1f}", "-", "-", str(n)],
+        ]
+        rows += [_model_row(label, m, m["scores"][name]) for label, m in bench["models"].items() if name in m["scores"]]
+        sec.blocks.append(("table", ["model", "accuracy %", "95% CI (Wilson)", "acc_norm %", "n"], rows))
+        sec.blocks.append(
+            (
+                "p",
+                (f"{b['note']}. " if b.get("note") else "")
+                + f"With n = {n}, a difference below {noise_points(n):.1f} points is noise (the half-width of a 95% "
+                "interval at 50% accuracy).",
+            )
+        )
+    sec.blocks.append(
+        (
+            "p",
+            "CareQA, the FlowerTune medical leaderboard's fourth set, is not available here, so the leaderboard's "
+            "4-set mean cannot be computed.",
+        )
+    )
+    return sec
