@@ -390,6 +390,8 @@ def experiment_adapters(results_json: str | Path) -> list[tuple[str, list[str]]]
     seeds = {r.get("seed") for r in recs}
     groups: dict[str, list[str]] = {}
     for r in recs:
+        if not r.get("run_dir"):  # the bare backbone's row of a frontier experiment: scored as the backbone
+            continue
         summary = read_json(Path(r["run_dir"]) / "summary.json")
         folders = [summary["final_adapter"]] if r["model"] == "shared" else list(summary.get("personal_adapters") or [])
         if not folders:
