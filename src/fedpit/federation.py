@@ -240,14 +240,17 @@ def write_artifacts(folder: Path, artifacts: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- record
-def check_update(r: int, k: int, adapter: StateDict, loss) -> None:
+def check_update(r: int, k: int, adapter: StateDict, metrics: dict) -> None:
     """Stop the round (TrainingError: exit code 2, progress.json failed, the last committed round kept) when client
-    ``k``'s loss or uploaded adapter in round ``r`` is not finite. Both runtimes call it on every reply."""
-    if isinstance(loss, (int, float)) and not math.isfinite(loss):
-        raise TrainingError(
-            f"round {r}, client {k}: non-finite training loss ({loss}); round {r} is not committed, the run keeps "
-            f"round {r - 1}"
-        )
+    ``k``'s uploaded adapter in round ``r``, or a training loss it reports (``loss``, ``local_loss``, ... of a phase
+    that took optimizer steps), is not finite. Both runtimes call it on every reply."""
+    for key, v in metrics.items():
+        steps = metrics.get(key[: -len("loss")] + "steps")
+        if key.endswith("loss") and isinstance(v, float) and not math.isfinite(v) and steps != 0:
+            raise TrainingError(
+                f"round {r}, client {k}: non-finite training loss ({key} = {v}); round {r} is not committed, the "
+                f"run keeps round {r - 1}"
+            )
     check_finite(adapter, f"round {r}, client {k}: the uploaded adapter (round {r} is not committed)")
 
 

@@ -158,7 +158,13 @@ def fingerprint_of(settings: dict) -> str:
 def write_manifest(folder: Path, files: list[str], base: str = ".", **extra) -> None:
     """``folder/manifest.json``: the sha256 of ``files`` (paths relative to ``folder/base``), written atomically."""
     root = folder / base
-    write_json(folder / MANIFEST, {"base": base, **extra, "files": {f: sha256_file(root / f) for f in files}})
+    body = finite_json({"base": base, **extra, "files": {f: sha256_file(root / f) for f in files}})
+    write_json(folder / MANIFEST, {**body, "sha256": _self_sha256(body)})
+
+
+def _self_sha256(body: dict) -> str:
+    """A manifest's checksum of itself (every key but ``sha256``), so a damaged manifest is found, not believed."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -174,6 +180,8 @@ def read_manifest(folder: Path) -> dict | None:
         or not all(isinstance(v, str) for v in files.values())
     ):
         raise ConfigError(f"{f}: malformed manifest (needs 'base' and 'files' of sha256 digests)")
+    if _self_sha256({k: v for k, v in m.items() if k != "sha256"}) != m.get("sha256"):
+        raise ConfigError(f"{f}: damaged manifest (its own sha256 does not match its content); restore it")
     return m
 
 
@@ -226,8 +234,12 @@ def read_adapter_folder(folder: str | os.PathLike) -> tuple[dict, dict]:
     """(adapter_config.json, fedpit.json or {}) of an adapter folder, its files checked against its manifest and its
     tensors readable and finite; a one-line error naming the file for anything else."""
     folder = Path(folder)
-    if not all((folder / f).is_file() for f in ADAPTER_FILES):
-        raise ConfigError(f"{folder}: not an adapter folder (needs {' and '.join(ADAPTER_FILES)})")
+    missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ConfigError(
+            f"{folder / missing[0]}: missing, so {folder} is not an adapter folder "
+            f"(needs {' and '.join(ADAPTER_FILES)})"
+        )
     m = read_manifest(folder)
     if m is not None:
         verify_manifest(folder, m, inside_only=True)
@@ -320,6 +332,11 @@ class RunDir:
         self.check_progress(len(manifests) - 1)
         if cfg is not None:
             self.check_fingerprint(cfg, manifests[0].get("config"))
+        for r, m in enumerate(manifests[1:], 1):
+            if m.get("config") != manifests[0].get("config"):
+                raise ConfigError(
+                    f"{self.round_dir(r) / MANIFEST}: round {r} was committed with other settings than round 0"
+                )
         return manifests
 
     def commit_round(self, r: int, global_state: StateDict, rows: list[dict]) -> None:

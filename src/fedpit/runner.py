@@ -121,7 +121,7 @@ class Runner:
         fault_point(f"round_{r}_start")
         for k in chosen:
             reply, seconds = self.train_client(r, k, rd, prep, engine, global_state, progress)
-            check_update(r, k, reply.adapter, reply.metrics.get("loss"))
+            check_update(r, k, reply.adapter, reply.metrics)
             fault_point(f"round_{r}_client_{k}")
             replies.append(reply)
             rows.append(client_row(r, k, lr, reply, seconds=seconds, received=down, sent=nbytes(reply.adapter)))

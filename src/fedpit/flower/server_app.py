@@ -242,9 +242,7 @@ class FlowerServer:
         sent = self.grid.send_and_receive(messages, timeout=cfg.flower.round_timeout_s) if messages else []
         ok = strategy.check_replies(r, sent)
         for m in ok:  # a non-finite loss or upload stops the round before aggregation
-            fed.check_update(
-                r, _client_of(m), from_record(m.content.array_records[ARRAYS]), m.content[METRICS].get("loss")
-            )
+            fed.check_update(r, _client_of(m), from_record(m.content.array_records[ARRAYS]), dict(m.content[METRICS]))
         arrays, _ = wrapped.aggregate_train(r, ok)
         new_global = from_record(arrays) if arrays is not None and len(arrays) else global_state
         down = nbytes(global_state) if self.method.shares_adapter else 0
