@@ -278,16 +278,25 @@ def test_flower_server_resume_recovers_a_missing_progress_json_and_deletes_nothi
 
 def test_flower_simulation_resumes_a_run_folder_without_progress_json(runs, tmp_path):
     """The real Flower path: the ServerApp resumes (resume = true) an interrupted folder whose progress.json is gone
-    and finishes it like the in-process runner."""
+    and finishes it like the in-process runner (FedIT: this module's FedPIT makes no synthetic data on the random
+    model, so its upload would equal the private adapter's untrained lora_A and Flower's private guard refuses it)."""
     from fedpit.flower.simulation import simulate
 
-    rd = _copy(runs.stopped, tmp_path, "sim")
+    def cfg(name):
+        c = replace(_cfg(runs.model, tmp_path / "runs", name), algorithm="fedit")
+        c.flower.wait_for_nodes_s = 60.0
+        return c
+
+    ref = Runner(cfg("ref"), show_progress=False).run()
+    rd = Path(Runner(cfg("sim"), show_progress=False).run(stop_after=1)["run_dir"])
     (rd / "progress.json").unlink()
-    cfg = _cfg(runs.model, tmp_path / "runs", "sim")
-    cfg.flower.wait_for_nodes_s = 60.0
-    summary = simulate(cfg, resume=True)
-    assert _max_diff(_final(Path(summary["run_dir"])), runs.final) <= 1e-5
-    assert (rd / "rounds" / "round_001" / MANIFEST).is_file()
+    summary = simulate(cfg("sim"), resume=True)
+    assert Path(summary["run_dir"]) == rd and summary["transport"] == "flower"
+    a, b = (load_state(Path(d) / "final" / "adapter_model.safetensors") for d in (ref["run_dir"], rd))
+    assert (
+        max_abs_diff(a, b) <= 1e-5
+        and max_abs_diff(a, load_state(rd / "rounds/round_001/adapter_model.safetensors")) > 0
+    )
 
 
 # ---------------------------------------------------------------------------------------------- non-finite values
@@ -420,3 +429,23 @@ def test_run_folders_are_created_atomically_and_only_generated_names_get_a_suffi
     for t in threads:
         t.join()
     assert not errors and len(set(got)) == 8
+
+
+def test_an_adapter_folder_without_a_manifest_is_still_checked(runs, tmp_path):
+    """A peft folder from elsewhere (no manifest.json): a truncated file or nan/inf tensors are named, not loaded."""
+    import torch
+
+    from fedpit.adapters import save_state
+    from fedpit.rundir import read_adapter_folder
+
+    d = tmp_path / "peft"
+    shutil.copytree(runs.ref / "final", d)
+    (d / MANIFEST).unlink()
+    assert read_adapter_folder(d)[0]["r"] == 2
+    state = load_state(d / "adapter_model.safetensors")
+    save_state({k: v * torch.tensor(float("nan")) for k, v in state.items()}, d / "adapter_model.safetensors")
+    with pytest.raises(ConfigError, match=r"peft/adapter_model.safetensors: non-finite values"):
+        read_adapter_folder(d)
+    _damage(d / "adapter_model.safetensors", "truncate")
+    with pytest.raises(ConfigError, match=r"peft/adapter_model.safetensors: not a readable safetensors file"):
+        read_adapter_folder(d)
