@@ -449,3 +449,16 @@ def test_an_adapter_folder_without_a_manifest_is_still_checked(runs, tmp_path):
     _damage(d / "adapter_model.safetensors", "truncate")
     with pytest.raises(ConfigError, match=r"peft/adapter_model.safetensors: not a readable safetensors file"):
         read_adapter_folder(d)
+
+
+def test_a_run_folder_without_commit_records_is_refused_not_rolled_back(runs, tmp_path, capsys):
+    """Rounds on disk without their manifests (a folder from before checksums, or all of them lost) are not
+    guessed at: one line naming the missing record, every file left in place."""
+    rd = _copy(runs.stopped, tmp_path)
+    for m in rd.glob(f"rounds/round_*/{MANIFEST}"):
+        m.unlink()
+    before = {f: (rd / f).read_bytes() for f in _files(rd)}
+    capsys.readouterr()
+    assert main(["run", "--resume", str(rd), "--quiet"]) == 2
+    assert "rounds/round_000/manifest.json: missing" in _error_line(capsys.readouterr().err)
+    assert {f: (rd / f).read_bytes() for f in _files(rd)} == before

@@ -324,6 +324,16 @@ class RunDir:
         if self.is_complete():
             raise ConfigError(f"{self.path}: this run is already complete (summary.json exists)")
         manifests = self.committed_rounds()
+        if (
+            not manifests
+            and (self.round_dir(0) / ADAPTER_FILES[0]).is_file()
+            and isinstance(claimed := self.progress().get("completed_rounds"), int)
+            and claimed > 0
+        ):
+            raise ConfigError(
+                f"{self.round_dir(0) / MANIFEST}: missing: the rounds carry no commit records (written by a fedpit "
+                "without round checksums, or damaged), so they cannot be verified for resume (nothing was deleted)"
+            )
         if not manifests:
             raise ConfigError(
                 f"{self.path}: the run never committed its initial adapter (no rounds/round_000/{MANIFEST}); "
