@@ -175,6 +175,30 @@ def test_a_damaged_file_resumes_identically_or_is_named(runs, tmp_path, capsys, 
         assert not (rd / "summary.json").exists()
 
 
+COMPLETE_FILES = [
+    "summary.json",
+    "final/adapter_model.safetensors",
+    "final/manifest.json",
+    "rounds/round_002/adapter_model.safetensors",
+    "rounds/round_002/manifest.json",
+]
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip", "delete"])
+@pytest.mark.parametrize("rel", COMPLETE_FILES)
+def test_resume_of_a_damaged_complete_run_names_the_file_or_finishes_it_again(runs, tmp_path, capsys, rel, how):
+    """A complete run is not resumed, but its adapters are verified first, so the refusal names a damaged file;
+    without summary.json it is finished again, bit-identical."""
+    rd = _copy(runs.ref, tmp_path)
+    before = set(_files(rd)) - {rel}
+    _damage(rd / rel, how)
+    capsys.readouterr()
+    code = main(["run", "--resume", str(rd), "--quiet"])
+    outcome = _check_outcome(code, capsys.readouterr().err, rd, rel, rd, runs.final)
+    assert outcome == ("completed" if (rel, how) == ("summary.json", "delete") else "error")
+    assert before <= set(_files(rd)), "a committed file was deleted"
+
+
 EVAL_FILES = ["adapter_model.safetensors", "adapter_config.json", "fedpit.json", MANIFEST]
 
 

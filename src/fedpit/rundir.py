@@ -322,6 +322,7 @@ class RunDir:
         if not self.config_file.is_file():
             raise ConfigError(f"{self.path}: not a fedpit run folder (no config.toml)")
         if self.is_complete():
+            self.verify_complete()
             raise ConfigError(f"{self.path}: this run is already complete (summary.json exists)")
         manifests = self.committed_rounds()
         if (
@@ -490,6 +491,15 @@ class RunDir:
             )
         warn_once(f"{f}: missing or damaged; rewritten from the config (it matches the committed rounds)")
         write_json(f, want)
+
+    def verify_complete(self) -> None:
+        """A complete run's adapters: every committed round and ``final/`` against their checksums (a one-line error
+        naming a damaged file)."""
+        self.check_progress(len(self.committed_rounds()) - 1)
+        final = self.path / "final"
+        if read_manifest(final) is None:
+            raise ConfigError(f"{final / MANIFEST}: missing (every adapter folder a run writes has one)")
+        read_adapter_folder(final)
 
     def is_complete(self) -> bool:
         return (self.path / "summary.json").is_file()
