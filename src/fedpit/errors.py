@@ -38,3 +38,8 @@ class DataError(FedpitError):
             parts.append(f"field '{field}'")
         parts.append(message)
         super().__init__(": ".join(parts))
+
+
+class TrainingError(FedpitError):
+    """A round produced something that must not be committed (a non-finite loss or adapter): the run stops with
+    ``progress.json`` status failed and keeps its last committed round."""

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .adapters import load_state
 from .backbone import DEFAULT_MODEL
 from .config import Config, LoraConfig
 from .data import Example
@@ -27,7 +26,7 @@ from .federation import make_engine
 from .generate import generate
 from .metrics import embedding_cosine, rouge_l
 from .prompts import build_prompt
-from .rundir import read_adapter_folder, read_json, write_json
+from .rundir import load_adapter_state, read_adapter_folder, read_json, write_json
 
 log = logging.getLogger("fedpit.evaluate")
 ANSWERS, GENERATION = "answers.jsonl", "generation.json"
@@ -159,7 +158,7 @@ def evaluate(
     if judge is not None and hasattr(judge, "check"):
         judge.check()
     if isinstance(adapter, (str, Path)):
-        adapter = load_state(Path(adapter) / "adapter_model.safetensors")
+        adapter = load_adapter_state(adapter)  # a damaged file is a one-line error naming it
     if adapter is not None:
         engine.load_adapter(adapter)
     scope = engine.model.disable_adapter() if adapter is None else contextlib.nullcontext()

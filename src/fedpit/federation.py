@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import resource
 import time
 from contextlib import nullcontext
@@ -32,10 +33,10 @@ from .algorithms.base import (
 )
 from .config import Config
 from .data import Example, check_enough, load_demo, load_examples, save_jsonl
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
 from .fsutil import write_private_text
 from .partition import Partition, make_partition
-from .rundir import RunDir, read_json, write_json
+from .rundir import RunDir, check_finite, read_json, write_json
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Prepared",
     "budget_of",
+    "check_update",
     "client_context",
     "client_seed",
     "client_share",
@@ -201,15 +203,17 @@ def save_adapter(cfg: Config, engine: Engine, folder: Path, state: StateDict, cl
 
 
 def open_run(
-    cfg: Config, engine: Engine, prep: Prepared, resume: str | Path | None, transport: str
+    cfg: Config, engine: Engine, prep: Prepared, resume: str | Path | None, transport: str, *, unique: bool = False
 ) -> tuple[RunDir, int, StateDict]:
-    """A new run folder (round 0 committed), or the one to resume; returns (folder, first round to run, global)."""
+    """A new run folder (round 0 committed), or the one to resume; returns (folder, first round to run, global).
+    ``unique``: the run name was generated, so a taken one gets a suffix (the folder's name is ``rd.path.name``)."""
     saver = lambda folder, state: save_adapter(cfg, engine, folder, state)  # noqa: E731
     if resume is not None:
-        rd, start = RunDir.resume(resume, saver)
-        prep.partition = Partition.from_dict(read_json(rd.path / "partition.json"))
+        rd, start = RunDir.resume(resume, saver, cfg)
+        prep.partition = Partition.from_dict(read_json(rd.path / "partition.json"))  # verified by round 0's manifest
         return rd, start, rd.load_global(start - 1)
-    rd = RunDir.start(Path(cfg.output_dir) / cfg.run_name, cfg, prep.partition.to_dict(), saver, transport=transport)
+    path = Path(cfg.output_dir) / cfg.run_name
+    rd = RunDir.start(path, cfg, prep.partition.to_dict(), saver, unique=unique, transport=transport)
     row = {"kind": "round", "round": 0, "test_loss": None}
     test_enc = encoded_test(cfg, engine, prep)
     if test_enc:
@@ -236,6 +240,20 @@ def write_artifacts(folder: Path, artifacts: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- record
+def check_update(r: int, k: int, adapter: StateDict, metrics: dict) -> None:
+    """Stop the round (TrainingError: exit code 2, progress.json failed, the last committed round kept) when client
+    ``k``'s uploaded adapter in round ``r``, or a training loss it reports (``loss``, ``local_loss``, ... of a phase
+    that took optimizer steps), is not finite. Both runtimes call it on every reply."""
+    for key, v in metrics.items():
+        steps = metrics.get(key[: -len("loss")] + "steps")
+        if key.endswith("loss") and isinstance(v, float) and not math.isfinite(v) and steps != 0:
+            raise TrainingError(
+                f"round {r}, client {k}: non-finite training loss ({key} = {v}); round {r} is not committed, the "
+                f"run keeps round {r - 1}"
+            )
+    check_finite(adapter, f"round {r}, client {k}: the uploaded adapter (round {r} is not committed)")
+
+
 def client_row(r: int, k: int, lr: float, reply: ClientReply, *, seconds: float, received: int, sent: int) -> dict:
     """One client's line in ``metrics.jsonl`` for round ``r``."""
     m = reply.metrics
@@ -444,5 +462,8 @@ def resume_config(run_dir: str | Path) -> Config:
     """The saved config of a run folder that can be resumed (one-line errors otherwise)."""
     from .config import load_config
 
-    RunDir.check_resumable(run_dir)
-    return load_config(Path(run_dir) / "config.toml")
+    if not (Path(run_dir) / "config.toml").is_file():
+        raise ConfigError(f"{run_dir}: not a fedpit run folder (no config.toml)")
+    cfg = load_config(Path(run_dir) / "config.toml")
+    RunDir.check_resumable(run_dir, cfg)  # checksums and fingerprint, before the model loads
+    return cfg

@@ -27,6 +27,7 @@ from .config import Config
 from .engine import Engine
 from .federation import (
     Prepared,
+    check_update,
     client_context,
     client_row,
     client_seed,
@@ -44,7 +45,7 @@ from .federation import (
     write_artifacts,
 )
 from .fsutil import check_writable_dir
-from .rundir import RunDir
+from .rundir import RunDir, fault_point
 from .selfgen import summary_line
 
 TRANSPORT = "in-process"
@@ -55,6 +56,7 @@ class Runner:
 
     def __init__(self, cfg: Config, *, console: Console | None = None, show_progress: bool = True):
         self.method: Method = get_method(cfg.algorithm)  # an unknown algorithm fails here, before anything is read
+        self.generated_name = not cfg.run_name  # a generated name that is taken gets a suffix; an explicit one fails
         self.cfg = named(cfg)
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
@@ -67,7 +69,7 @@ class Runner:
             check_writable_dir(cfg.output_dir, "output_dir")  # before the model loads, not after
         engine = make_engine(cfg)
         engine.encode(prep.train)  # tokenized once, up front: one warning counts every example cut to max_seq_len
-        rd, start, global_state = open_run(cfg, engine, prep, resume, TRANSPORT)
+        rd, start, global_state = open_run(cfg, engine, prep, resume, TRANSPORT, unique=self.generated_name)
         self.run_dir = rd.path  # for the CLI's interrupt hint
         test_enc = encoded_test(cfg, engine, prep)
 
@@ -116,8 +118,11 @@ class Runner:
         chosen, lr = round_plan(cfg, method, r)
         down = nbytes(global_state) if method.shares_adapter else 0
         replies, rows = [], []
+        fault_point(f"round_{r}_start")
         for k in chosen:
             reply, seconds = self.train_client(r, k, rd, prep, engine, global_state, progress)
+            check_update(r, k, reply.adapter, reply.metrics)
+            fault_point(f"round_{r}_client_{k}")
             replies.append(reply)
             rows.append(client_row(r, k, lr, reply, seconds=seconds, received=down, sent=nbytes(reply.adapter)))
         new_global = method.server_aggregate(global_state, replies)

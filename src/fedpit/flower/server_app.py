@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -197,6 +198,7 @@ class FlowerServer:
             )
         if resume and not cfg.run_name:
             raise ConfigError("resume: needs run_name (the run folder to continue)")
+        self.generated_name = not cfg.run_name  # a generated name that is taken gets a suffix
         self.cfg, self.grid, self.resume = fed.named(cfg, TRANSPORT), grid, resume
 
     def run(self) -> dict:
@@ -205,7 +207,8 @@ class FlowerServer:
         prep = fed.prepare(cfg)  # the partition (written to partition.json, read by the nodes) and the held-out set
         engine = fed.make_engine(cfg)
         resume = Path(cfg.output_dir) / cfg.run_name if self.resume else None
-        rd, start, global_state = fed.open_run(cfg, engine, prep, resume, TRANSPORT)
+        rd, start, global_state = fed.open_run(cfg, engine, prep, resume, TRANSPORT, unique=self.generated_name)
+        self.cfg = cfg = replace(cfg, run_name=rd.path.name)  # the nodes find the run folder by this name
         test_enc = fed.encoded_test(cfg, engine, prep)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -238,6 +241,8 @@ class FlowerServer:
         messages = list(wrapped.configure_train(r, to_record(global_state), config_record(cfg, r), self.grid))
         sent = self.grid.send_and_receive(messages, timeout=cfg.flower.round_timeout_s) if messages else []
         ok = strategy.check_replies(r, sent)
+        for m in ok:  # a non-finite loss or upload stops the round before aggregation
+            fed.check_update(r, _client_of(m), from_record(m.content.array_records[ARRAYS]), dict(m.content[METRICS]))
         arrays, _ = wrapped.aggregate_train(r, ok)
         new_global = from_record(arrays) if arrays is not None and len(arrays) else global_state
         down = nbytes(global_state) if self.method.shares_adapter else 0
