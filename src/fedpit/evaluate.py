@@ -149,10 +149,8 @@ def evaluate(
     answers_dir: str | Path | None = None,
     shared: dict | None = None,
 ) -> EvalResult:
-    """Answer every example with ``adapter`` loaded (None: the bare backbone) and score the answers.
-
-    A stacked private adapter is evaluated on top of its shared adapter (backbone + shared + private): the one its
-    folder carries (:func:`fedpit.personal.read_personal`), or ``shared`` when ``adapter`` is a state dict.
+    """Answer every example with ``adapter`` loaded (None: the bare backbone) and score the answers. A stacked
+    private adapter is evaluated on top of the shared adapter its folder carries (or ``shared``, for a state dict).
 
     With a ``judge``, its endpoint is checked with one cheap request before anything is generated. With
     ``answers_dir``, the answers are saved there (answers.jsonl, generation.json) as soon as they are generated,
