@@ -225,3 +225,24 @@ def test_independent_run_folder_is_unchanged(tiny_cfg, fixed_synthetic):
     }
     states = sorted((folder.parent).glob("state.round_*.safetensors"))
     assert states and all(all(k.startswith("local.") for k in load_state(f)) for f in states)
+
+
+def test_flower_simulation_keeps_the_stack_on_the_node_like_the_in_process_runner(stacked_cfg):
+    """The Flower client writes the same stacked personal folders (shared/ under final/) as the in-process runner."""
+    from fedpit.config import set_value
+    from fedpit.flower.simulation import simulate
+
+    def cfg(name):
+        c = replace(stacked_cfg, run_name=name)
+        for item in ("selfgen.num_instructions=2", "selfgen.max_instruction_tokens=8", "selfgen.max_response_tokens=8"):
+            set_value(c, *item.split("="))
+        set_value(c, "selfgen.measure", "false")
+        return c.validate()
+
+    ref = Runner(cfg("inproc"), show_progress=False).run()
+    sim = simulate(cfg("sim"))
+    files = lambda s: {str(p.relative_to(s["run_dir"])) for p in Path(s["run_dir"]).rglob("*") if p.is_file()}  # noqa: E731
+    assert files(ref) == files(sim) and "clients/client_0/final/shared/adapter_model.safetensors" in files(sim)
+    assert sim["personal_test_loss"] == pytest.approx(ref["personal_test_loss"], abs=1e-5)
+    meta = json.loads((Path(sim["run_dir"]) / "clients/client_1/final/fedpit.json").read_text())
+    assert meta["personal"] == "stacked"
