@@ -199,6 +199,18 @@ def test_stacked_run_folder_records_the_stack_resumes_bit_identically_and_evalua
     model, _, _ = load_for_inference(folder, dtype="fp32")
     assert model.base_model.active_adapters == ["default", "shared"]
 
+    # for a single-adapter tool (lm-eval) the stack is one rank-2r peft folder (peft's cat merge): the same model
+    from fedpit.personal import single_adapter_folder
+
+    merged = single_adapter_folder(folder)
+    assert merged == folder / "merged" and json.loads((merged / "adapter_config.json").read_text())["r"] == 8
+    m_eng = engine_for(merged, max_seq_len=stacked_cfg.model.max_seq_len, dtype="fp32")
+    assert evaluate(m_eng, merged, tests, **kw).metrics["reference_loss"] == pytest.approx(stacked, abs=1e-5)
+    stamp = (merged / "adapter_model.safetensors").stat().st_mtime_ns
+    assert single_adapter_folder(folder) == merged  # written once
+    assert (merged / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    assert single_adapter_folder(folder / "shared") == folder / "shared"
+
     # without the shared adapter it sits on (or with another one) the private adapter is refused
     (folder / "shared" / "adapter_model.safetensors").rename(folder / "elsewhere.safetensors")
     with pytest.raises(ConfigError, match="without the shared adapter it sits on"):

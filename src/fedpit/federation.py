@@ -308,11 +308,6 @@ def personal_states(rd: RunDir, num_clients: int, r: int) -> dict[int, ClientSta
     return out
 
 
-def private_adapters(rd: RunDir, num_clients: int, r: int) -> dict[int, StateDict]:
-    """Each client's private adapter as of round ``r`` (without the shared adapter a stacked one sits on)."""
-    return {k: s.local for k, s in personal_states(rd, num_clients, r).items()}
-
-
 def personal_loss(engine: Engine, state: ClientState, test_enc: list) -> float:
     """Held-out loss of a client's personalized model: backbone + private, or backbone + shared + private."""
     engine.load_adapter(state.local)

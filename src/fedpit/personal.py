@@ -67,3 +67,34 @@ def read_personal(folder: str | os.PathLike) -> tuple[StateDict, StateDict | Non
     if state_digest(shared) != meta.get("stacked_on_sha256"):
         raise ConfigError(f"{base}: not the shared adapter {folder} was trained on (stacked_on_sha256 differs)")
     return adapter, shared
+
+
+def single_adapter_folder(folder: str | os.PathLike) -> Path:
+    """An adapter folder a single-adapter tool (lm-eval's ``peft=``) loads correctly: ``folder`` itself, or for a
+    stacked private adapter ``folder/merged/``, written once: peft's ``add_weighted_adapter(combination_type="cat")``
+    concatenates the two LoRA adapters into one of rank r_private + r_shared whose delta is their sum (the same
+    model up to float rounding in the order of the sum)."""
+    folder = Path(folder)
+    _, shared = read_personal(folder)
+    if shared is None:
+        return folder
+    out = folder / "merged"
+    _, meta = read_adapter_folder(folder)
+    key = state_digest(load_state(folder / ADAPTER_FILES[0])) + meta["stacked_on_sha256"]
+    if (out / "fedpit.json").is_file() and read_adapter_folder(out)[1].get("merged_from") == key:
+        return out
+    from peft import PeftModel, get_peft_model_state_dict
+
+    from .backbone import load_backbone
+
+    pc, _ = read_adapter_folder(folder)
+    bb = load_backbone(meta.get("model") or pc["base_model_name_or_path"], dtype="fp32", device="cpu")
+    model = PeftModel.from_pretrained(bb.model, str(folder))
+    model.load_adapter(str(folder / meta["stacked_on"]), adapter_name=SHARED_SUBFOLDER)
+    model.base_model.add_weighted_adapter(["default", SHARED_SUBFOLDER], [1.0, 1.0], "merged", combination_type="cat")
+    config = model.peft_config["merged"].to_dict()
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+    meta = {k: v for k, v in meta.items() if not k.startswith("stacked_on")}
+    meta |= {"personal": "merged", "merged_from": key}
+    save_adapter_folder(out, get_peft_model_state_dict(model, adapter_name="merged"), config, meta)
+    return out
