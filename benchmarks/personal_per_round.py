@@ -30,7 +30,7 @@ def per_round(run_dir: Path) -> dict:
     test_enc = encoded_test(cfg, engine, prepare(cfg))
     rounds = {m["round"]: m.get("test_loss") for m in rd.read_metrics() if m.get("kind") == "round"}
     personal = {}
-    for r in range(1, cfg.federation.rounds + 1):
+    for r in range(1, min(cfg.federation.rounds, rd.progress()["completed_rounds"]) + 1):  # committed rounds only
         states = personal_states(rd, cfg.partition.num_clients, r)
         personal[r] = {k: personal_loss(engine, s, test_enc) for k, s in states.items()}
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
