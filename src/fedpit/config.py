@@ -115,6 +115,7 @@ class SelfGenSettings:
 TASK_TEXTS = ("auto", "instruction", "instruction+input")
 GEN_TEMPLATES = ("model", "auto", "alpaca", "chat")
 SELECT_BY = ("auto", "ifs", "relevance", "none")
+PERSONAL = ("independent", "stacked")
 
 
 @dataclass
@@ -125,6 +126,7 @@ class FedPITConfig:
     synthetic_epochs: int = 1  # passes over the synthetic set for adapters trained on synthetic data only
     select_by: str = "auto"  # ifs | relevance | none | auto (fedpit-mix: ifs; fedpit: no selection, num_instructions)
     shared_budget: str = "synthetic_epochs"  # synthetic_epochs | parity (FedIT's local step count)
+    personal: str = "independent"  # fedpit: independent | stacked (private adapter on top of the frozen shared one)
 
 
 @dataclass
@@ -438,6 +440,12 @@ def _methods(cfg: Config) -> None:
         cfg.fedpit.shared_budget in ("synthetic_epochs", "parity"),
         "fedpit.shared_budget",
         "must be synthetic_epochs or parity",
+    )
+    _check(cfg.fedpit.personal in PERSONAL, "fedpit.personal", f"must be one of {', '.join(PERSONAL)}")
+    _check(
+        not (cfg.fedpit.personal == "stacked" and cfg.algorithm == "fedpit-mix"),
+        "fedpit.personal",
+        "stacked applies to fedpit only: fedpit-mix keeps no private adapter (its private one is in the upload)",
     )
     _check(cfg.fedprox.mu >= 0, "fedprox.mu", "must be >= 0")
     _check(cfg.fewfedweight.energy_temperature > 0, "fewfedweight.energy_temperature", "must be > 0")

@@ -6,6 +6,8 @@ tokenized once per run. Algorithms call :meth:`Engine.train` and :meth:`Engine.l
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 import time
@@ -21,6 +23,7 @@ from .backbone import Backbone
 from .prompts import IGNORE_INDEX, Encoded, encode_example
 
 log = logging.getLogger("fedpit.engine")
+SHARED_SLOT = "shared"  # peft adapter name of the frozen shared adapter under a stacked private one
 
 
 @dataclass
@@ -135,6 +138,36 @@ class Engine:
         unexpected = getattr(res, "unexpected_keys", None)
         if unexpected:
             raise ValueError(f"adapter has keys this model lacks, e.g. {unexpected[:2]}")
+
+    @contextlib.contextmanager
+    def stacked(self, shared: StateDict | None) -> Iterator[None]:
+        """Within: the model is backbone + ``shared`` (frozen) + the loaded adapter, the one :meth:`load_adapter`,
+        :meth:`adapter_state` and :meth:`train` address (FedDPA's stack of a global and a private LoRA adapter).
+
+        peft's multi-adapter support does the stacking: ``shared`` goes into a second adapter slot (no dropout: it
+        is part of the frozen model), both are activated with ``set_adapter([...])`` and only the private one keeps
+        gradients. The slot is created on first use; outside this block only the loaded adapter is active and
+        trainable, exactly as before. ``None``: nothing is stacked (the block changes nothing).
+        """
+        if shared is None:
+            yield
+            return
+        from peft import set_peft_model_state_dict
+
+        if SHARED_SLOT not in self.model.peft_config:
+            slot = copy.deepcopy(self.peft_config)
+            slot.lora_dropout = 0.0
+            with torch.random.fork_rng(devices=[]):  # the slot's random init must not move the run's RNG
+                self.model.add_adapter(SHARED_SLOT, slot)
+        res = set_peft_model_state_dict(self.model, shared, adapter_name=SHARED_SLOT)
+        if getattr(res, "unexpected_keys", None):
+            raise ValueError(f"shared adapter has keys this model lacks, e.g. {res.unexpected_keys[:2]}")
+        self.model.base_model.set_adapter(["default", SHARED_SLOT])
+        self.model.set_requires_grad(SHARED_SLOT, requires_grad=False)
+        try:
+            yield
+        finally:
+            self.model.base_model.set_adapter("default")
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

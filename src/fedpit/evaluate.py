@@ -21,12 +21,13 @@ import torch
 from .backbone import DEFAULT_MODEL
 from .config import Config, LoraConfig
 from .data import Example
-from .engine import Engine
+from .engine import SHARED_SLOT, Engine
 from .federation import make_engine
 from .generate import generate
 from .metrics import embedding_cosine, rouge_l
+from .personal import read_personal
 from .prompts import build_prompt
-from .rundir import load_adapter_state, read_adapter_folder, read_json, write_json
+from .rundir import read_adapter_folder, read_json, write_json
 
 log = logging.getLogger("fedpit.evaluate")
 ANSWERS, GENERATION = "answers.jsonl", "generation.json"
@@ -95,6 +96,7 @@ def engine_for(
     meta = {}
     if adapter is not None:
         pc, meta = read_adapter_folder(adapter)
+        read_personal(adapter)  # a stacked private adapter without its shared adapter fails here, before the model
         cfg.lora = LoraConfig(r=pc["r"], alpha=pc["lora_alpha"], dropout=0.0, target_modules=list(pc["target_modules"]))
         model = model or meta.get("model") or pc.get("base_model_name_or_path")
     cfg.model.name = model or DEFAULT_MODEL
@@ -145,28 +147,29 @@ def evaluate(
     judge=None,
     embed=None,
     answers_dir: str | Path | None = None,
+    shared: dict | None = None,
 ) -> EvalResult:
-    """Answer every example with ``adapter`` loaded (None: the bare backbone) and score the answers.
+    """Answer every example with ``adapter`` loaded (None: the bare backbone) and score the answers. A stacked
+    private adapter is evaluated on top of the shared adapter its folder carries (or ``shared``, for a state dict).
 
     With a ``judge``, its endpoint is checked with one cheap request before anything is generated. With
     ``answers_dir``, the answers are saved there (answers.jsonl, generation.json) as soon as they are generated,
     before any judging, and an earlier evaluation's answers for the same backbone, adapter, prompts and settings are
     reused instead of generated again (so a judge that fails midway costs no regeneration on the rerun).
     """
-    import contextlib
-
     if judge is not None and hasattr(judge, "check"):
         judge.check()
     if isinstance(adapter, (str, Path)):
-        adapter = load_adapter_state(adapter)  # a damaged file is a one-line error naming it
+        adapter, shared = read_personal(adapter)
     if adapter is not None:
         engine.load_adapter(adapter)
-    scope = engine.model.disable_adapter() if adapter is None else contextlib.nullcontext()
+    scope = engine.model.disable_adapter() if adapter is None else engine.stacked(shared)
+    keyed = adapter if shared is None else {**adapter, **{f"{SHARED_SLOT}.{k}": v for k, v in shared.items()}}
     with scope:
         prompts = [
             build_prompt(e.instruction, e.input, template=engine.template, tokenizer=engine.tokenizer) for e in examples
         ]
-        answers = _answers(engine, adapter, examples, prompts, max_new_tokens, batch_size, answers_dir)
+        answers = _answers(engine, keyed, examples, prompts, max_new_tokens, batch_size, answers_dir)
         ref_loss = engine.mean_loss(engine.encode(examples))
     cos = embedding_cosine(answers, [e.output for e in examples], embed=embed)
     rows = [

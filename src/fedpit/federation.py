@@ -13,7 +13,6 @@ import json
 import math
 import resource
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -202,6 +201,13 @@ def save_adapter(cfg: Config, engine: Engine, folder: Path, state: StateDict, cl
     save_adapter_folder(folder, state, engine.peft_config_dict(), adapter_meta(cfg, client))
 
 
+def save_personal(cfg: Config, engine: Engine, folder: Path, state: ClientState, client: int) -> None:
+    """A client's personalized model as a peft folder (a stacked one with the shared adapter under it)."""
+    from .personal import save_personal_folder
+
+    save_personal_folder(folder, state.local, state.shared, engine.peft_config_dict(), adapter_meta(cfg, client))
+
+
 def open_run(
     cfg: Config, engine: Engine, prep: Prepared, resume: str | Path | None, transport: str, *, unique: bool = False
 ) -> tuple[RunDir, int, StateDict]:
@@ -310,25 +316,40 @@ def round_row(
     }
 
 
-def private_adapters(rd: RunDir, num_clients: int, r: int) -> dict[int, StateDict]:
-    """Each client's private adapter as of round ``r``, for the clients whose state is in this run folder."""
+def personal_states(rd: RunDir, num_clients: int, r: int) -> dict[int, ClientState]:
+    """Each client's private state as of round ``r``, for the clients whose state is in this run folder."""
     out = {}
     for k in range(num_clients):
-        f = rd.latest_client_state(k, r)
-        local = ClientState.load(f).local
-        if local:
-            out[k] = local
+        state = ClientState.load(rd.latest_client_state(k, r))
+        if state:
+            out[k] = state
     return out
 
 
-def attack(cfg: Config, rd: RunDir, engine: Engine, train: list[Example], adapter: StateDict | None, name: str) -> dict:
-    """Extraction attack on one adapter (None: the bare backbone); per-example rows go to extraction/NAME.jsonl."""
+def personal_loss(engine: Engine, state: ClientState, test_enc: list) -> float:
+    """Held-out loss of a client's personalized model: backbone + private, or backbone + shared + private."""
+    engine.load_adapter(state.local)
+    with engine.stacked(state.shared or None):
+        return engine.mean_loss(test_enc)
+
+
+def attack(
+    cfg: Config,
+    rd: RunDir,
+    engine: Engine,
+    train: list[Example],
+    adapter: StateDict | None,
+    name: str,
+    shared: StateDict | None = None,
+) -> dict:
+    """Extraction attack on one adapter (None: the bare backbone; with ``shared``: the stack of both); per-example
+    rows go to extraction/NAME.jsonl."""
     from .privacy import extraction_attack, sample_targets
 
     targets = sample_targets(train, cfg.eval.extraction_n, cfg.seed)
     if adapter is not None:
         engine.load_adapter(adapter)
-    with engine.model.disable_adapter() if adapter is None else nullcontext():
+    with engine.model.disable_adapter() if adapter is None else engine.stacked(shared or None):
         res = extraction_attack(
             engine.model,
             engine.tokenizer,
@@ -359,10 +380,8 @@ def evaluate_round(
         engine.load_adapter(new_global)
         test_loss = engine.mean_loss(test_enc)
     elif test_enc:
-        losses = []
-        for local in private_adapters(rd, cfg.partition.num_clients, r).values():
-            engine.load_adapter(local)
-            losses.append(engine.mean_loss(test_enc))
+        states = personal_states(rd, cfg.partition.num_clients, r).values()
+        losses = [personal_loss(engine, s, test_enc) for s in states]
         test_loss = sum(losses) / len(losses) if losses else None
     extraction = None
     if cfg.eval.extraction_every_round and method.shares_adapter:
@@ -381,15 +400,16 @@ def finish_clients(
         last = [m for m in rd.read_metrics() if m.get("kind") == "round" and m.get("extraction")]
         if last:
             extraction["shared"] = last[-1]["extraction"]
-    for k, local in private_adapters(rd, cfg.partition.num_clients, cfg.federation.rounds).items():
+    for k, state in personal_states(rd, cfg.partition.num_clients, cfg.federation.rounds).items():
         folder = rd.path / "clients" / f"client_{k}" / "final"
-        save_adapter(cfg, engine, folder, local, client=k)
+        save_personal(cfg, engine, folder, state, client=k)
         personal.append(str(folder))
         if test_enc:
-            engine.load_adapter(local)
-            losses.append(engine.mean_loss(test_enc))
+            losses.append(personal_loss(engine, state, test_enc))
         if cfg.eval.extraction_every_round:
-            extraction[f"private_client_{k}"] = attack(cfg, rd, engine, prep.train, local, f"private_client_{k}")
+            extraction[f"private_client_{k}"] = attack(
+                cfg, rd, engine, prep.train, state.local, f"private_client_{k}", shared=state.shared
+            )
     return personal, losses, extraction
 
 
@@ -418,7 +438,7 @@ def summary(
         "personal_adapters": personal,  # only those in this run folder; a real site keeps its own
         "train_loss_per_round": [m.get("train_loss") for m in trained],
         "test_loss_per_round": [m.get("test_loss") for m in rounds],
-        "personal_test_loss": personal_losses,  # each client's private adapter on the held-out set
+        "personal_test_loss": personal_losses,  # each client's personalized model (stacked: shared + private)
         "extraction": extraction,  # attack on the final shared, private and bare models (eval.extraction_every_round)
         "dropped_per_round": {m["round"]: m["dropped"] for m in trained if m.get("dropped")},
         "seconds_this_process": round(time.perf_counter() - t_start, 2),

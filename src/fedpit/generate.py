@@ -130,7 +130,8 @@ def load_for_inference(
     device: str = "auto",
     cache_dir: str | None = None,
 ):
-    """Backbone (+ a trained adapter folder written by fedpit or peft). Returns (model, tokenizer, template)."""
+    """Backbone (+ a trained adapter folder written by fedpit or peft; a stacked private adapter with the shared one
+    it sits on). Returns (model, tokenizer, template)."""
     from .backbone import DEFAULT_MODEL, load_backbone
     from .rundir import read_adapter_folder
 
@@ -145,7 +146,14 @@ def load_for_inference(
     if adapter is not None:
         from peft import PeftModel
 
+        from .personal import read_personal, stacked_on
+
         m = PeftModel.from_pretrained(m, str(adapter))
+        base = stacked_on(adapter)
+        if base is not None:  # a stacked private adapter: load the shared one it sits on and activate both
+            read_personal(adapter)  # refuses a missing or different shared adapter
+            m.load_adapter(str(base), adapter_name="shared")
+            m.base_model.set_adapter(["default", "shared"])
         m.eval()
     return m, bb.tokenizer, template
 

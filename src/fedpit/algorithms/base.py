@@ -24,28 +24,35 @@ if TYPE_CHECKING:
     from ..partition import Partition
 
 LOCAL_PREFIX = "local."  # key prefix of the private adapter's tensors in a client's state file
+SHARED_PREFIX = "shared."  # key prefix of the shared adapter a stacked private adapter sits on (fedpit.personal)
 
 
 @dataclass
 class ClientState:
-    """A client's private state, kept on the client between rounds and never sent: its local (personalized) adapter.
+    """A client's private state, kept on the client between rounds and never sent: its local (personalized) adapter,
+    and for a stacked private adapter (``fedpit.personal = "stacked"``) the frozen shared adapter it was trained on
+    top of (the personalized model is backbone + ``shared`` + ``local``; empty: backbone + ``local``).
 
-    On disk it is one safetensors file whose keys are the adapter's, prefixed with ``local.``."""
+    On disk it is one safetensors file whose keys are the adapter's, prefixed with ``local.`` (and ``shared.``)."""
 
     local: StateDict = field(default_factory=dict)
+    shared: StateDict = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.local)
 
     def save(self, path: str | os.PathLike) -> None:
-        save_state({LOCAL_PREFIX + k: v for k, v in self.local.items()}, path)
+        tensors = {LOCAL_PREFIX + k: v for k, v in self.local.items()}
+        save_state(tensors | {SHARED_PREFIX + k: v for k, v in self.shared.items()}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None) -> ClientState:
         """The state saved at ``path`` (an empty state for None: the client has not trained yet)."""
         if path is None:
             return cls()
-        return cls({k[len(LOCAL_PREFIX) :]: v for k, v in load_state(path).items() if k.startswith(LOCAL_PREFIX)})
+        saved = load_state(path)
+        part = lambda prefix: {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}  # noqa: E731
+        return cls(part(LOCAL_PREFIX), part(SHARED_PREFIX))
 
 
 @dataclass(frozen=True)
@@ -207,9 +214,9 @@ def split_state(state: ClientState | dict) -> StateDict:
     return state.local if isinstance(state, ClientState) else {}
 
 
-def join_state(adapter: StateDict) -> ClientState:
-    """A client state holding ``adapter`` as the private adapter."""
-    return ClientState(dict(adapter))
+def join_state(adapter: StateDict, shared: StateDict | None = None) -> ClientState:
+    """A client state holding ``adapter`` as the private adapter (stacked on ``shared`` when given)."""
+    return ClientState(dict(adapter), dict(shared or {}))
 
 
 def fedavg(global_adapter: StateDict, replies: list[ClientReply]) -> StateDict:

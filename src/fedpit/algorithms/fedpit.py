@@ -17,6 +17,14 @@ global adapter, from which the private adapter is created). ``auto`` (default) k
 step, ``selfgen.num_instructions`` examples, all kept.
 ``fedpit.shared_budget=parity`` trains the shared adapter for the local step budget (FedIT's) instead of
 ``fedpit.synthetic_epochs`` passes.
+
+Personalization (``fedpit.personal``): ``independent`` (default, v1) as above: the private adapter is a model of its
+own, backbone + private, and never sees a later shared adapter. ``stacked`` (as FedDPA): the private adapter is
+trained on top of the shared adapter received this round, frozen (two LoRA adapters stacked with peft's multi-adapter
+support), so the personalized model is backbone + shared + private. It starts as the untrained initial adapter (LoRA
+B = 0: the stack starts as the shared model), keeps training across rounds on each new shared adapter, and the client
+state records the shared adapter it sits on. IFS (selection, measures) is then scored by the stack. The upload is
+computed the same way in both modes (step 2 never involves the private adapter).
 """
 
 from __future__ import annotations
@@ -53,11 +61,13 @@ def client_update(
         template=engine.template,
         num=p.candidates if selecting else None,
     )
-    private_start = split_state(state) or global_adapter
+    stack = global_adapter if p.personal == "stacked" else None  # the frozen shared adapter under the private one
+    private_start = split_state(state) or (global_adapter if stack is None else engine.initial_adapter)
     ifs = None
     if candidates and (s.measure or select_by == "ifs"):
         engine.load_adapter(private_start)  # the private adapter scores; nothing it computes is uploaded but the choice
-        ifs = ifs_terms(engine, candidates)
+        with engine.stacked(stack):
+            ifs = ifs_terms(engine, candidates)
     synthetic = assess_and_select(
         candidates, examples, s, report, select_by=select_by, keep=p.keep if selecting else None, ifs=ifs
     )
@@ -67,8 +77,9 @@ def client_update(
     upload = engine.adapter_state()
 
     engine.load_adapter(private_start)
-    local = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs(seed_offset=1))
-    new_state = join_state(engine.adapter_state())
+    with engine.stacked(stack):
+        local = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs(seed_offset=1))
+    new_state = join_state(engine.adapter_state(), stack)
 
     metrics = {
         **shared.as_dict(),

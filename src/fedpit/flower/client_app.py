@@ -28,7 +28,7 @@ from ..config import Config
 from ..data import Example, load_examples
 from ..engine import Engine
 from ..errors import ConfigError
-from ..federation import client_context, client_share, make_engine, save_adapter, write_artifacts
+from ..federation import client_context, client_share, make_engine, save_personal, write_artifacts
 from ..rundir import RunDir
 from .common import (
     ARRAYS,
@@ -143,7 +143,7 @@ def train(msg: Message, context: Context) -> Message:
         result.state.save(rd.client_state_file(k, r))
         _register_private(result.state.local)
         if r == cfg.federation.rounds:  # the personalized model stays here, as a peft folder
-            save_adapter(cfg, engine, rd.path / "clients" / f"client_{k}" / "final", result.state.local, k)
+            save_personal(cfg, engine, rd.path / "clients" / f"client_{k}" / "final", result.state, k)
     write_artifacts(rd.path / "clients" / f"client_{k}" / f"round_{r:03d}", result.artifacts)
     reply = result.reply
     metrics = {

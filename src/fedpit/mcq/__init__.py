@@ -132,6 +132,10 @@ def _cache_file(n: str, data_file: Path, adapter: Path | None, st: Settings) -> 
 def _compute(todo: list[str], prepared: dict, adapter: Path | None, st: Settings) -> tuple[dict, dict]:
     """Fresh results and seconds for the benchmarks in ``todo`` (lm-eval: one call, so the model loads once)."""
     t0 = time.perf_counter()
+    if adapter is not None:  # a stacked private adapter: its shared adapter and it, as one ordinary peft folder
+        from ..personal import single_adapter_folder
+
+        adapter = single_adapter_folder(adapter)
     if st.protocol == "lm-eval":
         from .harness import run_lm_eval
 
