@@ -105,6 +105,12 @@ def test_private_guard_blocks_a_private_tensor_and_passes_the_upload(task_identi
         )
     with pytest.raises(RuntimeError, match="private key"):
         client_app.private_guard(incoming, ctx, replying({"local.a": torch.randn(2, 2)}))
+    from fedpit.flower.common import from_record, to_record
+
+    packed = to_record({**upload, "a.lora_A.weight": private["a.lora_A.weight"].clone()})  # one flat array on the wire
+    assert len(packed) == 1 and torch.equal(from_record(packed)["a.lora_A.weight"], private["a.lora_A.weight"])
+    with pytest.raises(RuntimeError, match="a.lora_A.weight"):
+        client_app.private_guard(incoming, ctx, lambda msg, c: Message(RecordDict({"arrays": packed}), reply_to=msg))
 
 
 def test_strategy_aggregates_like_the_method_in_client_order(tiny_cfg, task_identity):
@@ -244,6 +250,11 @@ def _deploy(cluster, cfg, *, resume: bool = False) -> tuple[dict, Path]:
     return st, Path(cfg.output_dir) / cfg.run_name
 
 
+def _client_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "client"]
+
+
 def _round_rows(run_dir: Path) -> dict[int, dict]:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["round"]: r for r in rows if r["kind"] == "round" and r["round"] > 0}
@@ -256,6 +267,12 @@ def test_deployment_with_tls_matches_the_in_process_runner(cluster, tiny_cfg, al
     assert st["status"] == "finished:completed", st
     assert _max_diff(_final(ref), _final(run_dir)) <= 1e-5
     assert all(r["trained"] == [0, 1, 2] and r["bytes_up"] > 0 for r in _round_rows(run_dir).values())
+    timing = {(r["round"], r["client"]): r["timing"] for r in _client_rows(run_dir)}  # where each message's time went
+    assert sorted(timing) == [(r, k) for r in (1, 2) for k in range(3)]
+    for (r, _), t in timing.items():
+        assert t["executor"] == 1 and t["warm"] == (r > 1 or t["warm"])  # round 2: the backbone was loaded already
+        assert 0 <= t["first-step-s"] <= t["client-s"] and t["train-s"] > 0 and t["upload-s"] >= 0
+    assert all(timing[(2, k)]["warm"] == 1 for k in range(3))
 
 
 def test_unregistered_supernode_is_refused(cluster):
