@@ -275,6 +275,59 @@ def test_deployment_with_tls_matches_the_in_process_runner(cluster, tiny_cfg, al
     assert all(timing[(2, k)]["warm"] == 1 for k in range(3))
 
 
+def _other_backbone(src: str, dst: Path, seed: int) -> str:
+    """The tiny model with other random weights, saved (again) in ``dst``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return str(dst)
+
+
+def test_a_site_reloads_when_the_backbone_changes(cluster, tiny_cfg, tmp_path):
+    """The sites' executors keep their backbone across runs; a run on another backbone (a new folder, then the same
+    folder with its weights replaced in place) trains on that backbone: the in-process result, not a stale model."""
+    other = tmp_path / "other-backbone"
+    for seed in (1, 2):
+        path = _other_backbone(tiny_cfg.model.name, other, seed)
+        cfg = _cfg(replace(tiny_cfg, model=replace(tiny_cfg.model, name=path)), "fedit", f"other{seed}", rounds=1)
+        ref = Runner(replace(cfg, run_name=f"other{seed}-ref"), show_progress=False).run()
+        st, run_dir = _deploy(cluster, cfg)
+        assert st["status"] == "finished:completed", st
+        assert _max_diff(_final(ref), _final(run_dir)) <= 1e-5
+
+
+def test_executor_crash_mid_message_is_a_drop_and_recovers(cluster, tiny_cfg):
+    """A site's executor killed while it trains: its supervisor starts a new one, which answers the message the
+    dead one held with an error at once (the client is recorded as dropped for that round; no timeout waited out),
+    loads the backbone again and trains in the next round."""
+    cfg = _cfg(tiny_cfg, "fedit", "crashed", rounds=2)
+    cfg.train.local_steps = 40  # a message long enough to be killed in
+    cfg.flower.min_replies, cfg.flower.round_timeout_s = 2, 300.0
+    from fedpit.flower.deploy import repo_app_dir
+
+    f = cluster.workdir / "crashed.toml"
+    f.write_text(to_toml(cfg), encoding="utf-8")
+    held = cluster.workdir / "sites" / "node2" / "task.json"  # the message an executor is working on
+    run_id = cluster.submit(repo_app_dir(), {"config": str(f)})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if held.is_file() and '"message_type": "train"' in held.read_text():
+            break
+        time.sleep(0.05)
+    cluster.kill_executor(2)
+    st = cluster.wait_run(run_id, timeout=600)
+    assert st["status"] == "finished:completed", st
+    rounds = _round_rows(Path(cfg.output_dir) / cfg.run_name)
+    assert rounds[1]["dropped"] == [2] and "stopped during this message" in rounds[1]["errors"]["2"]
+    assert rounds[1]["seconds"] < cfg.flower.round_timeout_s and rounds[2]["trained"] == [0, 1, 2]
+
+
 def test_unregistered_supernode_is_refused(cluster):
     p = cluster.start_node(3, key_name="unregistered")  # a valid key pair the SuperLink has never seen
     rc = p.wait(timeout=120)

@@ -352,7 +352,7 @@ def _flower_site(args) -> int:
     if args.action == "node":
         from .flower.node import run_node
 
-        return run_node(args.supernode_args, threads=args.threads)
+        return run_node(args.supernode_args, threads=args.threads, work_dir=args.work_dir)
     from .flower.executor import serve
 
     serve(
@@ -360,6 +360,7 @@ def _flower_site(args) -> int:
         root_certificates=args.root_certificates,
         threads=args.threads,
         parent_pid=args.parent_pid,
+        task_file=args.task_file,
     )
     return 0
 
@@ -426,12 +427,14 @@ def _add_flower_parser(sub) -> None:
         help="a site: flower-supernode --isolation process ARGS and a long-lived executor that keeps the model loaded",
     )
     q.add_argument("--threads", type=int, default=0, help="torch threads for this site's training (0: torch's)")
+    q.add_argument("--work-dir", help="the executor's bookkeeping (the message in progress; default: a temp folder)")
     q.add_argument("supernode_args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
     q = fl.add_parser("executor", help="(started by `flower node`) run a SuperNode's ClientApp tasks in one process")
     q.add_argument("--runtime-api-address", default="127.0.0.1:9094")
     q.add_argument("--root-certificates", help="CA of a Runtime API served over TLS")
     q.add_argument("--threads", type=int, default=0)
     q.add_argument("--parent-pid", type=int, help="exit when this process does")
+    q.add_argument("--task-file", help="where the message in progress is noted, to answer it after a crash")
     q = fl.add_parser("certs", help="make a CA and a SuperLink certificate")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument(

@@ -430,7 +430,9 @@ class LocalCluster:
         if not self.executor:
             return args
         threads = self.threads or max(1, (os.cpu_count() or 1) // max(1, self.nodes))
-        return [sys.executable, "-m", "fedpit", "flower", "node", "--threads", str(threads), "--", *args[1:]]
+        site = self.workdir / "sites" / (key_name or f"node{i}")
+        cmd = [sys.executable, "-m", "fedpit", "flower", "node", "--threads", str(threads), "--work-dir", str(site)]
+        return [*cmd, "--", *args[1:]]
 
     def start_node(self, i: int, key_name: str | None = None) -> subprocess.Popen:
         p = self._spawn(self.site_args(i, key_name), f"supernode{i}{'-' + key_name if key_name else ''}.log")

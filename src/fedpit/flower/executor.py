@@ -17,10 +17,12 @@ Tasks run one at a time, as the SuperNode hands them out (it waits for each repl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 log = logging.getLogger("fedpit.flower.executor")
 
@@ -95,7 +97,61 @@ def pull_task_input(client):
     return message, context, run, fab
 
 
-def run_task(address: str, token: str, certificates: bytes | None, installed: set[str], arrived: float) -> bool:
+CRASH_REASON = "fedpit executor: the site's executor stopped during this message (restarted; the site is back)"
+
+
+def _remember(task_file: Path | None, token: str, message, context) -> None:
+    """Write the task in progress (its token and message header, nothing of the content) so that an executor
+    started after a crash can answer it at once, instead of the SuperNode waiting for the task to lapse (60 s)."""
+    if task_file is None:
+        return
+    meta = {k.lstrip("_"): v for k, v in message.metadata.__dict__.items()}
+    tmp = task_file.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"token": token, "metadata": meta, "run_id": context.run_id, "node_id": context.node_id}, fh)
+    os.replace(tmp, task_file)
+
+
+def answer_orphan(address: str, certificates: bytes | None, task_file: Path) -> bool:
+    """Reply with an error to the message a crashed executor held (so the server records a drop now) and close its
+    task. False when there was none, or its token had already lapsed (Flower then answers it itself)."""
+    from types import SimpleNamespace
+
+    from flwr.app import Message, Metadata
+    from flwr.app.error import Error
+    from flwr.app.message.message import make_message
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+    if not task_file.is_file():
+        return False
+    held = json.loads(task_file.read_text(encoding="utf-8"))
+    task_file.unlink()
+    client = _client(address, certificates, held["token"])
+    try:
+        asked = make_message(Metadata(**held["metadata"]), content=None, error=Error(code=0, reason="placeholder"))
+        reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=CRASH_REASON), reply_to=asked)
+        push_message(client, reply, SimpleNamespace(run_id=held["run_id"], node_id=held["node_id"]))
+        # no context: the node keeps the one it has (the dead executor never pushed its changes)
+        push_task_output(client=client, context=None, sub_status=SubStatus.FAILED, details=CRASH_REASON)
+        print(f"fedpit executor: answered the message a stopped executor held ({CRASH_REASON})", file=sys.stderr)
+        return True
+    except Exception as e:  # the token lapsed meanwhile: the SuperNode answers the message itself
+        print(f"fedpit executor: could not answer the held message ({type(e).__name__}: {e})", file=sys.stderr)
+        return False
+    finally:
+        client.close()
+
+
+def run_task(
+    address: str,
+    token: str,
+    certificates: bytes | None,
+    installed: set[str],
+    arrived: float,
+    task_file: Path | None = None,
+) -> bool:
     """One ClientApp task, as ``flwr-clientapp`` runs it (pull input, call the app, push reply and status), without
     exiting afterwards. True when the app replied without raising."""
     from flwr.app import Message
@@ -115,6 +171,7 @@ def run_task(address: str, token: str, certificates: bytes | None, installed: se
     marks = [time.time()]
     try:
         message, context, run, fab = pull_task_input(client)
+        _remember(task_file, token, message, context)
         marks.append(time.time())
         app = _load_app(run, fab, installed)
         marks.append(time.time())
@@ -138,6 +195,8 @@ def run_task(address: str, token: str, certificates: bytes | None, installed: se
             log.exception("pushing the reply failed")
             status = SubStatus.FAILED
         push_task_output(client=client, context=context, sub_status=status, details=details)
+        if task_file is not None:
+            task_file.unlink(missing_ok=True)
         if heartbeat.is_running:
             heartbeat.stop()
         client.close()
@@ -154,6 +213,7 @@ def serve(
     poll_s: float = 0.05,
     threads: int = 0,
     parent_pid: int | None = None,
+    task_file: str | Path | None = None,
     max_tasks: int = 0,
 ) -> None:
     """Take this node's ClientApp tasks from its Runtime API at ``address`` until stopped (or ``max_tasks``)."""
@@ -170,6 +230,9 @@ def serve(
     from . import client_app  # noqa: F401  (imports torch, transformers, peft once, before the first message)
 
     certificates = open(root_certificates, "rb").read() if root_certificates else None
+    task_file = Path(task_file) if task_file else None
+    if task_file is not None:
+        answer_orphan(address, certificates, task_file)
     client = _client(address, certificates)
     installed: set[str] = set()
     done = 0
@@ -178,7 +241,7 @@ def serve(
         while not max_tasks or done < max_tasks:
             res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[CLIENT_APP]))
             if res.HasField("task") and res.token:
-                run_task(address, res.token, certificates, installed, time.time())
+                run_task(address, res.token, certificates, installed, time.time(), task_file)
                 done += 1
             else:
                 time.sleep(poll_s)
@@ -186,4 +249,4 @@ def serve(
         client.close()
 
 
-__all__ = ["run_task", "serve"]
+__all__ = ["answer_orphan", "pull_task_input", "run_task", "serve"]

@@ -15,7 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from ..errors import ConfigError
 
@@ -51,15 +53,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def executor_command(address: str, threads: int, root_certificates: str | None) -> list[str]:
+def executor_command(address: str, threads: int, root_certificates: str | None, task_file: Path) -> list[str]:
     cmd = [sys.executable, "-m", "fedpit", "flower", "executor", "--runtime-api-address", address]
-    cmd += ["--threads", str(threads), "--parent-pid", str(os.getpid())]
+    cmd += ["--threads", str(threads), "--parent-pid", str(os.getpid()), "--task-file", str(task_file)]
     return cmd + (["--root-certificates", root_certificates] if root_certificates else [])
 
 
-def run_node(supernode_args: list[str], *, threads: int = 0, restart_delay_s: float = 1.0) -> int:
+def run_node(
+    supernode_args: list[str], *, threads: int = 0, work_dir: str | Path | None = None, restart_delay_s: float = 1.0
+) -> int:
     """Start ``flower-supernode --isolation process ARGS`` and the executor; keep the executor running; return the
-    SuperNode's exit code."""
+    SuperNode's exit code. ``work_dir`` (mode 700) holds ``task.json``, the message in progress (token and header),
+    which a restarted executor answers with an error at once."""
     if _arg(supernode_args, "--isolation") not in (None, "process"):
         raise ConfigError("fedpit flower node: the SuperNode runs with --isolation process (leave --isolation out)")
     args = [a for a in supernode_args if a != "--"]
@@ -67,6 +72,10 @@ def run_node(supernode_args: list[str], *, threads: int = 0, restart_delay_s: fl
         args = ["--isolation", "process", *args]
     address = runtime_address(args)
     certs = _arg(args, "--ssl-ca-certfile")  # a Runtime API served over TLS
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="fedpit-node-"))
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o700)
+    task_file = work / "task.json"
     node = subprocess.Popen([sys.executable, "-m", "fedpit.flower.supernode", *args], preexec_fn=_die_with_parent)
     executor = None
     stopping = []
@@ -82,7 +91,9 @@ def run_node(supernode_args: list[str], *, threads: int = 0, restart_delay_s: fl
                 if executor is not None:
                     print(f"fedpit node: executor exited with {executor.returncode}; restarting", file=sys.stderr)
                     time.sleep(restart_delay_s)
-                executor = subprocess.Popen(executor_command(address, threads, certs), preexec_fn=_die_with_parent)
+                executor = subprocess.Popen(
+                    executor_command(address, threads, certs, task_file), preexec_fn=_die_with_parent
+                )
             time.sleep(0.2)
     finally:
         for p in (executor, node):
