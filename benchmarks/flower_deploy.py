@@ -49,6 +49,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--algorithm", default="fedit")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per site in the deployment")
+    ap.add_argument(
+        "--omp-threads",
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS for both commands (in-process run, server, sites; 0: unset). On a machine busy with "
+        "other work, 2 OpenMP threads on 2 cores wait for each other at every barrier: 1 keeps both sides sane",
+    )
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--process-per-message", action="store_true", help="Flower's default path, for comparison")
     ap.add_argument("--skip-in-process", action="store_true")
@@ -58,10 +65,19 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fedpit-flower-bench-")).absolute()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.omp_threads:
+        env["OMP_NUM_THREADS"] = str(args.omp_threads)
     common = [f"algorithm={args.algorithm}", f"federation.rounds={args.rounds}", f"output_dir={work / 'runs'}"]
     sets = [x for s in [*common, *args.overrides] for x in ("--set", s)]
     fedpit = [sys.executable, "-m", "fedpit"]
-    out: dict = {"rounds": args.rounds, "algorithm": args.algorithm, "threads_per_site": args.threads}
+    out: dict = {
+        "rounds": args.rounds,
+        "algorithm": args.algorithm,
+        "threads_per_site": args.threads,
+        "omp_threads": args.omp_threads or None,
+        "overrides": args.overrides,
+        "load_average_at_start": os.getloadavg()[0],
+    }
 
     if not args.skip_in_process:
         wall = _timed([*fedpit, "run", "--quiet", *sets, "--set", "run_name=inproc"], env)
@@ -98,6 +114,8 @@ def main() -> None:
         out["round_ratio"] = round(ratio, 3)
         out["wall_ratio"] = round(out["deployment"]["wall_s"] / out["in_process"]["wall_s"], 3)
         print(f"deployment/in-process round ratio: {ratio:.2f} (whole command: {out['wall_ratio']:.2f})")
+    out["load_average_at_end"] = os.getloadavg()[0]
+    print(f"load average (1 min) at start {out['load_average_at_start']:.1f}, at end {out['load_average_at_end']:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 

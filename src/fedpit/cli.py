@@ -281,7 +281,6 @@ def _add_eval_args(p: argparse.ArgumentParser, test_default: str) -> None:
 
 def cmd_flower(args) -> int:
     """fedpit on Flower: simulate, make certificates or node keys, or run on a localhost deployment."""
-    from pathlib import Path
 
     if args.action == "certs":
         from .flower.deploy import make_certificates
@@ -311,8 +310,13 @@ def cmd_flower(args) -> int:
         s = simulate(cfg)
         print(f"fedpit: done on Flower simulation: {s['algorithm']}, {s['rounds']} rounds; results in {s['run_dir']}")
         return 0
-    # local: a SuperLink and SuperNodes on 127.0.0.1 (TLS and node keys unless --insecure), the job, then stop.
+    return _flower_local(args, cfg)
+
+
+def _flower_local(args, cfg) -> int:
+    """A SuperLink and one site per client on 127.0.0.1 (TLS and node keys unless --insecure), the job, then stop."""
     from datetime import datetime
+    from pathlib import Path
 
     from .config import to_toml
     from .federation import named

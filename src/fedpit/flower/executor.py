@@ -17,6 +17,7 @@ Tasks run one at a time, as the SuperNode hands them out (it waits for each repl
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -103,13 +104,16 @@ CRASH_REASON = "fedpit executor: the site's executor stopped during this message
 def _remember(task_file: Path | None, token: str, message, context) -> None:
     """Write the task in progress (its token and message header, nothing of the content) so that an executor
     started after a crash can answer it at once, instead of the SuperNode waiting for the task to lapse (60 s)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
     if task_file is None:
         return
     meta = {k.lstrip("_"): v for k, v in message.metadata.__dict__.items()}
     tmp = task_file.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"token": token, "metadata": meta, "run_id": context.run_id, "node_id": context.node_id}, fh)
+        ids = {"run_id": context.run_id, "node_id": context.node_id, "task_id": TaskIdentity.task_id}
+        json.dump({"token": token, "metadata": meta, **ids}, fh)
     os.replace(tmp, task_file)
 
 
@@ -122,6 +126,7 @@ def answer_orphan(address: str, certificates: bytes | None, task_file: Path) -> 
     from flwr.app.error import Error
     from flwr.app.message.message import make_message
     from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.task_identity import TaskIdentity
     from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
     if not task_file.is_file():
@@ -130,7 +135,14 @@ def answer_orphan(address: str, certificates: bytes | None, task_file: Path) -> 
     task_file.unlink()
     client = _client(address, certificates, held["token"])
     try:
-        asked = make_message(Metadata(**held["metadata"]), content=None, error=Error(code=0, reason="placeholder"))
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (
+            held["run_id"],
+            held["node_id"],
+            held["task_id"],
+        )
+        fields = inspect.signature(Metadata).parameters  # the header as Metadata takes it (not delivered_at ...)
+        meta = Metadata(**{k: v for k, v in held["metadata"].items() if k in fields})
+        asked = make_message(meta, content=None, error=Error(code=0, reason="placeholder"))
         reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=CRASH_REASON), reply_to=asked)
         push_message(client, reply, SimpleNamespace(run_id=held["run_id"], node_id=held["node_id"]))
         # no context: the node keeps the one it has (the dead executor never pushed its changes)
