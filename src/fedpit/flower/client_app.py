@@ -57,6 +57,8 @@ _DATA: dict[tuple, list[Example]] = {}
 _PRIVATE: set[bytes] = set()  # fingerprints of this process's private tensors, for private_guard
 # When the site's executor took this message from the SuperNode (wall clock); None in a one-message process.
 ARRIVED: contextvars.ContextVar[float | None] = contextvars.ContextVar("fedpit_arrived", default=None)
+# When the message's content had been downloaded to the site (the executor's clock; None elsewhere).
+RECEIVED: contextvars.ContextVar[float | None] = contextvars.ContextVar("fedpit_received", default=None)
 
 
 def client_id(node_config: Mapping) -> int:
@@ -240,6 +242,7 @@ def _timing(times: dict, arrived: float, entered: float, warm: bool) -> dict:
     metrics.jsonl)."""
     done = time.time()
     return {
+        "time.input-s": round((RECEIVED.get() or arrived) - arrived, 3),  # the content's download to the site
         "time.handover-s": round(entered - arrived, 3),  # Flower: task input, FAB, app (0 in a fresh process)
         "time.first-step-s": round(times.get("first-step-s", done - arrived), 3),
         "time.generate-s": round(times.get("generate-s", 0.0), 3),

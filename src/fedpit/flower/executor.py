@@ -188,6 +188,7 @@ def run_task(
         app = _load_app(run, fab, installed)
         marks.append(time.time())
         client_app.ARRIVED.set(arrived)
+        client_app.RECEIVED.set(marks[1])
         reply = app(message=message, context=context)
         marks.append(time.time())
         status, details = SubStatus.COMPLETED, ""
@@ -200,6 +201,7 @@ def run_task(
             reply = Message(Error(code=code or ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
     finally:
         client_app.ARRIVED.set(None)
+        client_app.RECEIVED.set(None)
         try:
             if reply is not None and context is not None:
                 push_message(client, reply, context)

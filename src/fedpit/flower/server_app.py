@@ -318,10 +318,11 @@ def _client_row(r: int, lr: float, m: Message, down: int, arrived: float | None 
 
 def _timing(times: dict, m: Message, arrived: float | None) -> dict:
     """``timing`` of a client row, in seconds: ``delivery-s`` (the server sent the message; the site's ClientApp
-    took it), ``handover-s`` (Flower hands it to the app), ``first-step-s`` (arrival at the site to the first
-    training step), ``generate-s``, ``train-s``, ``client-s`` (arrival to reply), ``upload-s`` (reply made to
-    reply pulled by the server; clocks of two machines if the site is remote), ``warm`` (backbone already loaded),
-    ``executor`` (a long-lived site executor, not a process per message)."""
+    took it), ``input-s`` (the message's content downloaded to the site), ``handover-s`` (Flower hands it to the
+    app, ``input-s`` included), ``first-step-s`` (arrival at the site to the first training step), ``generate-s``,
+    ``train-s``, ``client-s`` (arrival to reply), ``upload-s`` (reply made to reply pulled by the server; clocks of
+    two machines if the site is remote), ``warm`` (backbone already loaded), ``executor`` (a long-lived site
+    executor, not a process per message)."""
     if not times:
         return {}
     sent_at = times.pop("sent-at", None)
