@@ -113,6 +113,28 @@ def test_private_guard_blocks_a_private_tensor_and_passes_the_upload(task_identi
         client_app.private_guard(incoming, ctx, lambda msg, c: Message(RecordDict({"arrays": packed}), reply_to=msg))
 
 
+def test_site_command_and_engine_key(tiny_cfg, tmp_path):
+    """`fedpit flower node` finds the SuperNode's Runtime API and keeps process isolation; a site's engine key
+    changes with the backbone's folder content (weights replaced in place), not only with its name."""
+    import shutil
+
+    from fedpit.flower.client_app import engine_key
+    from fedpit.flower.node import run_node, runtime_address
+
+    assert runtime_address(["--superlink", "x:1", "--port", "9100"]) == "127.0.0.1:9100"
+    assert runtime_address(["--host=::1", "--port=9101"]) == "[::1]:9101"
+    with pytest.raises(ConfigError, match="isolation"):
+        run_node(["--isolation", "subprocess"])
+    copy = tmp_path / "backbone"
+    shutil.copytree(tiny_cfg.model.name, copy)
+    cfg = replace(tiny_cfg, model=replace(tiny_cfg.model, name=str(copy)))
+    before = engine_key(cfg)
+    assert engine_key(cfg) == before and engine_key(replace(cfg, seed=cfg.seed + 1)) != before
+    weights = next(copy.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # same bytes, a new file: what replacing the weights looks like
+    assert engine_key(cfg) != before
+
+
 def test_strategy_aggregates_like_the_method_in_client_order(tiny_cfg, task_identity):
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
