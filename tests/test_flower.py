@@ -359,7 +359,7 @@ def test_unregistered_supernode_is_refused(cluster):
 
 
 def test_node_killed_mid_round_is_dropped_and_rejoins(cluster, tiny_cfg):
-    cfg = _cfg(tiny_cfg, "fedit", "killed", rounds=4)
+    cfg = _cfg(tiny_cfg, "fedit", "killed", rounds=5)
     cfg.train.local_steps = 40  # rounds long enough for the site to come back before the run ends
     cfg.flower.round_timeout_s = 100.0
     cfg.flower.min_replies = 2
@@ -380,7 +380,7 @@ def test_node_killed_mid_round_is_dropped_and_rejoins(cluster, tiny_cfg):
     assert st["status"] == "finished:completed", st
     rounds = _round_rows(run_dir)
     assert rounds[1]["dropped"] == [2] and rounds[1]["trained"] == [0, 1]
-    assert any(2 in rounds[r]["trained"] for r in (2, 3, 4)), rounds
+    assert any(2 in rounds[r]["trained"] for r in (2, 3, 4, 5)), rounds  # back in round 4 on a busy machine
     cluster.wait_online(3)
 
 
