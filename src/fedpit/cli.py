@@ -289,7 +289,6 @@ def _add_eval_args(p: argparse.ArgumentParser, test_default: str) -> None:
 
 def cmd_flower(args) -> int:
     """fedpit on Flower: simulate, make certificates or node keys, or run on a localhost deployment."""
-    from pathlib import Path
 
     if args.action == "certs":
         from .flower.deploy import make_certificates
@@ -308,6 +307,8 @@ def cmd_flower(args) -> int:
                 f"{name}: private key {priv} (stays on that SuperNode), public key {pub} (register it on the SuperLink)"
             )
         return 0
+    if args.action in ("node", "executor"):
+        return _flower_site(args)
     from .config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -317,8 +318,13 @@ def cmd_flower(args) -> int:
         s = simulate(cfg)
         print(f"fedpit: done on Flower simulation: {s['algorithm']}, {s['rounds']} rounds; results in {s['run_dir']}")
         return 0
-    # local: a SuperLink and SuperNodes on 127.0.0.1 (TLS and node keys unless --insecure), the job, then stop.
+    return _flower_local(args, cfg)
+
+
+def _flower_local(args, cfg) -> int:
+    """A SuperLink and one site per client on 127.0.0.1 (TLS and node keys unless --insecure), the job, then stop."""
     from datetime import datetime
+    from pathlib import Path
 
     from .config import to_toml
     from .federation import named
@@ -331,7 +337,14 @@ def cmd_flower(args) -> int:
     cfg_file = work / "fedpit.toml"
     cfg_file.write_text(to_toml(cfg), encoding="utf-8")
     app = Path(args.app) if args.app else repo_app_dir()
-    with LocalCluster(work, nodes=cfg.partition.num_clients, tls=not args.insecure, auth=not args.insecure) as c:
+    with LocalCluster(
+        work,
+        nodes=cfg.partition.num_clients,
+        tls=not args.insecure,
+        auth=not args.insecure,
+        executor=not args.process_per_message,
+        threads=args.threads,
+    ) as c:
         security = "insecure" if args.insecure else "TLS, node keys"
         print(
             f"SuperLink 127.0.0.1:{c.port} and {c.nodes} SuperNodes up ({security}); logs in {c.logs}", file=sys.stderr
@@ -343,6 +356,24 @@ def cmd_flower(args) -> int:
             f"Flower run {run_id} {st.get('status')}: {st.get('status-details', '')} (logs in {work / 'logs'})"
         )
     print(f"fedpit: done on Flower deployment (run {run_id}); results in {Path(cfg.output_dir) / cfg.run_name}")
+    return 0
+
+
+def _flower_site(args) -> int:
+    """``flower node`` (a site's SuperNode and its executor) and ``flower executor`` (the executor alone)."""
+    if args.action == "node":
+        from .flower.node import run_node
+
+        return run_node(args.supernode_args, threads=args.threads, work_dir=args.work_dir)
+    from .flower.executor import serve
+
+    serve(
+        args.runtime_api_address,
+        root_certificates=args.root_certificates,
+        threads=args.threads,
+        parent_pid=args.parent_pid,
+        task_file=args.task_file,
+    )
     return 0
 
 
@@ -426,6 +457,27 @@ def _add_flower_parser(sub) -> None:
     q.add_argument("--app", help="folder with the Flower app's pyproject.toml (default: this source checkout)")
     q.add_argument("--insecure", action="store_true", help="no TLS and no node keys (testing only)")
     q.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
+    q.add_argument(
+        "--threads", type=int, default=0, help="torch threads per site (default: the cores shared among the sites)"
+    )
+    q.add_argument(
+        "--process-per-message",
+        action="store_true",
+        help="Flower's default: a fresh flwr-clientapp (imports, backbone load) for every message (slow)",
+    )
+    q = fl.add_parser(
+        "node",
+        help="a site: flower-supernode --isolation process ARGS and a long-lived executor that keeps the model loaded",
+    )
+    q.add_argument("--threads", type=int, default=0, help="torch threads for this site's training (0: torch's)")
+    q.add_argument("--work-dir", help="the executor's bookkeeping (the message in progress; default: a temp folder)")
+    q.add_argument("supernode_args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
+    q = fl.add_parser("executor", help="(started by `flower node`) run a SuperNode's ClientApp tasks in one process")
+    q.add_argument("--runtime-api-address", default="127.0.0.1:9094")
+    q.add_argument("--root-certificates", help="CA of a Runtime API served over TLS")
+    q.add_argument("--threads", type=int, default=0)
+    q.add_argument("--parent-pid", type=int, help="exit when this process does")
+    q.add_argument("--task-file", help="where the message in progress is noted, to answer it after a crash")
     q = fl.add_parser("certs", help="make a CA and a SuperLink certificate")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument(

@@ -9,4 +9,7 @@
   writes the same run folder as ``fedpit run`` (both through :mod:`fedpit.federation` and :mod:`fedpit.rundir`).
 - :mod:`fedpit.flower.simulation`: Flower's simulation runtime (Ray), one client at a time.
 - :mod:`fedpit.flower.deploy`: certificates, SuperNode keys, and a SuperLink + SuperNodes launcher for localhost.
+- :mod:`fedpit.flower.node` (``fedpit flower node``): a site, its SuperNode (``--isolation process``, with the
+  shorter waits of :mod:`fedpit.flower.supernode`) and a long-lived :mod:`fedpit.flower.executor` that runs the
+  ClientApp's messages in one process, so the backbone stays loaded across messages and runs.
 """

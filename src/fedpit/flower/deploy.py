@@ -293,6 +293,8 @@ class LocalCluster:
     node_config: dict = field(default_factory=dict)
     connection: str = "fedpit-local"
     env: dict = field(default_factory=dict)
+    executor: bool = True  # each site keeps its model loaded (`fedpit flower node`); False: a process per message
+    threads: int = 0  # torch threads per site (0: the cores shared among the sites, at least 1)
 
     def __post_init__(self):
         self.workdir = Path(self.workdir).absolute()
@@ -422,8 +424,18 @@ class LocalCluster:
             args += ["--auth-supernode-private-key", str(self.key(i, key_name)[0])]
         return args
 
+    def site_args(self, i: int, key_name: str | None = None) -> list[str]:
+        """``fedpit flower node`` (SuperNode + executor) for site ``i``, or the bare SuperNode."""
+        args = self.node_args(i, key_name)
+        if not self.executor:
+            return args
+        threads = self.threads or max(1, (os.cpu_count() or 1) // max(1, self.nodes))
+        site = self.workdir / "sites" / (key_name or f"node{i}")
+        cmd = [sys.executable, "-m", "fedpit", "flower", "node", "--threads", str(threads), "--work-dir", str(site)]
+        return [*cmd, "--", *args[1:]]
+
     def start_node(self, i: int, key_name: str | None = None) -> subprocess.Popen:
-        p = self._spawn(self.node_args(i, key_name), f"supernode{i}{'-' + key_name if key_name else ''}.log")
+        p = self._spawn(self.site_args(i, key_name), f"supernode{i}{'-' + key_name if key_name else ''}.log")
         if key_name is None:
             self.node_procs[i] = p
         return p
@@ -440,6 +452,16 @@ class LocalCluster:
         for q in [psutil.Process(p.pid), *kids] if p.poll() is None else kids:
             _signal(q, signal.SIGKILL)
         p.wait(timeout=30)
+
+    def kill_executor(self, i: int) -> int:
+        """SIGKILL site ``i``'s executor (a crash mid-message); its supervisor starts a new one. Returns its PID."""
+        import psutil
+
+        for q in psutil.Process(self.node_procs[i].pid).children(recursive=True):
+            if "executor" in q.cmdline():
+                _signal(q, signal.SIGKILL)
+                return q.pid
+        raise FedpitError(f"site {i} has no executor process")
 
     def online(self) -> int:
         res = self.flwr("supernode", "list", self.connection, timeout=30)

@@ -77,7 +77,7 @@ class FedpitStrategy(Strategy):
             Message(RecordDict({CONFIG: config_record(self.cfg, 0)}), dst_node_id=n, message_type=MessageType.QUERY)
             for n in new
         ]
-        for reply in grid.send_and_receive(q, timeout=min(self.cfg.flower.round_timeout_s, 300.0)) if q else []:
+        for reply in exchange(grid, q, min(self.cfg.flower.round_timeout_s, 300.0))[0]:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 self.node_errors[node] = reply.error.reason
@@ -204,6 +204,9 @@ class FlowerServer:
     def run(self) -> dict:
         cfg = self.cfg
         t_start = time.perf_counter()
+        strategy = FedpitStrategy(cfg, self.method)
+        if not self.resume:  # ask the sites now: they load their backbones while the server loads its own
+            strategy.discover(self.grid)
         prep = fed.prepare(cfg)  # the partition (written to partition.json, read by the nodes) and the held-out set
         engine = fed.make_engine(cfg)
         resume = Path(cfg.output_dir) / cfg.run_name if self.resume else None
@@ -217,7 +220,7 @@ class FlowerServer:
             )
             return metric_record({"test_loss": loss, "extraction": extraction or {}})
 
-        strategy = FedpitStrategy(cfg, self.method, evaluate_fn)
+        strategy.evaluate_fn = evaluate_fn
         wrapped = _dp_wrap(cfg, strategy, self.method)
         try:
             strategy.wait_for_nodes(self.grid)
@@ -239,14 +242,14 @@ class FlowerServer:
         t0 = time.perf_counter()
         _, lr = fed.round_plan(cfg, self.method, r)
         messages = list(wrapped.configure_train(r, to_record(global_state), config_record(cfg, r), self.grid))
-        sent = self.grid.send_and_receive(messages, timeout=cfg.flower.round_timeout_s) if messages else []
+        sent, arrived = exchange(self.grid, messages, cfg.flower.round_timeout_s)
         ok = strategy.check_replies(r, sent)
         for m in ok:  # a non-finite loss or upload stops the round before aggregation
             fed.check_update(r, _client_of(m), from_record(m.content.array_records[ARRAYS]), dict(m.content[METRICS]))
         arrays, _ = wrapped.aggregate_train(r, ok)
         new_global = from_record(arrays) if arrays is not None and len(arrays) else global_state
         down = nbytes(global_state) if self.method.shares_adapter else 0
-        rows = [_client_row(r, lr, m, down) for m in sorted(ok, key=_client_of)]
+        rows = [_client_row(r, lr, m, down, arrived.get(id(m))) for m in sorted(ok, key=_client_of)]
         ev = dict(strategy.evaluate_fn(r, to_record(new_global)))
         extraction = {k.split(".", 1)[1]: v for k, v in ev.items() if k.startswith("extraction.")} or None
         rows.append(
@@ -276,6 +279,25 @@ class FlowerServer:
         return new_global
 
 
+def exchange(grid: Grid, messages: list[Message], timeout: float, poll_s: float = 0.2) -> tuple[list, dict]:
+    """``Grid.send_and_receive`` with a short poll (Flower's sleeps 3 s between pulls, which a round then waits
+    for) and each reply's arrival time: (replies, {id(reply): wall-clock time it was pulled})."""
+    if not messages:
+        return [], {}
+    pending = set(grid.push_messages(messages))
+    deadline, replies, arrived = time.monotonic() + timeout, [], {}
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(pending))
+        now = time.time()
+        for m in got:
+            arrived[id(m)] = now
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        if pending:
+            time.sleep(poll_s)
+    return replies, arrived
+
+
 def _well_formed(m: Message) -> bool:
     """A reply that carries what aggregation needs: no error, an upload record, and the client's id and weight."""
     if m.has_error() or ARRAYS not in m.content.array_records or METRICS not in m.content.metric_records:
@@ -287,18 +309,50 @@ def _client_of(m: Message) -> int:
     return int(m.content[METRICS]["client-id"])
 
 
-def _client_row(r: int, lr: float, m: Message, down: int) -> dict:
-    """A client's metrics line from its reply (the same keys as in-process, plus the bytes on the wire)."""
+def _client_row(r: int, lr: float, m: Message, down: int, arrived: float | None = None) -> dict:
+    """A client's metrics line from its reply (the same keys as in-process, plus the bytes on the wire and, under
+    ``timing``, where the message's time went: see :func:`_timing`)."""
     met = dict(m.content[METRICS])
     k, n = int(met.pop("client-id")), int(met.pop("num-examples"))
     sent, seconds = int(met.pop("bytes-sent", 0)), float(met.pop("client-seconds", 0.0))
     met.pop("bytes-received", None)
+    timing = _timing({key[5:]: met.pop(key) for key in list(met) if key.startswith("time.")}, m, arrived)
     row = fed.client_row(r, k, lr, ClientReply({}, n, met), seconds=seconds, received=down, sent=sent)
-    return {**row, "wire_bytes_sent": m.content.array_records[ARRAYS].count_bytes()}
+    return {**row, "wire_bytes_sent": m.content.array_records[ARRAYS].count_bytes(), **timing}
+
+
+def _timing(times: dict, m: Message, arrived: float | None) -> dict:
+    """``timing`` of a client row, in seconds: ``delivery-s`` (the server sent the message; the site's ClientApp
+    took it), ``input-s`` (the message's content downloaded to the site), ``handover-s`` (Flower hands it to the
+    app, ``input-s`` included), ``first-step-s`` (arrival at the site to the first training step), ``generate-s``,
+    ``train-s``, ``client-s`` (arrival to reply), ``upload-s`` (reply made to reply pulled by the server; clocks of
+    two machines if the site is remote), ``warm`` (backbone already loaded), ``executor`` (a long-lived site
+    executor, not a process per message)."""
+    if not times:
+        return {}
+    sent_at = times.pop("sent-at", None)
+    out = dict(times)
+    if sent_at is not None and arrived is not None:
+        out["upload-s"] = round(max(0.0, arrived - sent_at), 3)
+    return {"timing": out}
 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
+
+
+def quick_reply_pulls() -> None:
+    """Shorter waits when the ServerApp pulls a reply's objects from the SuperLink (Flower 1.41 ``HttpGrid``).
+
+    The SuperLink lists a reply before the site has finished uploading its objects, and Flower then waits 1, 2, 4,
+    8 s between pulls: about 12 s a round that the server spent waiting for a reply already on its way. Only the
+    backoff changes (20 ms first, 250 ms at most; the same 500 tries and time limit)."""
+    from functools import partial
+
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.superlink.grid import http_grid
+
+    http_grid.pull_objects = partial(inflatable_utils.pull_objects, initial_backoff=0.02, backoff_cap=0.25)
 
 
 def make_server_app(base: Mapping | None = None) -> ServerApp:
@@ -309,6 +363,7 @@ def make_server_app(base: Mapping | None = None) -> ServerApp:
     @server.main()
     def main(grid: Grid, context) -> None:
         cfg, resume = config_from_run_config(context.run_config, base)
+        quick_reply_pulls()
         FlowerServer(cfg, grid, resume=resume).run()
 
     return server
