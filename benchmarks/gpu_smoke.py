@@ -22,30 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def tiny_model(folder: str) -> str:
-    """A 2-layer, 64-wide random LLaMA saved with the packaged SmolLM2 tokenizer (as the unit tests build it)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The unit tests' tiny random LLaMA, with the packaged SmolLM2 tokenizer."""
+    from fedpit.backbone import resolve_model_path, save_tiny_llama
 
-    from fedpit.backbone import load_tokenizer, resolve_model_path
-
-    tok = load_tokenizer(resolve_model_path("smollm2-135m-instruct"))
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(folder, resolve_model_path("smollm2-135m-instruct"))
 
 
 def overrides(model: str, device: str, dtype: str, out: str, algorithm: str) -> list[str]:

@@ -24,31 +24,19 @@ def smollm2_path() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, smollm2_path) -> str:
     """A 2-layer, 64-wide random LLaMA (3M parameters) saved with the SmolLM2 tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from fedpit.backbone import save_tiny_llama
 
-    from fedpit.backbone import load_tokenizer
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_path)
 
-    tok = load_tokenizer(smollm2_path)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_path):
+    """An engine on the tiny model (LoRA r4, dropout 0.05), one per test module."""
+    from fedpit.backbone import load_backbone
+    from fedpit.engine import Engine, LoraSpec
+
+    bb = load_backbone(tiny_model_path, dtype="fp32")
+    return Engine(bb, LoraSpec(r=4, alpha=8, dropout=0.05), max_seq_len=128, seed=0)
 
 
 @pytest.fixture

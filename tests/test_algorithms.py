@@ -23,10 +23,8 @@ from fedpit.algorithms import (
     locit_sa,
 )
 from fedpit.algorithms.base import LOCAL_PREFIX, split_state
-from fedpit.backbone import load_backbone
 from fedpit.config import GEN_TEMPLATES, SELECT_BY, FedPITConfig, FedProxConfig
 from fedpit.data import Example, load_demo
-from fedpit.engine import Engine, LoraSpec
 from fedpit.runner import Runner
 from fedpit.selfgen import SelfGenReport
 
@@ -38,12 +36,6 @@ SYNTH = [
     )
     for i in range(5)
 ]
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_path):
-    bb = load_backbone(tiny_model_path, dtype="fp32")
-    return Engine(bb, LoraSpec(r=4, alpha=8, dropout=0.05), max_seq_len=128, seed=0)
 
 
 @pytest.fixture

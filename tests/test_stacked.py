@@ -16,10 +16,9 @@ from peft import get_peft_model_state_dict
 from fedpit.adapters import load_state, max_abs_diff
 from fedpit.algorithms import LocalBudget, MethodParams, RoundContext, fedpit
 from fedpit.algorithms.base import SHARED_PREFIX, ClientState
-from fedpit.backbone import load_backbone
 from fedpit.config import FedPITConfig, load_config
 from fedpit.data import Example, load_demo
-from fedpit.engine import SHARED_SLOT, Engine, LoraSpec
+from fedpit.engine import SHARED_SLOT
 from fedpit.errors import ConfigError
 from fedpit.evaluate import engine_for, evaluate
 from fedpit.runner import Runner
@@ -33,12 +32,6 @@ SYNTH = [
     )
     for i in range(5)
 ]
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_path):
-    bb = load_backbone(tiny_model_path, dtype="fp32")
-    return Engine(bb, LoraSpec(r=4, alpha=8, dropout=0.05), max_seq_len=128, seed=0)
 
 
 @pytest.fixture

@@ -251,3 +251,28 @@ def load_backbone(
     for p in model.parameters():
         p.requires_grad_(False)
     return Backbone(model=model, tokenizer=tok, path=path, device=dev, dtype=dt)
+
+
+def save_tiny_llama(folder: str | os.PathLike, tokenizer_from: str | os.PathLike) -> str:
+    """A 2-layer, 64-wide random LLaMA (3M parameters, seed 0) saved in ``folder`` with the tokenizer of
+    ``tokenizer_from``: the fast model of the unit tests and of ``benchmarks/gpu_smoke.py``. Returns the folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer(str(tokenizer_from))
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
