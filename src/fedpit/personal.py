@@ -75,19 +75,18 @@ def single_adapter_folder(folder: str | os.PathLike) -> Path:
     concatenates the two LoRA adapters into one of rank r_private + r_shared whose delta is their sum (the same
     model up to float rounding in the order of the sum)."""
     folder = Path(folder)
-    _, shared = read_personal(folder)
+    local, shared = read_personal(folder)
     if shared is None:
         return folder
     out = folder / "merged"
-    _, meta = read_adapter_folder(folder)
-    key = state_digest(load_adapter_state(folder)) + meta["stacked_on_sha256"]
+    pc, meta = read_adapter_folder(folder)
+    key = state_digest(local) + meta["stacked_on_sha256"]
     if (out / "fedpit.json").is_file() and read_adapter_folder(out)[1].get("merged_from") == key:
         return out
     from peft import PeftModel, get_peft_model_state_dict
 
     from .backbone import load_backbone
 
-    pc, _ = read_adapter_folder(folder)
     bb = load_backbone(meta.get("model") or pc["base_model_name_or_path"], dtype="fp32", device="cpu")
     model = PeftModel.from_pretrained(bb.model, str(folder))
     model.load_adapter(str(folder / meta["stacked_on"]), adapter_name=SHARED_SUBFOLDER)
