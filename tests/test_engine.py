@@ -153,4 +153,11 @@ def test_generation_folds_lora_in_and_restores_the_backbone_bit_for_bit(engine):
     )
     after = engine.backbone.model.state_dict()
     assert all(torch.equal(base[k], after[k]) for k in base)  # no rounding drift left in the frozen weights
+    # finished: the text ended by itself (EOS or a stop string), not at the token cap
+    texts, done = generate(model, engine.tokenizer, prompts, max_new_tokens=3, return_finished=True)
+    assert done == [False, False]  # a random model does not say EOS within 3 tokens
+    again, done = generate(
+        model, engine.tokenizer, prompts, max_new_tokens=3, stop_strings=[texts[0]], return_finished=True
+    )
+    assert done[0] and again[0] == "" and again[1] == texts[1]
     assert not any(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))

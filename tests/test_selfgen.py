@@ -95,6 +95,35 @@ def test_response_filters_and_degeneracy():
     assert repeated_ngram_ratio("a b c d e f") == 0.0
 
 
+@pytest.mark.parametrize(
+    "cut, trimmed",
+    [
+        ("Rest the knee. Use ice twice a day. Then take the", "Rest the knee. Use ice twice a day."),
+        ('He said "rest it." Then he', 'He said "rest it."'),
+        ("Doses of 2.5 mg are common and", ""),  # a decimal point is not a sentence end
+        ("No sentence ends here at all", ""),
+    ],
+)
+def test_a_cut_off_response_is_trimmed_to_its_last_complete_sentence(cut, trimmed):
+    assert selfgen.trim_cut_response(cut) == trimmed
+
+
+def test_responses_cut_off_by_the_token_cap_are_trimmed_or_dropped(monkeypatch):
+    good = "Describe the stages of wound healing after minor surgery."
+    other = "List warning signs of dehydration in older adults at home."
+    full = "Wounds pass through bleeding control and inflammation. New tissue then grows and remodels over weeks."
+    cut = (full + " After that the scar", False)
+    short_cut = ("Wounds heal in stages. The first is", False)
+    out, report, _ = _run(monkeypatch, [good, other], [cut, short_cut, full], num_instructions=2)
+    # the first is trimmed back to its complete sentences; the second leaves 4 words, dropped as truncated, retried
+    assert [e.output for e in out] == [full, full] and report.trimmed == 2
+    assert report.dropped["response_truncated"] == 1 and report.dropped["response_short"] == 0
+    assert report.as_dict()["trimmed"] == 2
+    # a text that ended by itself is never trimmed, even without a full stop
+    out, report, _ = _run(monkeypatch, [good], ["Rest, fluids and a clean dressing changed every day"])
+    assert out[0].output.endswith("every day") and report.trimmed == 0
+
+
 def test_clean_response_cuts_new_sections():
     assert clean_response("Drink water.\n\n### Instruction:\nNext") == "Drink water."
     assert clean_response("Drink water.\nTask 3: more") == "Drink water."
@@ -106,10 +135,13 @@ class Scripted:
     def __init__(self, instructions, responses):
         self.instructions, self.responses, self.prompts = list(instructions), list(responses), []
 
-    def __call__(self, model, tok, prompts, s, max_new_tokens, stop, seed):
+    def __call__(self, model, tok, prompts, s, max_new_tokens, stop, seed, return_finished=False):
         self.prompts.append(prompts)
         source = self.instructions if stop == ["\n"] else self.responses
-        return [source.pop(0) if source else "" for _ in prompts]
+        outs = [source.pop(0) if source else "" for _ in prompts]
+        # a scripted (text, False) is a text cut off by the token cap; anything else ended by itself
+        texts = [o[0] if isinstance(o, tuple) else o for o in outs]
+        return (texts, [not isinstance(o, tuple) or o[1] for o in outs]) if return_finished else texts
 
 
 def _run(monkeypatch, instructions, responses, **kw):

@@ -162,14 +162,15 @@ def test_parse_instructions_splits_a_continued_list():
 def test_several_tasks_per_call_fill_slots_from_one_prompt(monkeypatch):
     calls = []
 
-    def fake(model, tok, prompts, s, max_new_tokens, stop, seed):
+    def fake(model, tok, prompts, s, max_new_tokens, stop, seed, return_finished=False):
         calls.append((len(prompts), max_new_tokens, stop))
         if stop[0].startswith("Task"):
             return [
                 " Describe the stages of wound healing.\nTask 10: List the warning signs of sepsis.\n"
                 "Task 11: Explain how vaccines train the immune system.\nTask 12: Give"
             ] * len(prompts)
-        return [f"A response long enough to pass every response filter here, number {i}." for i in range(len(prompts))]
+        texts = [f"A response long enough to pass every response filter here, number {i}." for i in range(len(prompts))]
+        return (texts, [True] * len(texts)) if return_finished else texts
 
     monkeypatch.setattr(selfgen, "_gen", fake)
     s = SelfGenSettings(num_instructions=3, tasks_per_call=4, measure=False)

@@ -74,16 +74,21 @@ def generate(
     seed: int = 0,
     stop_strings: Sequence[str] | None = None,
     merge_lora: bool = True,
-) -> list[str]:
+    return_finished: bool = False,
+) -> list[str] | tuple[list[str], list[bool]]:
     """Complete each prompt; batches are formed from length-sorted prompts (a fixed order, so reruns agree).
 
     Each sequence stops at EOS or at any of ``stop_strings`` (which are cut from the returned text), independently of
     the rest of its batch. With ``merge_lora`` a peft model decodes with its adapter folded in (:func:`lora_merged`).
+    With ``return_finished`` it also returns, per prompt, whether the text ended by itself (EOS or a stop string)
+    rather than being cut off by ``max_new_tokens``.
     """
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     out: list[str] = [""] * len(prompts)
+    finished: list[bool] = [True] * len(prompts)
+    ends = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     with contextlib.ExitStack() as stack:
         stack.callback(setattr, tokenizer, "padding_side", old_side)
@@ -116,10 +121,11 @@ def generate(
             new = gen[:, enc["input_ids"].shape[1] :]
             for j, i in enumerate(idx):
                 text = tokenizer.decode(new[j], skip_special_tokens=True)
+                finished[i] = bool(ends & set(new[j].tolist())) or any(st in text for st in stop_strings or ())
                 for stop in stop_strings or ():
                     text = text.split(stop)[0]
                 out[i] = text.strip()
-    return out
+    return (out, finished) if return_finished else out
 
 
 def load_for_inference(

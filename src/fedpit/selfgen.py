@@ -66,6 +66,7 @@ FILTERS = (
     "similar",
     "response_empty",
     "response_short",
+    "response_truncated",
     "response_degenerate",
     "response_copy",
 )
@@ -111,6 +112,7 @@ class SelfGenReport:
     generated_responses: int = 0
     dropped: Counter = field(default_factory=Counter)
     kept: int = 0  # examples the adapter trains on (after selection)
+    trimmed: int = 0  # responses cut off by the token cap and cut back to their last complete sentence
     candidates: int | None = None  # examples that passed every filter, offered to selection (None: = kept)
     select_by: str = "none"
     template: str = ""  # the prompt format generation used
@@ -123,6 +125,7 @@ class SelfGenReport:
             "generated_instructions": self.generated_instructions,
             "generated_responses": self.generated_responses,
             "dropped": {k: self.dropped.get(k, 0) for k in FILTERS},
+            "trimmed": self.trimmed,
             "candidates": self.kept if self.candidates is None else self.candidates,
             "kept": self.kept,
             "select_by": self.select_by,
@@ -226,11 +229,24 @@ def clean_response(text: str) -> str:
     return re.split(r"\n?#{2,}\s|\n\s*Task\s*\d+\s*:|\n\s*Instruction\s*:", text)[0].strip()
 
 
-def response_filter(text: str, local_responses, s: SelfGenSettings) -> str | None:
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+def trim_cut_response(text: str) -> str:
+    """A response cut off by the token cap, cut back to its last complete sentence ("" when none ends): trained
+    as it came, its end would teach the model to stop mid-sentence (the training target ends with EOS)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].rstrip() if ends else ""
+
+
+def response_filter(text: str, local_responses, s: SelfGenSettings, *, cut_off: bool = False) -> str | None:
+    """The name of the first filter a response fails, or None. ``cut_off``: the text was already trimmed back from
+    the token cap, so too short a remainder counts as truncated rather than short."""
     if not text:
+        return "response_truncated" if cut_off else "response_empty"
         return "response_empty"
     if len(text.split()) < s.min_response_words:
-        return "response_short"
+        return "response_truncated" if cut_off else "response_short"
     if repeated_ngram_ratio(text) > s.max_repeat_ratio:
         return "response_degenerate"
     if max_rouge_l(text, local_responses) > s.rouge_threshold + 1e-9:
@@ -255,7 +271,7 @@ def response_prompt(demos: list[Example], instruction: str, *, template: str, to
     return shots + build_prompt(instruction, "", template=template, tokenizer=tokenizer)
 
 
-def _gen(model, tok, prompts, s: SelfGenSettings, max_new_tokens: int, stop: list[str], seed: int) -> list[str]:
+def _gen(model, tok, prompts, s: SelfGenSettings, max_new_tokens: int, stop: list[str], seed: int, **kw):
     return generate(
         model,
         tok,
@@ -268,6 +284,7 @@ def _gen(model, tok, prompts, s: SelfGenSettings, max_new_tokens: int, stop: lis
         repetition_penalty=s.repetition_penalty,
         stop_strings=stop,
         seed=seed,
+        **kw,
     )
 
 
@@ -381,12 +398,18 @@ def _write_responses(
             )
             for instr, _ in todo
         ]
-        outs = _gen(model, tokenizer, prompts, s, s.max_response_tokens, r_stop, seed + 7 + len(kept))
+        outs, finished = _gen(
+            model, tokenizer, prompts, s, s.max_response_tokens, r_stop, seed + 7 + len(kept), return_finished=True
+        )
         report.generated_responses += len(outs)
         retry = []
-        for (instr, tries), out in zip(todo, outs):
+        for (instr, tries), out, done in zip(todo, outs, finished):
             resp = clean_response(out)
-            why = response_filter(resp, local_resp, s)
+            cut = not done and resp == out.strip()  # clean_response cutting at a new section also ends the text
+            if cut:
+                resp = trim_cut_response(resp)
+                report.trimmed += 1
+            why = response_filter(resp, local_resp, s, cut_off=cut)
             if why is None:
                 kept.append(Example(instruction=instr, output=resp, category=SYNTHETIC))
             else:
