@@ -1,14 +1,21 @@
 """A small few-shot medical comparison on real public data (read from ../shared/data, never copied into the repo).
 
-150 training examples drawn (seeded) from Medical Meadow's WikiDoc patient QA (or ChatDoctor-5k) are split over 3
-clients (Dirichlet over k-means clusters of MiniLM embeddings); each method is trained and its shared / private
-adapters are evaluated on AlpaCare's MedInstruct-test against the gpt-3.5-turbo answers with the offline metrics
-(Rouge-L, MiniLM cosine, reference loss). Everything goes through `fedpit compare`, so results.json, report.md and the
-plots land in --out.
+``--source medinstruct-split`` (the synthetic-data study's benchmark, closest to the paper's MedInstruct setting):
+AlpaCare's MedInstruct-test, 216 clinician-written, varied instructions, is split by a fixed seed (0) into 150
+training examples (the gpt-4 answers as outputs) and 66 test items scored against the gpt-4 answers; the 150 are split
+over 3 clients by Dirichlet over 10 k-means clusters of MiniLM embeddings. The runs' held-out loss after every round
+is on all 66 test items.
 
-    .venv/bin/python benchmarks/medical_fewshot.py [--source medalpaca|chatdoctor]
+``--source medalpaca|chatdoctor``: 150 training examples drawn (seeded) from Medical Meadow's WikiDoc patient QA (or
+ChatDoctor-5k), evaluated on MedInstruct-test against the gpt-3.5-turbo answers.
+
+Each method is trained and its shared / private adapters are evaluated with the offline metrics (Rouge-L, MiniLM
+cosine, reference loss). Everything goes through `fedpit compare`, so results.json, report.md and the plots land in
+--out. Both files are written to a temporary folder outside the repository.
+
+    .venv/bin/python benchmarks/medical_fewshot.py [--source medinstruct-split|medalpaca|chatdoctor]
         [--algorithms fedpit,fedit,locit,cenit]
-        [--seeds 1] [--limit 60] [--out experiments/medical-fewshot]
+        [--seeds 1] [--limit 60] [--out experiments/medical-fewshot] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -23,7 +30,19 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCES = {
     "medalpaca": SHARED / "medalpaca" / "medical_meadow_small.json",
     "chatdoctor": SHARED / "chatdoctor" / "chatdoctor5k.json",
+    "medinstruct-split": SHARED / "alpacare" / "MedInstruct-test.jsonl",
 }
+SPLIT_SEED, SPLIT_TRAIN = 0, 150  # medinstruct-split: 150 training examples, the other 66 are the test set
+
+
+def medinstruct_split(path: Path) -> tuple[list, list]:
+    """MedInstruct-test (gpt-4 answers as outputs) split by a fixed seed into 150 training and 66 test examples."""
+    from fedpit.data import load_examples
+
+    items = load_examples(path, format="medinstruct", output_field="gpt-4")
+    order = list(range(len(items)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    return [items[i] for i in order[:SPLIT_TRAIN]], [items[i] for i in order[SPLIT_TRAIN:]]
 
 
 def main() -> int:
@@ -32,7 +51,7 @@ def main() -> int:
     ap.add_argument("--n-train", type=int, default=150)
     ap.add_argument("--algorithms", default="fedpit,fedit,locit,cenit")
     ap.add_argument("--seeds", default="1")
-    ap.add_argument("--limit", type=int, default=60, help="MedInstruct-test items evaluated (216 in all)")
+    ap.add_argument("--limit", type=int, default=60, help="test items evaluated (0 = all; medinstruct-split: 66)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--out", default="experiments/medical-fewshot")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
@@ -44,10 +63,17 @@ def main() -> int:
         return 2
     from fedpit.data import load_examples, save_jsonl
 
-    pool = load_examples(SOURCES[args.source], on_duplicate="drop")
-    train = random.Random(0).sample(pool, args.n_train)
-    tmp = Path(tempfile.mkdtemp(prefix="fedpit-medfewshot-")) / f"{args.source}-{args.n_train}.jsonl"
-    save_jsonl(train, tmp)  # a temporary file outside the repository
+    folder = Path(tempfile.mkdtemp(prefix="fedpit-medfewshot-"))  # temporary files outside the repository
+    split = args.source == "medinstruct-split"
+    if split:
+        train, test_items = medinstruct_split(test)
+        test = folder / "medinstruct-test66.jsonl"
+        save_jsonl(test_items, test)
+    else:
+        pool = load_examples(SOURCES[args.source], on_duplicate="drop")
+        train = random.Random(0).sample(pool, args.n_train)
+    tmp = folder / f"{args.source}-{len(train)}.jsonl"
+    save_jsonl(train, tmp)
     print(f"{len(train)} training examples from {SOURCES[args.source].name} -> {tmp}")
 
     from fedpit.cli import main as cli
@@ -62,8 +88,7 @@ def main() -> int:
         args.out,
         "--test",
         str(test),
-        "--reference",
-        "gpt-3.5-turbo",
+        *([] if split else ["--reference", "gpt-3.5-turbo"]),
         "--limit",
         str(args.limit),
         "--max-new-tokens",
@@ -71,7 +96,8 @@ def main() -> int:
         "--set",
         f"data.train={tmp}",
         "--set",
-        "data.test=",
+        f"data.test={test}" if split else "data.test=",
+        *(["--set", f"eval.max_examples={len(test_items)}"] if split else []),
         "--set",
         "partition.label=kmeans",
         "--set",
