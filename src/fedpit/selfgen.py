@@ -244,7 +244,6 @@ def response_filter(text: str, local_responses, s: SelfGenSettings, *, cut_off: 
     the token cap, so too short a remainder counts as truncated rather than short."""
     if not text:
         return "response_truncated" if cut_off else "response_empty"
-        return "response_empty"
     if len(text.split()) < s.min_response_words:
         return "response_truncated" if cut_off else "response_short"
     if repeated_ngram_ratio(text) > s.max_repeat_ratio:
