@@ -59,6 +59,28 @@ def stop_criteria(tokenizer, stop_strings: Sequence[str]):
     return hit[1]
 
 
+def _generate_kwargs(tokenizer, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, stop_strings):
+    """The keyword arguments of HF ``generate`` for one call of :func:`generate` (the same for every batch)."""
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        repetition_penalty=repetition_penalty,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if stop_strings and CACHE_STOP_CRITERIA:
+        from transformers import StoppingCriteriaList
+
+        kwargs.update(stopping_criteria=StoppingCriteriaList([stop_criteria(tokenizer, stop_strings)]))
+    elif stop_strings:
+        kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    else:  # silence sampling defaults a model's generation_config may carry
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -95,28 +117,14 @@ def generate(
         if merge_lora:
             stack.enter_context(lora_merged(model))
         model.eval()
+        kwargs = _generate_kwargs(
+            tokenizer, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, stop_strings
+        )
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
             if do_sample:
                 torch.manual_seed(seed + s)
-            kwargs = dict(
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                repetition_penalty=repetition_penalty,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            if stop_strings and CACHE_STOP_CRITERIA:
-                from transformers import StoppingCriteriaList
-
-                kwargs.update(stopping_criteria=StoppingCriteriaList([stop_criteria(tokenizer, stop_strings)]))
-            elif stop_strings:
-                kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
-            if do_sample:
-                kwargs.update(temperature=temperature, top_p=top_p)
-            else:  # silence sampling defaults a model's generation_config may carry
-                kwargs.update(temperature=None, top_p=None, top_k=None)
             gen = model.generate(**enc, **kwargs)
             new = gen[:, enc["input_ids"].shape[1] :]
             for j, i in enumerate(idx):
