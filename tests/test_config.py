@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from fedpit.config import Config, load_config, to_toml, valid_keys
@@ -112,3 +114,16 @@ def test_unknown_algorithm_is_refused_where_methods_are_looked_up(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("fedpit: error: algorithm: 'fedsgd'")
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_demo_toml_is_the_built_in_defaults():
+    """configs/demo.toml says it writes out the defaults of `fedpit run` with no arguments: keep it true."""
+    assert load_config(CONFIGS / "demo.toml") == load_config()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path):
+    assert load_config(path).algorithm
