@@ -161,3 +161,46 @@ def test_generation_folds_lora_in_and_restores_the_backbone_bit_for_bit(engine):
     )
     assert done[0] and again[0] == "" and again[1] == texts[1]
     assert not any(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))
+
+
+def test_decode_attention_equals_sdpa_for_one_query_with_grouped_heads_and_padding():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from fedpit.generate import decode_attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    q, k, v = torch.randn(4, 6, 1, 8), torch.randn(4, 2, 11, 8), torch.randn(4, 2, 11, 8)
+    mask = torch.ones(4, 1, 1, 11, dtype=torch.bool)
+    mask[0, ..., :5] = False  # a left-padded row
+    mask[2, ..., -3:] = False  # unused slots of a static cache
+    ours, _ = decode_attention(module, q, k, v, mask, scaling=8**-0.5)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=8**-0.5)
+    assert ours.shape == ref.shape == (4, 1, 6, 8) and torch.allclose(ours, ref, atol=1e-5)
+    additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    assert torch.allclose(decode_attention(module, q, k, v, additive, scaling=8**-0.5)[0], ref, atol=1e-5)
+    # more than one query (prefill) is SDPA's own result
+    q2 = torch.randn(4, 6, 3, 8)
+    assert torch.equal(decode_attention(module, q2, k, v, None)[0], sdpa_attention_forward(module, q2, k, v, None)[0])
+
+
+def test_fast_decoding_gives_hf_defaults_answers_and_restores_the_model(engine, monkeypatch):
+    from fedpit import generate as gen
+
+    model = engine.model
+    seen = []
+    layer = next(m for m in model.modules() if type(m).__name__ == "LlamaAttention")
+    hook = layer.register_forward_pre_hook(lambda m, *a: seen.append(m.config._attn_implementation))
+    prompts = ["### Instruction:\nName a vitamin.\n\n### Response:\n", "Hi", "### Instruction:\nSay hi.\n\n"]
+    try:
+        fast = gen.generate(model, engine.tokenizer, prompts, max_new_tokens=12, repetition_penalty=1.2)
+        assert set(seen) == {gen.DECODE_ATTENTION}  # prefill and every step went through the fast path
+        seen.clear()
+        monkeypatch.setattr(gen, "FAST_DECODE", False)
+        plain = gen.generate(model, engine.tokenizer, prompts, max_new_tokens=12, repetition_penalty=1.2)
+        assert set(seen) == {"sdpa"}
+    finally:
+        hook.remove()
+    assert fast == plain and all(fast)
+    assert model.get_base_model().config._attn_implementation == "sdpa"  # training and scoring are untouched
