@@ -6,13 +6,14 @@ its default dtype, greedy, the default settings otherwise. The variants add one 
   old            one task per Phase A prompt, batch 8, HF's stop-string criterion rebuilt on every call
   +stop cached   the stop criterion built once per tokenizer
   +batch 32      all of the client's prompts decoded in one wave (batch >= candidates)
+  +fast decode   a static KV cache and the one-query decode attention (``fedpit.generate.FAST_DECODE``)
   +N tasks/call  one Phase A call continues the list for N tasks ("Task 9:", "Task 10:", ...), each filtered
 
 Candidates are examples that passed every filter. Each variant's output is then measured (MiniLM on-task and answer
 relevance, diversity, closeness to private text; outside the timed part) so a faster path that writes worse data shows.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/selfgen_throughput.py [--candidates 32] [--tasks-per-call 4]
-        [--template model|alpaca|chat|auto] [--json PATH]
+        [--template model|alpaca|chat|auto] [--only 0,3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ def main() -> None:
     model, tok = engine.model, engine.tokenizer
     base = dataclasses.replace(cfg.selfgen, num_instructions=args.candidates, template=args.template, measure=False)
     n = args.tasks_per_call
-    variants = [
-        ("old", dict(batch_size=8, tasks_per_call=1), False),
-        ("+stop cached", dict(batch_size=8, tasks_per_call=1), True),
-        (f"+batch {max(32, args.candidates)}", dict(batch_size=max(32, args.candidates), tasks_per_call=1), True),
-        (f"+{n} tasks/call", dict(batch_size=max(32, args.candidates), tasks_per_call=n), True),
+    wide = max(32, args.candidates)
+    variants = [  # (name, selfgen settings, stop criterion cached, fast decoding)
+        ("old", dict(batch_size=8, tasks_per_call=1), False, False),
+        ("+stop cached", dict(batch_size=8, tasks_per_call=1), True, False),
+        (f"+batch {wide}", dict(batch_size=wide, tasks_per_call=1), True, False),
+        ("+fast decode", dict(batch_size=wide, tasks_per_call=1), True, True),
+        (f"+{n} tasks/call", dict(batch_size=wide, tasks_per_call=n), True, True),
     ]
     if args.only:
         keep = {int(x) for x in args.only.split(",")}
@@ -79,20 +82,20 @@ def main() -> None:
         f"{'on-task':>7} {'ans rel':>7} {'distinct':>8} {'self-RL':>7} {'RL priv':>7} {'words':>5}"
     )
     results = []
-    for name, over, cache in variants:
+    for name, over, cache, fast in variants:
         s = dataclasses.replace(base, **over)
-        gen.CACHE_STOP_CRITERIA = cache
+        gen.CACHE_STOP_CRITERIA, gen.FAST_DECODE = cache, fast
         gen._stop_cache.clear()
         t, c = time.perf_counter(), time.process_time()
         cands, rep = self_generate(model, tok, local, s, seed=args.seed, template=cfg.model.template)
         dt, cpu = time.perf_counter() - t, time.process_time() - c
-        gen.CACHE_STOP_CRITERIA = True
+        gen.CACHE_STOP_CRITERIA = gen.FAST_DECODE = True
         q = SelfGenReport()
         assess_and_select(cands, local, dataclasses.replace(s, measure=True), q)
         per_min = 60 * len(cands) / dt
         row = {
             "variant": name,
-            "settings": {**over, "stop_cached": cache},
+            "settings": {**over, "stop_cached": cache, "fast_decode": fast},
             "seconds": round(dt, 2),
             "cpu_seconds": round(cpu, 2),
             "candidates": len(cands),
