@@ -104,7 +104,7 @@ class SelfGenSettings:
     max_words: int = 150
     min_response_words: int = 8
     max_repeat_ratio: float = 0.3  # share of repeated word 3-grams above which a response is degenerate
-    batch_size: int = 8
+    batch_size: int = 32  # one decoding wave for the journal's 32 candidates (benchmarks/selfgen_throughput.py)
     public_data: str = ""  # ablation: a .json/.jsonl file whose examples replace self-generated ones, same count
     task_text: str = "auto"  # what a Phase A demonstration shows: "instruction", "instruction+input" or "auto"
     template: str = "model"  # prompt format for generation: model (= model.template) | auto | alpaca | chat
