@@ -4,6 +4,7 @@ the base weights while decoding."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -44,7 +45,6 @@ def lora_merged(model) -> Iterator[None]:
 
 FAST_DECODE = True  # False: HF generate's defaults (a KV cache grown by concatenation, SDPA for every step)
 DECODE_ATTENTION = "fedpit_decode"
-_registered = False
 
 
 def decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kw):
@@ -74,15 +74,14 @@ def decode_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     return torch.matmul(probs, value).reshape(b, 1, heads, d), None
 
 
+@functools.cache
 def _register_decode_attention() -> None:
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    """Once per process: HF's attention and mask interfaces learn :data:`DECODE_ATTENTION`."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-        AttentionInterface.register(DECODE_ATTENTION, decode_attention)
-        AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)  # the same boolean masks as SDPA
-        _registered = True
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)  # the same boolean masks as SDPA
 
 
 @contextlib.contextmanager
