@@ -33,23 +33,6 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def machine_peaks(torch) -> tuple[float, float]:
-    """(read bandwidth in bytes/s, bf16 matmul FLOP/s), best of 3, at the current thread count."""
-    x = torch.ones(256 * 1024 * 1024, dtype=torch.float32)  # 1 GiB
-    x.sum()
-    bw = max(x.numel() * 4 / _timed(x.sum) for _ in range(3))
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    a @ a
-    peak = max(2 * 2048**3 / _timed(lambda: torch.matmul(a, a)) for _ in range(3))
-    return bw, peak
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", default="8,32")
@@ -158,6 +141,8 @@ def main() -> None:
     sides = {"HF generate": hf_generate, "fedpit, old path": fedpit(False), "fedpit": fedpit(True)}
     gen.generate(model, tok, ["Hello", "Hi there"], max_new_tokens=4)  # warm-up, both paths
     hf_generate(["Hello"], 4, ["\n"], 1)
+    from machine import machine_peaks
+
     bw, peak = machine_peaks(torch)
     params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
     weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "lora_" not in n)

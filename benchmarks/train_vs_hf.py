@@ -7,9 +7,11 @@ with Trainer's defaults (random batches, padding to the longest) and with ``grou
 
 Each variant runs in its own child process (so peak RSS is its own), after one warm-up step, and the variants
 alternate over ``--repeats`` rounds (this machine is shared and noisy; the medians and their ratios are what to read).
-Printed: real (non-padding) tokens per second, seconds per step, padding share, peak RSS, and the ratio to fedpit.
+Printed: real (non-padding) tokens per second, seconds per step, padding share, peak RSS, the ratio to fedpit, and
+model FLOP utilization (MFU: 4 x parameters FLOPs per real token, against this CPU's bf16 matrix-multiply peak measured
+by the parent process at the children's thread count, before the variants run).
 
-    .venv/bin/python benchmarks/train_vs_hf.py [--steps 8] [--batch-size 4] [--repeats 2]
+    .venv/bin/python benchmarks/train_vs_hf.py [--steps 8] [--batch-size 4] [--repeats 2] [--json PATH]
 """
 
 from __future__ import annotations
@@ -156,6 +158,19 @@ def run_hf(batch_size: int, steps: int, grouped: bool) -> dict:
     return {"tokens": counts["real"], "seconds": clock.seconds, "steps": steps, "padded_tokens": counts["padded"]}
 
 
+def _backbone_params() -> int:
+    """Parameters of the backbone the children train (the packaged model's; LoRA excluded), read from its config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fedpit.backbone import resolve_model_path
+    from fedpit.config import Config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(Config().model.name)))
+    return sum(p.numel() for p in model.parameters())
+
+
 def child(variant: str, batch_size: int, steps: int) -> None:
     import torch
 
@@ -166,6 +181,7 @@ def child(variant: str, batch_size: int, steps: int) -> None:
     res.update(
         variant=variant,
         threads=torch.get_num_threads(),
+        params=_backbone_params(),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     print("RESULT " + json.dumps(res), flush=True)
@@ -177,6 +193,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--json", default=None, help="write the figures to this JSON file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -184,6 +201,11 @@ def main() -> None:
         return
     import platform
 
+    import torch
+    from machine import lora_train_flops_per_token, machine_peaks
+
+    _, peak = machine_peaks(torch)
+    print(f"bf16 matmul peak measured here: {peak / 1e9:.0f} GFLOP/s at {torch.get_num_threads()} threads", flush=True)
     variants = args.variants.split(",")
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for rep in range(args.repeats):
@@ -217,15 +239,49 @@ def main() -> None:
         f"torch threads {results[variants[0]][0]['threads']}; {args.steps} steps x batch {args.batch_size}, "
         f"median of {args.repeats}"
     )
-    print(f"{'variant':>19} {'real tok/s':>10} {'s/step':>7} {'padding':>8} {'peak RSS':>9} {'fedpit is':>10}")
+    print(
+        f"{'variant':>19} {'real tok/s':>10} {'s/step':>7} {'padding':>8} {'peak RSS':>9} {'fedpit is':>10} {'MFU':>6}"
+    )
     med = {v: statistics.median(r["tokens"] / r["seconds"] for r in rs) for v, rs in results.items()}
+    rows = []
     for v, rs in results.items():
         r = rs[0]
         pad = 1 - r["tokens"] / r["padded_tokens"]
         rss = statistics.median(x["peak_rss_mb"] for x in rs) / 1024
         sps = statistics.median(x["seconds"] / x["steps"] for x in rs)
-        ratio = f"{med['fedpit'] / med[v]:.2f}x" if "fedpit" in med and v != "fedpit" else "-"
-        print(f"{v:>19} {med[v]:10.1f} {sps:7.2f} {pad:8.1%} {rss:7.2f} GiB {ratio:>10}")
+        ratio = med["fedpit"] / med[v] if "fedpit" in med and v != "fedpit" else None
+        mfu = med[v] * lora_train_flops_per_token(r["params"]) / peak
+        shown = f"{ratio:.2f}x" if ratio else "-"
+        print(f"{v:>19} {med[v]:10.1f} {sps:7.2f} {pad:8.1%} {rss:7.2f} GiB {shown:>10} {mfu:6.1%}")
+        rows.append(
+            dict(
+                variant=v,
+                real_tok_per_s=round(med[v], 2),
+                s_per_step=round(sps, 3),
+                padding=round(pad, 4),
+                peak_rss_gib=round(rss, 3),
+                fedpit_vs_this=round(ratio, 3) if ratio else None,
+                mfu=round(mfu, 4),
+                runs=rs,
+            )
+        )
+    if "fedpit" in med and "hf-trainer" in med:
+        print(f"fedpit / HF Trainer + peft: {med['fedpit'] / med['hf-trainer']:.2f}x real tokens/s (target 1.5x)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(
+                {
+                    "steps": args.steps,
+                    "batch_size": args.batch_size,
+                    "repeats": args.repeats,
+                    "threads": results[variants[0]][0]["threads"],
+                    "bf16_gflops": round(peak / 1e9, 1),
+                    "flops_per_token": "4 x parameters",
+                    "variants": rows,
+                },
+                fh,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":
