@@ -25,14 +25,11 @@ def measure(dtype: str, steps: int, batch_size: int, examples) -> dict:
 
     from fedpit.backbone import load_backbone
     from fedpit.config import Config
-    from fedpit.engine import Engine, LoraSpec
+    from fedpit.engine import Engine
 
     cfg = Config()
     bb = load_backbone(cfg.model.name, dtype=dtype)
-    lo = cfg.lora
-    eng = Engine(
-        bb, LoraSpec(lo.r, lo.alpha, lo.dropout, tuple(lo.target_modules)), max_seq_len=cfg.model.max_seq_len, seed=0
-    )
+    eng = Engine(bb, cfg.lora, max_seq_len=cfg.model.max_seq_len, seed=0)
     eng.train(examples[:batch_size], lr=cfg.train.lr, steps=1, batch_size=batch_size, seed=0)  # warm-up
     st = eng.train(examples, lr=cfg.train.lr, steps=steps, batch_size=batch_size, seed=0)
     out = {

@@ -44,13 +44,12 @@ def _setup(batch_size: int, steps: int):
 
 
 def run_fedpit(batch_size: int, steps: int) -> dict:
-    from fedpit.engine import Engine, LoraSpec
+    from fedpit.engine import Engine
 
     cfg, bb, examples = _setup(batch_size, steps)
-    lo = cfg.lora
     eng = Engine(
         bb,
-        LoraSpec(lo.r, lo.alpha, lo.dropout, tuple(lo.target_modules)),
+        cfg.lora,
         template=cfg.model.template,
         max_seq_len=cfg.model.max_seq_len,
         seed=0,

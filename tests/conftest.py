@@ -33,10 +33,11 @@ def tiny_model_path(tmp_path_factory, smollm2_path) -> str:
 def engine(tiny_model_path):
     """An engine on the tiny model (LoRA r4, dropout 0.05), one per test module."""
     from fedpit.backbone import load_backbone
-    from fedpit.engine import Engine, LoraSpec
+    from fedpit.config import LoraConfig
+    from fedpit.engine import Engine
 
     bb = load_backbone(tiny_model_path, dtype="fp32")
-    return Engine(bb, LoraSpec(r=4, alpha=8, dropout=0.05), max_seq_len=128, seed=0)
+    return Engine(bb, LoraConfig(r=4, alpha=8, dropout=0.05), max_seq_len=128, seed=0)
 
 
 @pytest.fixture

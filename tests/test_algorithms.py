@@ -10,8 +10,6 @@ import torch
 from fedpit.adapters import max_abs_diff
 from fedpit.algorithms import (
     REGISTRY,
-    LocalBudget,
-    MethodParams,
     RoundContext,
     fedit,
     fedmit,
@@ -23,7 +21,7 @@ from fedpit.algorithms import (
     locit_sa,
 )
 from fedpit.algorithms.base import LOCAL_PREFIX, split_state
-from fedpit.config import GEN_TEMPLATES, SELECT_BY, FedPITConfig, FedProxConfig
+from fedpit.config import GEN_TEMPLATES, SELECT_BY, Config, FedPITConfig, FedProxConfig, TrainConfig
 from fedpit.data import Example, load_demo
 from fedpit.runner import Runner
 from fedpit.selfgen import SelfGenReport
@@ -53,12 +51,12 @@ def fixed_synthetic(monkeypatch):
 
 
 def ctx(seed=5, beta=0.5, candidates=8, keep=4, mu=0.01):
-    params = MethodParams(
-        fedpit=FedPITConfig(beta=beta, candidates=candidates, keep=keep), fedprox=FedProxConfig(mu=mu)
+    cfg = Config(
+        train=TrainConfig(local_steps=3, batch_size=2),
+        fedpit=FedPITConfig(beta=beta, candidates=candidates, keep=keep),
+        fedprox=FedProxConfig(mu=mu),
     )
-    return RoundContext(
-        round=1, num_rounds=2, client_id=0, lr=5e-3, seed=seed, budget=LocalBudget(steps=3, batch_size=2), params=params
-    )
+    return RoundContext(round=1, client_id=0, lr=5e-3, seed=seed, cfg=cfg)
 
 
 def _perturbed(engine):
@@ -258,29 +256,31 @@ def test_extraction_attack_every_round_and_on_every_final_model(tiny_cfg, fixed_
 
 
 def _ctx_with(budget, **fedpit_kw):
-    params = MethodParams(fedpit=FedPITConfig(**fedpit_kw))
-    return RoundContext(round=1, num_rounds=2, client_id=0, lr=5e-3, seed=5, budget=budget, params=params)
+    cfg = Config(train=budget, fedpit=FedPITConfig(**fedpit_kw))
+    return RoundContext(round=1, client_id=0, lr=5e-3, seed=5, cfg=cfg)
 
 
-@pytest.mark.parametrize("budget", [LocalBudget(steps=3, batch_size=2), LocalBudget(epochs=1, steps=0, batch_size=2)])
+@pytest.mark.parametrize(
+    "budget", [TrainConfig(local_steps=3, batch_size=2), TrainConfig(local_epochs=1, local_steps=0, batch_size=2)]
+)
 def test_budget_parity_gives_the_shared_adapter_fedits_step_count(engine, fixed_synthetic, budget):
     g = _perturbed(engine)
     data = load_demo("train")[:10]  # FedIT by epochs: 5 steps of 2; the 5 synthetic examples alone: 3 steps
     plain = fedit.client_update(engine, g, data, {}, _ctx_with(budget))
     parity = fedpit.client_update(engine, g, data, {}, _ctx_with(budget, shared_budget="parity"))
     default = fedpit.client_update(engine, g, data, {}, _ctx_with(budget))
-    assert parity.reply.metrics["steps"] == plain.reply.metrics["steps"] == (3 if budget.steps else 5)
+    assert parity.reply.metrics["steps"] == plain.reply.metrics["steps"] == (3 if budget.local_steps else 5)
     assert default.reply.metrics["steps"] == 3  # one pass over 5 synthetic examples in batches of 2
     mix = fedpit_mix.client_update(engine, g, data, {}, _ctx_with(budget, shared_budget="parity", keep=4))
     assert mix.reply.metrics["public_steps"] == plain.reply.metrics["steps"]
 
 
-@pytest.mark.parametrize("by", ["ifs", "relevance", "none"])
+@pytest.mark.parametrize("by", ["ifs", "relevance", "first"])
 def test_fedpit_v1_selects_candidates_and_records_the_counts(engine, fixed_synthetic, by):
     g = _perturbed(engine)
     data = load_demo("train")[:6]
     r = fedpit.client_update(
-        engine, g, data, {}, _ctx_with(LocalBudget(steps=2, batch_size=2), candidates=5, keep=2, select_by=by)
+        engine, g, data, {}, _ctx_with(TrainConfig(local_steps=2, batch_size=2), candidates=5, keep=2, select_by=by)
     )
     m = r.reply.metrics
     assert m["candidates"] == 5 and m["kept"] == 2 == m["synthetic"] == len(r.artifacts["synthetic"])
@@ -292,6 +292,6 @@ def test_fedpit_v1_selects_candidates_and_records_the_counts(engine, fixed_synth
         kept_ifs = sorted(row["ifs"] for row in sel["rows"] if row["kept"])
         assert kept_ifs == sorted(row["ifs"] for row in sel["rows"])[:2]
     again = fedpit.client_update(
-        engine, g, data, {}, _ctx_with(LocalBudget(steps=2, batch_size=2), candidates=5, keep=2, select_by=by)
+        engine, g, data, {}, _ctx_with(TrainConfig(local_steps=2, batch_size=2), candidates=5, keep=2, select_by=by)
     )
     assert again.artifacts["synthetic"] == r.artifacts["synthetic"]

@@ -6,15 +6,16 @@ import torch
 
 from fedpit.adapters import max_abs_diff
 from fedpit.backbone import load_backbone
+from fedpit.config import LoraConfig
 from fedpit.data import Example, load_demo
-from fedpit.engine import Engine, LoraSpec, cosine_lr, make_batches
+from fedpit.engine import Engine, cosine_lr, make_batches
 from fedpit.prompts import IGNORE_INDEX, build_prompt, encode_example
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_path):
     bb = load_backbone(tiny_model_path, dtype="fp32")
-    return Engine(bb, LoraSpec(r=4, alpha=8, dropout=0.0), max_seq_len=128, seed=0)
+    return Engine(bb, LoraConfig(r=4, alpha=8, dropout=0.0), max_seq_len=128, seed=0)
 
 
 def test_loss_mask_covers_exactly_the_response_and_eos(engine):

@@ -319,10 +319,13 @@ def test_the_interrupt_hint_names_the_real_run_folder(tmp_path, capsys, monkeypa
 # ------------------------------------------------------------------------------------------------ 10: truncation
 def test_cut_examples_are_warned_about_once_with_their_count(tiny_model_path, caplog):
     from fedpit.backbone import load_backbone
+    from fedpit.config import LoraConfig
     from fedpit.data import Example
-    from fedpit.engine import Engine, LoraSpec
+    from fedpit.engine import Engine
 
-    engine = Engine(load_backbone(tiny_model_path, dtype="fp32", device="cpu"), LoraSpec(r=2, alpha=4), max_seq_len=64)
+    engine = Engine(
+        load_backbone(tiny_model_path, dtype="fp32", device="cpu"), LoraConfig(r=2, alpha=4), max_seq_len=64
+    )
     short = [Example(f"q{i}", "short answer") for i in range(3)]
     long = [Example("long", "word " * 5000), Example("longer", "word " * 20000)]
     with caplog.at_level(logging.WARNING, logger="fedpit.engine"):

@@ -115,7 +115,7 @@ CANDS = [
 ]
 
 
-@pytest.mark.parametrize("by", ["ifs", "relevance", "none"])
+@pytest.mark.parametrize("by", ["ifs", "relevance", "first"])
 def test_assess_and_select_keeps_the_top_keep_by_the_chosen_score(by):
     cond, uncond = [2.0, 1.0, 3.0, 0.5, 1.5, 2.5], [4.0, 4.0, 3.0, 0.25, 3.0, 5.0]  # IFS .5 .25 1 2 .5 .5
     s = SelfGenSettings()

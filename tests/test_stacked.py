@@ -14,9 +14,9 @@ import torch
 from peft import get_peft_model_state_dict
 
 from fedpit.adapters import load_state, max_abs_diff
-from fedpit.algorithms import LocalBudget, MethodParams, RoundContext, fedpit
+from fedpit.algorithms import RoundContext, fedpit
 from fedpit.algorithms.base import SHARED_PREFIX, ClientState
-from fedpit.config import FedPITConfig, load_config
+from fedpit.config import Config, FedPITConfig, TrainConfig, load_config
 from fedpit.data import Example, load_demo
 from fedpit.engine import SHARED_SLOT
 from fedpit.errors import ConfigError
@@ -45,9 +45,8 @@ def _perturbed(engine, seed=1, scale=0.05):
 
 
 def ctx(personal="independent", round=1, **kw):
-    params = MethodParams(fedpit=FedPITConfig(personal=personal, **kw))
-    budget = LocalBudget(steps=3, batch_size=2)
-    return RoundContext(round=round, num_rounds=2, client_id=0, lr=2e-2, seed=5, budget=budget, params=params)
+    cfg = Config(train=TrainConfig(local_steps=3, batch_size=2), fedpit=FedPITConfig(personal=personal, **kw))
+    return RoundContext(round=round, client_id=0, lr=2e-2, seed=5, cfg=cfg)
 
 
 def _loss(engine, adapter, data, shared=None):

@@ -74,6 +74,7 @@ class FederationConfig:
     rounds: int = 3
     fraction: float = 1.0  # share of clients sampled each round
     min_clients: int = 1
+    server_lr: float = 1.0  # the server applies this share of the aggregated update (1.0: FedAvg; < 1: turned down)
 
 
 @dataclass
@@ -114,7 +115,7 @@ class SelfGenSettings:
 
 TASK_TEXTS = ("auto", "instruction", "instruction+input")
 GEN_TEMPLATES = ("model", "auto", "alpaca", "chat")
-SELECT_BY = ("auto", "ifs", "relevance", "none")
+SELECT_BY = ("off", "ifs", "relevance", "first")  # off: no selection step; first: generation order
 PERSONAL = ("independent", "stacked")
 
 
@@ -124,7 +125,8 @@ class FedPITConfig:
     candidates: int = 8  # fedpit-mix, and fedpit when it selects: candidates per client and round (the journal: 32)
     keep: int = 4  # fedpit-mix, and fedpit when it selects: candidates kept by the best score (the journal: 16)
     synthetic_epochs: int = 1  # passes over the synthetic set for adapters trained on synthetic data only
-    select_by: str = "auto"  # ifs | relevance | none | auto (fedpit-mix: ifs; fedpit: no selection, num_instructions)
+    select_by: str = "off"  # fedpit's selection: off (num_instructions, all kept) | ifs | relevance | first
+    mix_select_by: str = "ifs"  # fedpit-mix's selection (the journal's: ifs); the same values
     shared_budget: str = "synthetic_epochs"  # synthetic_epochs | parity (FedIT's local step count)
     personal: str = "independent"  # fedpit: independent | stacked (private adapter on top of the frozen shared one)
 
@@ -402,6 +404,7 @@ def _federation(cfg: Config) -> None:
     _check(f.rounds >= 1, "federation.rounds", "must be >= 1")
     _check(0 < f.fraction <= 1, "federation.fraction", "must be in (0, 1]")
     _check(1 <= f.min_clients <= n, "federation.min_clients", f"must be between 1 and partition.num_clients ({n})")
+    _check(0.0 <= f.server_lr <= 1.0, "federation.server_lr", "must be in [0, 1] (1.0: plain FedAvg)")
 
 
 def _eval(cfg: Config) -> None:
@@ -435,7 +438,8 @@ def _methods(cfg: Config) -> None:
     _check(cfg.fedpit.candidates >= 1, "fedpit.candidates", "must be >= 1")
     _check(1 <= cfg.fedpit.keep <= cfg.fedpit.candidates, "fedpit.keep", "must be between 1 and fedpit.candidates")
     _check(cfg.fedpit.synthetic_epochs >= 1, "fedpit.synthetic_epochs", "must be >= 1")
-    _check(cfg.fedpit.select_by in SELECT_BY, "fedpit.select_by", f"must be one of {', '.join(SELECT_BY)}")
+    for key in ("select_by", "mix_select_by"):
+        _check(getattr(cfg.fedpit, key) in SELECT_BY, f"fedpit.{key}", f"must be one of {', '.join(SELECT_BY)}")
     _check(
         cfg.fedpit.shared_budget in ("synthetic_epochs", "parity"),
         "fedpit.shared_budget",

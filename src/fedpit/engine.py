@@ -20,18 +20,11 @@ import torch.nn.functional as F
 
 from .adapters import StateDict, clone_state
 from .backbone import Backbone
+from .config import LoraConfig
 from .prompts import IGNORE_INDEX, Encoded, encode_example
 
 log = logging.getLogger("fedpit.engine")
 SHARED_SLOT = "shared"  # peft adapter name of the frozen shared adapter under a stacked private one
-
-
-@dataclass
-class LoraSpec:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @dataclass
@@ -94,9 +87,10 @@ def _optimizer_step(
 
 class Engine:
     def __init__(
-        self, backbone: Backbone, lora: LoraSpec, *, template: str = "alpaca", max_seq_len: int = 512, seed: int = 0
+        self, backbone: Backbone, lora: LoraConfig, *, template: str = "alpaca", max_seq_len: int = 512, seed: int = 0
     ):
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
 
         self.backbone = backbone
         self.tokenizer = backbone.tokenizer
@@ -105,7 +99,7 @@ class Engine:
         self.max_seq_len = max_seq_len
         self.lora = lora
         torch.manual_seed(seed)  # LoRA A init
-        self.peft_config = LoraConfig(
+        self.peft_config = PeftLoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,

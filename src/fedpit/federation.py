@@ -24,9 +24,7 @@ from .algorithms.base import (
     ClientReply,
     ClientState,
     Method,
-    MethodParams,
     RoundContext,
-    budget_of,
     client_seed,
     sample_clients,
 )
@@ -42,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Prepared",
-    "budget_of",
     "check_update",
     "client_context",
     "client_seed",
@@ -140,10 +137,6 @@ def client_share(cfg: Config, k: int) -> list[Example]:
 
 
 # ---------------------------------------------------------------------------------------------------------- rounds
-def params_of(cfg: Config) -> MethodParams:
-    return MethodParams(selfgen=cfg.selfgen, fedpit=cfg.fedpit, fedprox=cfg.fedprox, fewfedweight=cfg.fewfedweight)
-
-
 def round_plan(cfg: Config, method: Method, r: int) -> tuple[list[int], float]:
     """Which clients train in round ``r`` and at which learning rate (cosine over rounds). Every transport (the
     in-process runner, Flower simulation, Flower deployment) asks this function, so they sample the same clients."""
@@ -156,30 +149,19 @@ def round_plan(cfg: Config, method: Method, r: int) -> tuple[list[int], float]:
 def client_context(cfg: Config, method: Method, r: int, k: int) -> RoundContext:
     """Everything client ``k`` needs to know about round ``r``, derived from the config alone."""
     _, lr = round_plan(cfg, method, r)
-    return RoundContext(
-        round=r,
-        num_rounds=cfg.federation.rounds,
-        client_id=k,
-        lr=lr,
-        seed=client_seed(cfg.seed, r, k),
-        budget=method.budget(cfg),
-        params=params_of(cfg),
-    )
+    return RoundContext(round=r, client_id=k, lr=lr, seed=client_seed(cfg.seed, r, k), cfg=method.round_config(cfg))
 
 
 # ---------------------------------------------------------------------------------------------------------- engine
 def make_engine(cfg: Config) -> Engine:
     """The one way to build an engine: the config's backbone, LoRA shape, template and seed."""
     from .backbone import load_backbone
-    from .engine import Engine, LoraSpec
+    from .engine import Engine
 
     m = cfg.model
     bb = load_backbone(m.name, dtype=m.dtype, device=m.device, cache_dir=m.cache_dir or None)
-    lora = LoraSpec(
-        r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=tuple(cfg.lora.target_modules)
-    )
     try:
-        return Engine(bb, lora, template=m.template, max_seq_len=m.max_seq_len, seed=cfg.seed)
+        return Engine(bb, cfg.lora, template=m.template, max_seq_len=m.max_seq_len, seed=cfg.seed)
     except ValueError as e:  # peft: target modules not found in the model
         raise ConfigError(f"lora.target_modules: {str(e).splitlines()[0]}") from None
 

@@ -125,7 +125,7 @@ class Runner:
             fault_point(f"round_{r}_client_{k}")
             replies.append(reply)
             rows.append(client_row(r, k, lr, reply, seconds=seconds, received=down, sent=nbytes(reply.adapter)))
-        new_global = method.server_aggregate(global_state, replies)
+        new_global = method.aggregate(cfg, global_state, replies)
         test_loss, extraction = evaluate_round(cfg, method, engine, rd, prep, r, new_global, test_enc)
         rows.append(
             round_row(

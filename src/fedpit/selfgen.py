@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from rouge_score import rouge_scorer
 
-from .config import GEN_TEMPLATES, TASK_TEXTS, SelfGenSettings  # the [selfgen] section (config stays torch-free)
+from .config import (  # the [selfgen] section (config stays torch-free)
+    GEN_TEMPLATES,
+    SELECT_BY,
+    TASK_TEXTS,
+    FedPITConfig,
+    SelfGenSettings,
+)
 from .data import Example
 from .generate import generate
 from .prompts import build_prompt
@@ -114,7 +120,7 @@ class SelfGenReport:
     kept: int = 0  # examples the adapter trains on (after selection)
     trimmed: int = 0  # responses cut off by the token cap and cut back to their last complete sentence
     candidates: int | None = None  # examples that passed every filter, offered to selection (None: = kept)
-    select_by: str = "none"
+    select_by: str = "off"
     template: str = ""  # the prompt format generation used
     rows: list = field(default_factory=list)  # per candidate: the measures, the selection score, kept or not
     quality: dict = field(default_factory=dict)  # summary over the kept examples
@@ -557,6 +563,13 @@ def measure_rows(
     return rows
 
 
+def selection_size(select_by: str, s: SelfGenSettings, p: FedPITConfig) -> tuple[int, int | None]:
+    """(candidates to generate, candidates to keep; None = all) for a selection setting: ``off`` generates
+    ``selfgen.num_instructions`` and keeps them all; a score generates ``fedpit.candidates`` and keeps
+    ``fedpit.keep``."""
+    return (s.num_instructions, None) if select_by == "off" else (p.candidates, p.keep)
+
+
 def relevance_score(row: dict) -> float:
     """The relevance selection score: mean of on-task and answer relevance (higher is better)."""
     return 0.5 * (row.get("on_task", float("nan")) + row.get("answer_relevance", float("nan")))
@@ -569,17 +582,18 @@ def assess_and_select(
     report: SelfGenReport,
     *,
     keep: int | None = None,
-    select_by: str = "none",
+    select_by: str = "off",
     ifs=None,
     embed=None,
 ) -> list[Example]:
-    """Measure every candidate, keep ``keep`` of them (all when None) by ``select_by``, record both in ``report``.
+    """Measure every candidate, keep ``keep`` of them by ``select_by``, record both in ``report``.
 
-    ``ifs`` (the private adapter's L(y|x) and L(y) per candidate) is needed for ``select_by="ifs"``. ``none`` keeps
-    the first ``keep`` in generation order (the journal's random baseline: generation order carries no score).
+    ``off`` keeps every candidate; ``first`` keeps the first ``keep`` in generation order (the journal's random
+    baseline: generation order carries no score); ``ifs`` (needs ``ifs``, the private adapter's L(y|x) and L(y) per
+    candidate) the ``keep`` lowest IFS; ``relevance`` the ``keep`` most relevant.
     """
-    if select_by not in ("ifs", "relevance", "none"):
-        raise ValueError(f"fedpit.select_by must be ifs, relevance or none, not {select_by!r}")
+    if select_by not in SELECT_BY:
+        raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, not {select_by!r}")
     if select_by == "ifs" and ifs is None:
         if candidates:
             raise ValueError("select_by='ifs' needs the private adapter's losses")
@@ -593,7 +607,7 @@ def assess_and_select(
     if not need_rows and ifs is not None:
         for r, c, u in zip(rows, *ifs):
             r.update(loss_cond=round(c, 4), loss_uncond=round(u, 4), ifs=round(ifs_ratio(c, u), 4))
-    keep = len(candidates) if keep is None else min(keep, len(candidates))
+    keep = len(candidates) if keep is None or select_by == "off" else min(keep, len(candidates))
     if select_by == "ifs":
         scores = [ifs_ratio(c, u) for c, u in zip(*ifs)]
         chosen = top_k(scores, keep, lower_is_better=True)
@@ -626,7 +640,7 @@ def summary_line(d: dict) -> str:
 
     line = (
         f"selfgen {d.get('template') or '?'}: kept {d.get('kept', 0)}/{d.get('candidates', 0)}"
-        f" by {d.get('select_by', 'none')}"
+        f" by {d.get('select_by', 'off')}"
     )
     if q.get("n"):
         line += (

@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 
 from ..errors import ConfigError
-from .base import REGISTRY, ClientReply, ClientResult, ClientState, LocalBudget, Method, MethodParams, RoundContext
+from .base import REGISTRY, ClientReply, ClientResult, ClientState, Method, RoundContext
 
 
 def load_all() -> dict[str, Method]:
@@ -37,8 +37,6 @@ __all__ = [
     "ClientReply",
     "ClientResult",
     "ClientState",
-    "LocalBudget",
     "Method",
-    "MethodParams",
     "RoundContext",
 ]

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ..adapters import StateDict, load_state, save_state
-from ..config import Config, FedPITConfig, FedProxConfig, FewFedWeightConfig, SelfGenSettings
+from ..adapters import StateDict, load_state, mix, save_state
+from ..config import Config, TrainConfig
 
 if TYPE_CHECKING:
     from ..data import Example
@@ -56,65 +56,48 @@ class ClientState:
 
 
 @dataclass(frozen=True)
-class LocalBudget:
-    """How much one client trains per round (identical for every method, so comparisons are fair)."""
-
-    epochs: int = 1
-    steps: int = 0
-    batch_size: int = 4
-    grad_accum: int = 1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    group_by_length: bool = True
-
-
-@dataclass(frozen=True)
-class MethodParams:
-    """Method-specific settings: the config's [selfgen], [fedpit], [fedprox] and [fewfedweight] sections."""
-
-    selfgen: SelfGenSettings = field(default_factory=SelfGenSettings)
-    fedpit: FedPITConfig = field(default_factory=FedPITConfig)
-    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
-    fewfedweight: FewFedWeightConfig = field(default_factory=FewFedWeightConfig)
-
-
-@dataclass(frozen=True)
 class RoundContext:
+    """What client ``client_id`` needs to know about one round. Every setting is read from ``cfg``, the run's typed
+    config as the method trains with it (:meth:`Method.round_config`: CenIT's pooled client gets the federation's
+    whole budget), never copied into another structure."""
+
     round: int  # 1-based
-    num_rounds: int
     client_id: int
     lr: float  # this round's learning rate (cosine over rounds)
     seed: int  # derived from (run seed, round, client): same inputs, same update
-    budget: LocalBudget = field(default_factory=LocalBudget)
-    params: MethodParams = field(default_factory=MethodParams)
+    cfg: Config = field(default_factory=Config)
+
+    @property
+    def num_rounds(self) -> int:
+        return self.cfg.federation.rounds
 
     def train_kwargs(self, *, seed_offset: int = 0, synthetic: bool = False, local_examples: int = 0) -> dict:
         """Arguments for :meth:`Engine.train`. ``synthetic=True``: ``fedpit.synthetic_epochs`` passes instead of
         the local step budget (a synthetic set is small; cycling it for many steps only memorizes it), or with
         ``fedpit.shared_budget="parity"`` exactly the optimizer steps FedIT's local update makes on
         ``local_examples`` real examples (the synthetic set is cycled)."""
-        b = self.budget
-        epochs, steps = (self.params.fedpit.synthetic_epochs, 0) if synthetic else (b.epochs, b.steps)
-        if synthetic and self.params.fedpit.shared_budget == "parity":
-            epochs, steps = b.epochs, b.steps or parity_steps(b, local_examples)
+        t, p = self.cfg.train, self.cfg.fedpit
+        epochs, steps = (p.synthetic_epochs, 0) if synthetic else (t.local_epochs, t.local_steps)
+        if synthetic and p.shared_budget == "parity":
+            epochs, steps = t.local_epochs, t.local_steps or parity_steps(t, local_examples)
         return dict(
             lr=self.lr,
             epochs=epochs,
             steps=steps,
-            batch_size=b.batch_size,
-            grad_accum=b.grad_accum,
-            weight_decay=b.weight_decay,
-            max_grad_norm=b.max_grad_norm,
+            batch_size=t.batch_size,
+            grad_accum=t.grad_accum,
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
             seed=self.seed + seed_offset,
-            group_by_length=b.group_by_length,
+            group_by_length=t.group_by_length,
         )
 
 
-def parity_steps(b: LocalBudget, num_examples: int) -> int:
-    """Optimizer steps of a local update over ``num_examples`` (what :meth:`Engine.train` makes for this budget)."""
-    if b.steps > 0:
-        return b.steps
-    return max(1, math.ceil(b.epochs * math.ceil(max(1, num_examples) / b.batch_size) / b.grad_accum))
+def parity_steps(t: TrainConfig, num_examples: int) -> int:
+    """Optimizer steps of a local update over ``num_examples`` (what :meth:`Engine.train` makes for ``t``)."""
+    if t.local_steps > 0:
+        return t.local_steps
+    return max(1, math.ceil(t.local_epochs * math.ceil(max(1, num_examples) / t.batch_size) / t.grad_accum))
 
 
 @dataclass
@@ -162,19 +145,6 @@ def sample_clients(seed: int, round_idx: int, num_clients: int, fraction: float,
     return sorted(int(i) for i in rng.choice(num_clients, size=k, replace=False))
 
 
-def budget_of(cfg: Config) -> LocalBudget:
-    t = cfg.train
-    return LocalBudget(
-        epochs=t.local_epochs,
-        steps=t.local_steps,
-        batch_size=t.batch_size,
-        grad_accum=t.grad_accum,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        group_by_length=t.group_by_length,
-    )
-
-
 @dataclass(frozen=True)
 class Method:
     """One federated method: a client update and a server aggregate, plus what a runtime must know about it."""
@@ -191,9 +161,15 @@ class Method:
         f = cfg.federation
         return sample_clients(cfg.seed, r, cfg.partition.num_clients, f.fraction, f.min_clients)
 
-    def budget(self, cfg: Config) -> LocalBudget:
-        """How much each of this method's clients trains per round."""
-        return budget_of(cfg)
+    def round_config(self, cfg: Config) -> Config:
+        """The config this method's clients train with (the run's own; CenIT changes the budget)."""
+        return cfg
+
+    def aggregate(self, cfg: Config, global_adapter: StateDict, replies: list[ClientReply]) -> StateDict:
+        """The next global adapter: :attr:`server_aggregate`, then ``federation.server_lr`` of the step applied
+        (``global + eta * (aggregate - global)``; 1.0 returns the aggregate itself, bit for bit)."""
+        new = self.server_aggregate(global_adapter, replies)
+        return server_step(global_adapter, new, cfg.federation.server_lr)
 
     def examples(self, train: list[Example], partition: Partition, k: int) -> list[Example]:
         """Client ``k``'s training data (in-process: the runtime holds every client's data)."""
@@ -224,6 +200,11 @@ def fedavg(global_adapter: StateDict, replies: list[ClientReply]) -> StateDict:
     from ..adapters import weighted_average
 
     return weighted_average([r.adapter for r in replies], [r.num_examples for r in replies])
+
+
+def server_step(old: StateDict, new: StateDict, eta: float) -> StateDict:
+    """``old + eta * (new - old)``: a server learning rate on the aggregated update (1.0: ``new`` unchanged)."""
+    return new if eta == 1.0 else mix(new, old, eta)
 
 
 def keep_global(global_adapter: StateDict, replies: list[ClientReply]) -> StateDict:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..adapters import StateDict
 from ..config import Config
 from . import fedit
-from .base import ClientReply, LocalBudget, Method, budget_of, register
+from .base import ClientReply, Method, register
 
 if TYPE_CHECKING:
     from ..data import Example
@@ -30,12 +30,14 @@ class Pooled(Method):
     def clients(self, cfg: Config, r: int) -> list[int]:
         return [0]
 
-    def budget(self, cfg: Config) -> LocalBudget:
+    def round_config(self, cfg: Config) -> Config:
         """The whole federation's budget per round (times ``cenit.budget_multiplier``)."""
-        b = budget_of(cfg)
-        if b.steps > 0:
-            return dataclasses.replace(b, steps=b.steps * cfg.partition.num_clients * cfg.cenit.budget_multiplier)
-        return dataclasses.replace(b, epochs=b.epochs * cfg.cenit.budget_multiplier)
+        t, times = cfg.train, cfg.cenit.budget_multiplier
+        if t.local_steps > 0:
+            t = dataclasses.replace(t, local_steps=t.local_steps * cfg.partition.num_clients * times)
+        else:
+            t = dataclasses.replace(t, local_epochs=t.local_epochs * times)
+        return dataclasses.replace(cfg, train=t)
 
     def examples(self, train: list[Example], partition: Partition, k: int) -> list[Example]:
         return list(train)

@@ -16,9 +16,9 @@ def client_update(
 ) -> ClientResult:
     engine.load_adapter(global_adapter)
     synthetic, report = self_generate(
-        engine.model, engine.tokenizer, examples, ctx.params.selfgen, seed=ctx.seed, template=engine.template
+        engine.model, engine.tokenizer, examples, ctx.cfg.selfgen, seed=ctx.seed, template=engine.template
     )
-    synthetic = assess_and_select(synthetic, examples, ctx.params.selfgen, report)  # measured, all kept
+    synthetic = assess_and_select(synthetic, examples, ctx.cfg.selfgen, report)  # measured, all kept
     engine.load_adapter(global_adapter)
     stats = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs())
     metrics = {

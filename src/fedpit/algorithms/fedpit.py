@@ -10,11 +10,11 @@ Each round, per client:
 The server averages the uploads weighted by real example counts. Two models come out: the shared global adapter and
 each client's personalized adapter (backbone + local adapter).
 
-Selection (``fedpit.select_by``, the journal's step 3 applied to v1): ``ifs``, ``relevance`` or ``none`` generate
-``fedpit.candidates`` and keep ``fedpit.keep`` (the lowest IFS, the highest relevance, or the first in generation
-order); IFS is computed by the client's private adapter as it stands at the start of the round (round 1: the received
-global adapter, from which the private adapter is created). ``auto`` (default) keeps today's behaviour: no selection
-step, ``selfgen.num_instructions`` examples, all kept.
+Selection (``fedpit.select_by``, the journal's step 3 applied to v1): ``off`` (default) has no selection step:
+``selfgen.num_instructions`` examples, all kept. ``ifs``, ``relevance`` or ``first`` generate ``fedpit.candidates`` and
+keep ``fedpit.keep`` (the lowest IFS, the highest relevance, or the first in generation order); IFS is computed by the
+client's private adapter as it stands at the start of the round (round 1: the received global adapter, from which the
+private adapter is created).
 ``fedpit.shared_budget=parity`` trains the shared adapter for the local step budget (FedIT's) instead of
 ``fedpit.synthetic_epochs`` passes.
 
@@ -30,7 +30,7 @@ computed the same way in both modes (step 2 never involves the private adapter).
 from __future__ import annotations
 
 from ..adapters import StateDict
-from ..selfgen import assess_and_select, ifs_terms, self_generate
+from ..selfgen import assess_and_select, ifs_terms, selection_size, self_generate
 from .base import (
     ClientReply,
     ClientResult,
@@ -48,9 +48,9 @@ from .base import (
 def client_update(
     engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext, on_step=None
 ) -> ClientResult:
-    p, s = ctx.params.fedpit, ctx.params.selfgen
-    selecting = p.select_by != "auto"  # auto: no selection step, selfgen.num_instructions all kept (as before)
-    select_by = p.select_by if selecting else "none"
+    p, s = ctx.cfg.fedpit, ctx.cfg.selfgen
+    select_by = p.select_by
+    num, keep = selection_size(select_by, s, p)
     engine.load_adapter(global_adapter)  # generation uses the shared model, never a private adapter
     candidates, report = self_generate(
         engine.model,
@@ -59,7 +59,7 @@ def client_update(
         s,
         seed=ctx.seed,
         template=engine.template,
-        num=p.candidates if selecting else None,
+        num=num,
     )
     stack = global_adapter if p.personal == "stacked" else None  # the frozen shared adapter under the private one
     private_start = split_state(state) or (global_adapter if stack is None else engine.initial_adapter)
@@ -68,9 +68,7 @@ def client_update(
         engine.load_adapter(private_start)  # the private adapter scores; nothing it computes is uploaded but the choice
         with engine.stacked(stack):
             ifs = ifs_terms(engine, candidates)
-    synthetic = assess_and_select(
-        candidates, examples, s, report, select_by=select_by, keep=p.keep if selecting else None, ifs=ifs
-    )
+    synthetic = assess_and_select(candidates, examples, s, report, select_by=select_by, keep=keep, ifs=ifs)
 
     engine.load_adapter(global_adapter)
     shared = engine.train(synthetic, on_step=on_step, **ctx.train_kwargs(synthetic=True, local_examples=len(examples)))

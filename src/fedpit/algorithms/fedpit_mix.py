@@ -10,15 +10,16 @@ Each round, per client (all three adapters start from the received global adapte
 
 beta = 1 uploads exactly the private adapter, i.e. FedIT's update (tested bit for bit).
 
-``fedpit.select_by`` picks the score (``auto`` = ``ifs`` here, the journal's; ``relevance``: MiniLM on-task and answer
-relevance; ``none``: the first ``keep`` in generation order, the journal's random baseline). ``fedpit.candidates`` and
-``fedpit.keep`` are shared with ``fedpit`` when it selects.
+``fedpit.mix_select_by`` picks the score (``ifs``, the default and the journal's; ``relevance``: MiniLM on-task and
+answer relevance; ``first``: the first ``keep`` in generation order, the journal's random baseline; ``off``: no
+selection, ``selfgen.num_instructions`` generated and all kept). ``fedpit.candidates`` and ``fedpit.keep`` are shared
+with ``fedpit`` when it selects.
 """
 
 from __future__ import annotations
 
 from ..adapters import StateDict, mix
-from ..selfgen import assess_and_select, ifs_ratio, ifs_terms, self_generate, top_k
+from ..selfgen import assess_and_select, ifs_ratio, ifs_terms, selection_size, self_generate, top_k
 from .base import ClientReply, ClientResult, ClientState, Method, RoundContext, fedavg, register, train_stats
 
 
@@ -34,11 +35,12 @@ def select_by_ifs(examples: list, scores: list[float], keep: int) -> list:
 def client_update(
     engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext, on_step=None
 ) -> ClientResult:
-    p, s = ctx.params.fedpit, ctx.params.selfgen
-    select_by = "ifs" if p.select_by == "auto" else p.select_by
+    p, s = ctx.cfg.fedpit, ctx.cfg.selfgen
+    select_by = p.mix_select_by
+    num, keep = selection_size(select_by, s, p)
     engine.load_adapter(global_adapter)
     candidates, report = self_generate(
-        engine.model, engine.tokenizer, examples, s, seed=ctx.seed, template=engine.template, num=p.candidates
+        engine.model, engine.tokenizer, examples, s, seed=ctx.seed, template=engine.template, num=num
     )
 
     engine.load_adapter(global_adapter)
@@ -46,7 +48,7 @@ def client_update(
     private = engine.adapter_state()
 
     ifs = ifs_terms(engine, candidates) if candidates and (s.measure or select_by == "ifs") else None
-    kept = assess_and_select(candidates, examples, s, report, keep=p.keep, select_by=select_by, ifs=ifs)
+    kept = assess_and_select(candidates, examples, s, report, keep=keep, select_by=select_by, ifs=ifs)
 
     engine.load_adapter(global_adapter)
     public_stats = engine.train(

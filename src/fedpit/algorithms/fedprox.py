@@ -10,7 +10,7 @@ def client_update(
     engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext, on_step=None
 ) -> ClientResult:
     engine.load_adapter(global_adapter)
-    prox = engine.proximal_term(global_adapter, ctx.params.fedprox.mu)
+    prox = engine.proximal_term(global_adapter, ctx.cfg.fedprox.mu)
     stats = engine.train(examples, on_step=on_step, extra_loss=prox, **ctx.train_kwargs())
     return ClientResult(ClientReply(engine.adapter_state(), len(examples), stats.as_dict()), state)
 

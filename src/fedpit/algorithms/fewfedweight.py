@@ -39,7 +39,7 @@ def energy_weights(energies: list[float]) -> list[float]:
 def client_update(
     engine, global_adapter: StateDict, examples: list, state: ClientState, ctx: RoundContext, on_step=None
 ) -> ClientResult:
-    p, s = ctx.params.fewfedweight, ctx.params.selfgen
+    p, s = ctx.cfg.fewfedweight, ctx.cfg.selfgen
     engine.load_adapter(global_adapter)
     rng = np.random.default_rng(ctx.seed)
     picked = [

@@ -25,10 +25,10 @@ def client_update(
 ) -> ClientResult:
     engine.load_adapter(split_state(state) or global_adapter)
     synthetic, report = self_generate(
-        engine.model, engine.tokenizer, examples, ctx.params.selfgen, seed=ctx.seed, template=engine.template
+        engine.model, engine.tokenizer, examples, ctx.cfg.selfgen, seed=ctx.seed, template=engine.template
     )
-    ifs = ifs_terms(engine, synthetic) if synthetic and ctx.params.selfgen.measure else None  # its own adapter
-    synthetic = assess_and_select(synthetic, examples, ctx.params.selfgen, report, ifs=ifs)  # measured, all kept
+    ifs = ifs_terms(engine, synthetic) if synthetic and ctx.cfg.selfgen.measure else None  # its own adapter
+    synthetic = assess_and_select(synthetic, examples, ctx.cfg.selfgen, report, ifs=ifs)  # measured, all kept
     stats = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs())
     metrics = {
         **stats.as_dict(),

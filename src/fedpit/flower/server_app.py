@@ -155,7 +155,7 @@ class FedpitStrategy(Strategy):
         ]
         if not uploads:
             return None, None
-        new = self.method.server_aggregate(self.current, uploads)
+        new = self.method.aggregate(self.cfg, self.current, uploads)
         return to_record(new), MetricRecord({"clients": len(uploads)})
 
     def configure_evaluate(self, server_round, arrays, config, grid):
