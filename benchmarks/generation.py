@@ -8,8 +8,8 @@ attached (B != 0). Per batch size:
 
   HF generate          plain ``model.generate`` on the peft model, HF's defaults (KV cache grown by
                        concatenation, SDPA every step, LoRA unmerged), the same left-padded batches
-  fedpit, old path     ``fedpit.generate.generate`` with ``FAST_DECODE=False`` (LoRA folded in, stop criterion
-                       built once)
+  fedpit, old path     ``fedpit.generate.generate`` inside ``old_paths(fast_decode=False)`` (``old_paths.py``:
+                       LoRA folded in, stop criterion built once, HF's default cache and attention)
   fedpit               ``fedpit.generate.generate`` as shipped (also a static KV cache and the one-query
                        decode attention)
 
@@ -42,6 +42,7 @@ def main() -> None:
 
     import numpy as np
     import torch
+    from old_paths import old_paths
 
     from fedpit import generate as gen
     from fedpit.backbone import quiet_libraries
@@ -121,9 +122,8 @@ def main() -> None:
 
     def fedpit(fast):
         def run(prompts, cap, stop, bs):
-            gen.FAST_DECODE = fast
-            try:
-                texts = gen.generate(
+            with old_paths(fast_decode=fast):
+                return gen.generate(
                     model,
                     tok,
                     prompts,
@@ -132,9 +132,6 @@ def main() -> None:
                     repetition_penalty=s.repetition_penalty,
                     stop_strings=stop,
                 )
-            finally:
-                gen.FAST_DECODE = True
-            return texts
 
         return run
 

@@ -3,16 +3,19 @@
 ``self_generate`` (every filter and retry) asks for 32 candidates from one demo client with the packaged SmolLM2 in
 its default dtype, greedy, the default settings otherwise. The variants add one speedup at a time:
 
-  old            one task per Phase A prompt, batch 8, HF's stop-string criterion rebuilt on every call
+  old            batch 8, HF's stop-string criterion rebuilt on every call, HF's default cache and attention
   +stop cached   the stop criterion built once per tokenizer
   +batch 32      all of the client's prompts decoded in one wave (batch >= candidates)
-  +fast decode   a static KV cache and the one-query decode attention (``fedpit.generate.FAST_DECODE``)
-  +N tasks/call  one Phase A call continues the list for N tasks ("Task 9:", "Task 10:", ...), each filtered
+  +fast decode   a static KV cache and the one-query decode attention (``fedpit.generate.fast_decoding``)
+
+The old paths are this folder's own copy (``old_paths.py``); the library ships only the new ones. (A fifth variant,
+several Phase A tasks per call, was dropped with ``selfgen.tasks_per_call``: SmolLM2-135M does not continue the task
+list, so it never paid.)
 
 Candidates are examples that passed every filter. Each variant's output is then measured (MiniLM on-task and answer
 relevance, diversity, closeness to private text; outside the timed part) so a faster path that writes worse data shows.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/selfgen_throughput.py [--candidates 32] [--tasks-per-call 4]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/selfgen_throughput.py [--candidates 32]
         [--template model|alpaca|chat|auto] [--only 0,3] [--json PATH]
 """
 
@@ -30,7 +33,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidates", type=int, default=32)
-    ap.add_argument("--tasks-per-call", type=int, default=4)
     ap.add_argument("--template", default="model", help="selfgen.template for every variant")
     ap.add_argument("--client", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
@@ -39,6 +41,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from old_paths import old_paths
     from transformers import StopStringCriteria
 
     from fedpit import generate as gen
@@ -54,14 +57,12 @@ def main() -> None:
     engine = make_engine(cfg)
     model, tok = engine.model, engine.tokenizer
     base = dataclasses.replace(cfg.selfgen, num_instructions=args.candidates, template=args.template, measure=False)
-    n = args.tasks_per_call
     wide = max(32, args.candidates)
     variants = [  # (name, selfgen settings, stop criterion cached, fast decoding)
-        ("old", dict(batch_size=8, tasks_per_call=1), False, False),
-        ("+stop cached", dict(batch_size=8, tasks_per_call=1), True, False),
-        (f"+batch {wide}", dict(batch_size=wide, tasks_per_call=1), True, False),
-        ("+fast decode", dict(batch_size=wide, tasks_per_call=1), True, True),
-        (f"+{n} tasks/call", dict(batch_size=wide, tasks_per_call=n), True, True),
+        ("old", dict(batch_size=8), False, False),
+        ("+stop cached", dict(batch_size=8), True, False),
+        (f"+batch {wide}", dict(batch_size=wide), True, False),
+        ("+fast decode", dict(batch_size=wide), True, True),
     ]
     if args.only:
         keep = {int(x) for x in args.only.split(",")}
@@ -84,12 +85,11 @@ def main() -> None:
     results = []
     for name, over, cache, fast in variants:
         s = dataclasses.replace(base, **over)
-        gen.CACHE_STOP_CRITERIA, gen.FAST_DECODE = cache, fast
         gen._stop_cache.clear()
-        t, c = time.perf_counter(), time.process_time()
-        cands, rep = self_generate(model, tok, local, s, seed=args.seed, template=cfg.model.template)
-        dt, cpu = time.perf_counter() - t, time.process_time() - c
-        gen.CACHE_STOP_CRITERIA = gen.FAST_DECODE = True
+        with old_paths(fast_decode=fast, cache_stop=cache):
+            t, c = time.perf_counter(), time.process_time()
+            cands, rep = self_generate(model, tok, local, s, seed=args.seed, template=cfg.model.template)
+            dt, cpu = time.perf_counter() - t, time.process_time() - c
         q = SelfGenReport()
         assess_and_select(cands, local, dataclasses.replace(s, measure=True), q)
         per_min = 60 * len(cands) / dt

@@ -1,3 +1,4 @@
+import contextlib
 import math
 
 import numpy as np
@@ -186,6 +187,11 @@ def test_decode_attention_equals_sdpa_for_one_query_with_grouped_heads_and_paddi
     assert torch.equal(decode_attention(module, q2, k, v, None)[0], sdpa_attention_forward(module, q2, k, v, None)[0])
 
 
+@contextlib.contextmanager
+def _hf_default_decoding(model):
+    yield {}
+
+
 def test_fast_decoding_gives_hf_defaults_answers_and_restores_the_model(engine, monkeypatch):
     from fedpit import generate as gen
 
@@ -198,7 +204,7 @@ def test_fast_decoding_gives_hf_defaults_answers_and_restores_the_model(engine, 
         fast = gen.generate(model, engine.tokenizer, prompts, max_new_tokens=12, repetition_penalty=1.2)
         assert set(seen) == {gen.DECODE_ATTENTION}  # prefill and every step went through the fast path
         seen.clear()
-        monkeypatch.setattr(gen, "FAST_DECODE", False)
+        monkeypatch.setattr(gen, "fast_decoding", _hf_default_decoding)  # HF generate's own cache and attention
         plain = gen.generate(model, engine.tokenizer, prompts, max_new_tokens=12, repetition_penalty=1.2)
         assert set(seen) == {"sdpa"}
     finally:

@@ -416,7 +416,7 @@ def test_dp_wrapper_clips_each_update_around_the_global_adapter(tiny_cfg, task_i
     from fedpit.flower.common import config_record, from_record, to_record
     from fedpit.flower.server_app import FedpitStrategy, _dp_wrap
 
-    cfg = replace(tiny_cfg, flower=replace(tiny_cfg.flower, dp_clipping_norm=0.5, dp_noise_multiplier=0.0))
+    cfg = replace(tiny_cfg, dp=replace(tiny_cfg.dp, server_clipping_norm=0.5, server_noise_multiplier=0.0))
     method = get_method("fedit")
     strategy = FedpitStrategy(cfg, method)
     wrapped = _dp_wrap(cfg, strategy, method)

@@ -1,4 +1,5 @@
-"""The privacy-utility frontier (``fedpit frontier`` and its report section) and ``fedpit report --benchmarks``."""
+"""The privacy-utility frontier (``fedpit frontier``: its grid, plan, audit, verdicts and report section) and
+``fedpit report --benchmarks``."""
 
 import json
 import struct
@@ -6,18 +7,26 @@ from dataclasses import replace
 
 import pytest
 
+from fedpit.algorithms import REGISTRY, Method, fedit, load_all
 from fedpit.cli import main
-from fedpit.compare import EvalOptions, frontier_grid, run_experiment
+from fedpit.compare import audit_fields, check_audit, frontier_grid, plan
+from fedpit.dominance import Point, overall, verdict
 from fedpit.errors import ConfigError
-from fedpit.report import frontier_rows, noise_points, write_report
+from fedpit.report import baseline_curves, frontier_rows, frontier_verdicts, noise_points, write_report
 
 
 def _rec(algo, seed, model="shared", setting="", **metrics):
     return {"algorithm": algo, "seed": seed, "setting": setting, "model": model, **metrics}
 
 
+def _write(tmp_path, recs, name="fr"):
+    f = tmp_path / "results.json"
+    f.write_text(json.dumps({"meta": {"name": name, "command": "fedpit frontier"}, "records": recs, "curves": []}))
+    return f
+
+
 def _frontier_results(tmp_path):
-    """Three seeds; each run's floor differs by seed, so leakage above it must be taken row by row."""
+    """Three seeds, no audit; each run's floor differs by seed, so leakage above it must be taken row by row."""
     recs = []
     for seed, floor in ((1, 0.10), (2, 0.12), (3, 0.14)):
         d = (seed - 2) * 0.01  # -0.01, 0, +0.01 around each mean
@@ -33,9 +42,7 @@ def _frontier_results(tmp_path):
     for r in recs:
         if "leak_rouge_l" in r:
             r["leak_floor_rouge_l"] = {1: 0.10, 2: 0.12, 3: 0.14}[r["seed"]]
-    f = tmp_path / "results.json"
-    f.write_text(json.dumps({"meta": {"name": "fr", "command": "fedpit frontier"}, "records": recs, "curves": []}))
-    return f
+    return _write(tmp_path, recs)
 
 
 def _png_size(path):
@@ -44,26 +51,32 @@ def _png_size(path):
     return struct.unpack(">II", data[16:24])
 
 
+def _section(md, title):
+    """The text of one ### subsection of the report."""
+    start = md.index(f"### {title}")
+    end = md.find("\n### ", start + 1)
+    return md[start : end if end > 0 else len(md)]
+
+
 def test_frontier_report_from_a_small_results_file(tmp_path):
     files = write_report(_frontier_results(tmp_path))
     md = files["md"].read_text()
     section = md[md.index("## Privacy-utility frontier") :]
     # leakage above floor per row, then mean ± sample std over seeds; fedit: 0.04 + (-0.01, 0, 0.01)
-    all3 = " | loss, Rouge-L, cosine |"
-    assert "| fedit shared | 3 | 0.040 ± 0.010 | 2.700 ± 0.000 | 0.170 ± 0.010 | 0.600 ± 0.000" + all3 in section
-    # as little leakage as the backbone, better loss and Rouge-L, worse cosine: the backbone stays on that front only
-    assert (
-        "| fedpit shared | 3 | 0.000 ± 0.000 | 3.000 ± 0.000 | 0.120 ± 0.000 | 0.500 ± 0.000 | loss, Rouge-L |"
-        in section
-    )
-    assert "| fedpit private | 3 | 0.020 ± 0.000 | 2.750 ± 0.000 | 0.160 ± 0.000 | 0.580 ± 0.000" + all3 in section
-    assert "| fedpit-mix β=0.5 shared | 3 | 0.050 ± 0.000 |" in section and section.count("| - |") == 1
-    assert "| bare backbone | 3 | 0.000 ± 0.000 | 3.100 ± 0.000 | 0.110 ± 0.000 | 0.520 ± 0.000 | cosine |" in section
+    assert "| fedit shared | 3 | 0.040 ± 0.010 | 2.700 ± 0.000 | 0.170 ± 0.010 | 0.600 ± 0.000 |" in section
+    assert "| fedpit shared | 3 | 0.000 ± 0.000 | 3.000 ± 0.000 | 0.120 ± 0.000 | 0.500 ± 0.000 |" in section
+    assert "| fedpit-mix β=0.5 shared | 3 | 0.050 ± 0.000 |" in section
+    assert "| bare backbone | 3 | 0.000 ± 0.000 | 3.100 ± 0.000 | 0.110 ± 0.000 | 0.520 ± 0.000 |" in section
     assert "locit" not in section  # no leakage measured: not a point
-    order = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ") and " | 3 | " in line]
+    head = section[: section.index("### ")]
+    order = [line.split(" | ")[0] for line in head.splitlines() if line.startswith("| ") and " | 3 | " in line]
     assert order == ["| fedit shared", "| fedpit shared", "| fedpit private", "| fedpit-mix β=0.5 shared"] + [
         "| bare backbone"
     ]
+    # no baseline curve was run: the verdicts say so; no audit: no MIA or exposure section
+    extraction = _section(md, "extraction Rouge-L above the backbone: which methods are dominated")
+    assert "No baseline curve has points on this measure" in extraction
+    assert "membership inference AUC" not in section.split("\n\n")[0] and "### canary exposure" not in section
     # against FedIT, in the issue's terms: leakage excess x FedIT's, share of the backbone -> FedIT loss gap closed
     assert "| fedit shared | 1.00 | 100% | 100.0% | 100.0% |" in section
     assert "| fedpit shared | 0.00 | 25% | 70.6% | 83.3% |" in section
@@ -71,47 +84,271 @@ def test_frontier_report_from_a_small_results_file(tmp_path):
     assert "| bare backbone | 0.00 | 0% | 64.7% | 86.7% |" in section
     assert "![privacy-utility frontier](frontier.png)" in section
     width, height = _png_size(tmp_path / "frontier.png")
-    assert width > 2.5 * height  # three panels side by side
+    assert 1.3 * height < width < 2.5 * height  # one panel (extraction x held-out loss) and the legend
     assert files["frontier.png"] == tmp_path / "frontier.png"
     assert "<h2>Privacy-utility frontier</h2>" in files["html"].read_text()
 
 
-def test_pareto_front_per_measure():
-    recs = [
-        _rec("a", 1, rouge_l=0.2, reference_loss=2.0, leak_rouge_l=0.3, leak_floor_rouge_l=0.1),
-        _rec("b", 1, rouge_l=0.1, reference_loss=3.0, leak_rouge_l=0.1, leak_floor_rouge_l=0.1),
-        _rec("c", 1, rouge_l=0.1, reference_loss=2.5, leak_rouge_l=0.2, leak_floor_rouge_l=0.1),  # Rouge-L tie with b
+def _audited_results(tmp_path):
+    """An audited frontier: FedIT (3 seeds) and its turned-down curve (1 seed each), DP-SGD at two epsilons, the
+    methods and the bare backbone, each with all three privacy measures (lower is more private)."""
+    recs = []
+    for s in (1, 2, 3):
+        d = (s - 2) * 0.01
+        m = dict(rouge_l=0.17, cosine=0.6, audit_leaks=0)
+        recs += [
+            _rec("fedit", s, reference_loss=2.70 + d, mia_ref_auc=0.70 + d, canary_exposure_mean=13 + s, **m)
+            | {"audit_excess_rouge_l": 0.04, "mia_loss_auc": 0.6, "mia_n_members": 120, "mia_n_nonmembers": 40},
+            _rec("fedpit-mix", s, setting="fedpit.beta=0.5", reference_loss=2.80, mia_ref_auc=0.62)
+            | {"canary_exposure_mean": 9.0, "audit_excess_rouge_l": 0.02},
+            _rec("fedpit", s, reference_loss=3.0, mia_ref_auc=0.5, canary_exposure_mean=0.5, audit_excess_rouge_l=0.0),
+            _rec("fedpit", s, "private", reference_loss=2.75, mia_ref_auc=0.66, canary_exposure_mean=10.0)
+            | {"audit_excess_rouge_l": 0.03},
+            _rec("backbone", s, "bare", reference_loss=3.1, mia_ref_auc=0.5, canary_exposure_mean=0.4)
+            | {"audit_excess_rouge_l": 0.0, "canary_k": 3, "canary_repeats": 10},
+        ]
+    for eta, loss, auc, exposure, ex in (
+        (0.25, 3.0, 0.55, 3, 0.01),
+        (0.5, 2.85, 0.6, 6, 0.015),
+        (0.75, 2.76, 0.66, 9, 0.03),
+    ):
+        recs.append(
+            _rec("fedit", 1, setting=f"federation.server_lr={eta}", reference_loss=loss, mia_ref_auc=auc)
+            | {"canary_exposure_mean": exposure, "audit_excess_rouge_l": ex}
+        )
+    for eps, loss, auc in ((1, 3.05, 0.51), (100, 2.9, 0.58)):
+        recs.append(
+            _rec("fedit-dp", 1, setting=f"dp.target_epsilon={eps}", reference_loss=loss, mia_ref_auc=auc)
+            | {"canary_exposure_mean": 1.0, "audit_excess_rouge_l": 0.005}
+        )
+    return _write(tmp_path, recs, "audited")
+
+
+def test_audited_frontier_judges_each_privacy_measure(tmp_path):
+    files = write_report(_audited_results(tmp_path))
+    md = files["md"].read_text()
+    main_table = md[md.index("## Privacy-utility frontier") : md.index("### ")]
+    assert "| fedit η=0.5 shared | 1 | 0.600 | 6.00 | 0.015 | 2.850 |" in main_table  # a curve point, 1 seed
+    assert "| fedit-dp ε=100 shared | 1 | 0.580 | 1.00 | 0.005 | 2.900 |" in main_table
+    mia = _section(md, "membership inference AUC (reference-calibrated loss): which methods are dominated")
+    exposure = _section(md, "canary exposure (mean): which methods are dominated")
+    extraction = _section(md, "extraction Rouge-L above the backbone: which methods are dominated")
+    assert "| vs FedIT turned down | vs DP-SGD | verdict |" in mia  # no fewer-steps curve was run
+    # on MIA: fedpit-mix (0.62, 2.80) lies above the line from eta 0.5 (0.60, 2.85) to eta 0.75 (0.66, 2.76)
+    assert "| fedpit-mix β=0.5 shared | 3 | 0.620 ± 0.000 | 2.800 ± 0.000 | dominates the line between η=0.5 and" in mia
+    # on exposure: eta 0.75 has as much exposure (9 bits) and a lower loss: dominated, by a run of the curve
+    assert "| fedpit-mix β=0.5 shared | 3 | 9.00 ± 0.00 | 2.800 ± 0.000 | dominated by η=0.75 |" in exposure
+    assert "Dominated: fedpit-mix β=0.5 shared (dominated by FedIT turned down (η=0.75))." in exposure
+    # FedIT's spread (exposure ± 1 bit) overlaps the line from eta 0.75 to FedIT: a tie within noise
+    assert "fedpit private (ties with FedIT turned down (the line between η=0.75 and FedIT), within noise" in exposure
+    # FedIT itself is on the turned-down curve (its end); beside DP-SGD it leaks more and learns more
+    assert "| fedit shared | 3 | 0.700 ± 0.010 | 2.700 ± 0.010 | - | no point in range |" in mia
+    assert "No baseline in range: fedit shared." in extraction
+    # the more private of the two DP points is beaten by FedPIT's shared model: as private, a lower loss
+    assert "fedpit shared (dominates FedIT turned down (bare backbone); dominates DP-SGD (ε=1))" in extraction
+    details = _section(md, "Privacy measures in detail")
+    assert "| fedit shared | 0.600 ± 0.000 | 0.700 ± 0.010 | 120 / 40 | - |" in details
+    assert "| bare backbone | - | 0.500 ± 0.000 | - | 3 x 10 |" in details
+    width, height = _png_size(tmp_path / "frontier.png")
+    assert width > 3 * height  # three panels: one per privacy measure, against the held-out loss
+    html = files["html"].read_text()
+    assert "<h3>canary exposure (mean): which methods are dominated</h3>" in html
+
+
+def test_baseline_curves_are_ordered_by_their_knob_and_closed_by_fedit_and_the_backbone(tmp_path):
+    rows = frontier_rows(json.loads(_audited_results(tmp_path).read_text())["records"])
+    curves = dict(baseline_curves(rows))
+    assert [r["label"] for r in curves["FedIT turned down"]] == [
+        "bare backbone",
+        "fedit η=0.25 shared",
+        "fedit η=0.5 shared",
+        "fedit η=0.75 shared",
+        "fedit shared",
     ]
-    front = {r["algorithm"]: r["frontier"] for r in frontier_rows(recs)}
-    assert front == {"a": ["reference_loss", "rouge_l"], "b": ["reference_loss", "rouge_l"], "c": ["reference_loss"]}
+    assert [r["label"] for r in curves["DP-SGD"]] == ["fedit-dp ε=1 shared", "fedit-dp ε=100 shared"]
+    judged = {r["label"]: v for r, v in frontier_verdicts(rows, "mia_ref_auc", "reference_loss", False)}
+    assert set(judged) == {"fedit shared", "fedpit shared", "fedpit private", "fedpit-mix β=0.5 shared"}
+    assert list(judged["fedit shared"]) == ["DP-SGD"]  # not judged against the curves it ends
 
 
-def test_no_frontier_section_without_leakage(tmp_path):
-    f = tmp_path / "results.json"
-    f.write_text(json.dumps({"records": [_rec("fedit", 1, rouge_l=0.2), _rec("fedpit", 1, rouge_l=0.1)]}))
-    md = write_report(f)["md"].read_text()
-    assert "Privacy-utility" not in md and not (tmp_path / "frontier.png").exists()
+# ---------------------------------------------------------------------------------------------------------------
+# The verdicts, on constructed points (fedpit.dominance): privacy lower is better; utility here higher is better.
+
+CURVE = [Point("a", 0.0, 0.0), Point("b", 1.0, 1.0), Point("c", 2.0, 1.5)]
+
+
+@pytest.mark.parametrize(
+    ("point", "expected", "against", "means"),
+    [
+        (Point("m", 1.0, 0.8), "dominated", "b", "dominated"),  # a run: as private, more utility
+        (Point("m", 1.5, 1.1), "dominated", "the line between b and c", "dominated"),  # the line at x 1.5 is 1.25
+        (Point("m", 1.5, 1.4), "dominates", "the line between b and c", "dominates"),  # above the line
+        (Point("m", 1.0, 1.0), "ties", "b", "equal"),  # on a run exactly
+        (Point("m", -0.5, 0.2), "dominates", "a", "dominates"),  # more private than every run, more utility than a
+        (Point("m", -0.5, -0.2), "no baseline in range", None, "out of range"),  # more private, less utility
+        (Point("m", 3.0, 2.0), "no baseline in range", None, "out of range"),  # leaks more, learns more
+        (Point("m", 3.0, 1.0), "dominated", "c", "dominated"),  # leaks more and learns less than c
+    ],
+)
+def test_verdict_on_constructed_points(point, expected, against, means):
+    v = verdict(point, CURVE, higher=True)
+    assert (v.verdict, v.against.label if v.against else None, v.means) == (expected, against, means)
+
+
+def test_verdict_within_noise_when_the_spreads_overlap():
+    noisy = [Point(q.label, q.x, q.y, sx=0.1, sy=0.2) for q in CURVE]
+    v = verdict(Point("m", 1.0, 0.9, sx=0.05, sy=0.05), noisy, higher=True)  # b is 0.1 better: within 0.25
+    assert (v.verdict, v.means, v.within_noise) == ("ties", "dominated", True)
+    assert v.text("FedIT turned down") == "ties with FedIT turned down (b), within noise (dominated on the means)"
+    v = verdict(Point("m", 1.0, 0.5, sx=0.05, sy=0.05), noisy, higher=True)  # 0.5 better: resolved
+    assert (v.verdict, v.within_noise) == ("dominated", False)
+    v = verdict(Point("m", 1.5, 1.35, sy=0.1), noisy, higher=True)  # above the line by 0.1, spreads 0.1 + 0.2
+    assert (v.verdict, v.means, v.against.sy) == ("ties", "dominates", pytest.approx(0.2))
+
+
+def test_verdict_reads_a_lower_is_better_utility_and_an_empty_curve():
+    losses = [Point("eta=0.25", 0.55, 3.0), Point("eta=0.75", 0.66, 2.76)]
+    assert verdict(Point("mix", 0.62, 2.80), losses, higher=False).verdict == "dominates"  # line at 0.62: 2.85
+    assert verdict(Point("mix", 0.62, 2.90), losses, higher=False).verdict == "dominated"
+    assert verdict(Point("mix", 0.62, 2.90), [], higher=False).verdict == "no baseline in range"
+    vs = [verdict(Point("m", 3.0, 1.0), CURVE, higher=True), verdict(Point("m", 1.5, 1.4), CURVE, higher=True)]
+    assert overall(vs) == "dominated" and overall(vs[1:]) == "dominates" and overall([]) == "no baseline in range"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The grid: methods, betas, the baseline curves, seeds per cell; the plan; bad values.
+
+
+@pytest.fixture
+def fedit_dp(monkeypatch):
+    """``fedit-dp``, or a stand-in while the real one is being built: the grid only needs it registered."""
+    if "fedit-dp" not in load_all():
+        monkeypatch.setitem(REGISTRY, "fedit-dp", Method("fedit-dp", "stand-in", fedit.client_update, fedit.fedavg))
+
+
+def _attack_on(cfg):
+    return replace(cfg, eval=replace(cfg.eval, extraction_every_round=True))
 
 
 def test_frontier_grid_expands_methods_betas_and_seeds(tiny_cfg):
-    cfg = replace(tiny_cfg, eval=replace(tiny_cfg.eval, extraction_every_round=True))
+    cfg = _attack_on(tiny_cfg)
     methods = ["fedit", "fedpit", "fedpit-mix", "fedmit", "locit", "cenit"]
-    cells = frontier_grid(cfg, methods, [1, 2, 3])
+    cells = frontier_grid(cfg, methods, [1, 2, 3], "0,0.25,0.5,0.75,1")
     assert len(cells) == 3 * (5 + 5) and len({c.run_name for _, c in cells}) == 30
     first_seed = [(c.algorithm, label, c.fedpit.beta) for label, c in cells[:10]]
     assert [c.seed for _, c in cells] == [1] * 10 + [2] * 10 + [3] * 10  # whole seeds first
-    assert first_seed[:5] == [(m, "", cfg.fedpit.beta) for m in methods if m != "fedpit-mix"]
-    assert first_seed[5:] == [("fedpit-mix", f"fedpit.beta={b}", float(b)) for b in ("0", "0.25", "0.5", "0.75", "1")]
+    mix = [("fedpit-mix", f"fedpit.beta={b}", float(b)) for b in ("0", "0.25", "0.5", "0.75", "1")]
+    plain = [(m, "", cfg.fedpit.beta) for m in methods if m != "fedpit-mix"]
+    assert first_seed == plain[:2] + mix + plain[2:]  # in the order of --algorithms, fedpit-mix once per beta
     assert frontier_grid(cfg, ["fedpit-mix"], [7], "0.2")[0][1].fedpit.beta == 0.2
+    assert [(lab, c.fedpit.beta) for lab, c in frontier_grid(cfg, ["fedpit-mix"], [7], "")] == [("", cfg.fedpit.beta)]
     with pytest.raises(ConfigError, match="extraction"):
         frontier_grid(tiny_cfg, ["fedit"], [1])
+    assert frontier_grid(tiny_cfg, ["fedit"], [1], audit=True)  # the audit measures extraction itself
     with pytest.raises(ConfigError, match="fedpit.beta"):
         frontier_grid(cfg, ["fedpit-mix"], [1], "0.5,2")
     with pytest.raises(ConfigError, match="more than once"):
         frontier_grid(cfg, ["fedpit-mix", "fedpit-mix"], [1])
 
 
-def test_frontier_cli_turns_the_attack_on_and_adds_the_backbone(tmp_path, monkeypatch, capsys):
+def test_frontier_grid_adds_the_baseline_curves_with_seeds_per_cell(tiny_cfg, fedit_dp):
+    cfg = _attack_on(tiny_cfg)
+    kw = dict(server_lrs="0.25,0.5", local_steps="1", epsilons="1,100", sweep_seeds=[1])
+    cells = frontier_grid(cfg, ["fedit", "fedpit-mix"], [1, 2], "0.5,0.6", **kw)
+    seed1 = [(c.algorithm, label) for label, c in cells if c.seed == 1]
+    assert seed1 == [
+        ("fedit", ""),
+        ("fedpit-mix", "fedpit.beta=0.5"),
+        ("fedpit-mix", "fedpit.beta=0.6"),
+        ("fedit", "federation.server_lr=0.25"),
+        ("fedit", "federation.server_lr=0.5"),
+        ("fedit", "train.local_steps=1"),
+        ("fedit-dp", "dp.target_epsilon=1"),
+        ("fedit-dp", "dp.target_epsilon=100"),
+    ]
+    # by default every method (fedpit-mix at each beta) gets --seeds, every curve point --sweep-seeds
+    assert [(c.algorithm, label) for label, c in cells if c.seed == 2] == seed1[:3]
+    dp = [c for label, c in cells if c.algorithm == "fedit-dp"]
+    assert [(c.dp.target_epsilon, c.dp.noise_multiplier) for c in dp] == [(1.0, 0.0), (100.0, 0.0)]
+    lr = next(c for label, c in cells if label == "federation.server_lr=0.5")
+    assert lr.federation.server_lr == 0.5 and lr.run_name == "fedit-s1-federation_server_lr-0_5"
+    assert next(c for label, c in cells if label == "train.local_steps=1").train.local_steps == 1
+    # the issue's plan: 3 seeds for the deciding cells, 1 for the rest
+    decide = "fedit,fedpit.beta=0.60,federation.server_lr=0.5,dp.target_epsilon=100"
+    cells = frontier_grid(cfg, ["fedit", "fedpit-mix"], [1, 2, 3], "0.5,0.6", **kw, deciding=decide)
+    seeds = {}
+    for label, c in cells:
+        seeds.setdefault(label or c.algorithm, []).append(c.seed)
+    assert seeds == {
+        "fedit": [1, 2, 3],
+        "fedpit.beta=0.5": [1],
+        "fedpit.beta=0.6": [1, 2, 3],
+        "federation.server_lr=0.25": [1],
+        "federation.server_lr=0.5": [1, 2, 3],
+        "train.local_steps=1": [1],
+        "dp.target_epsilon=1": [1],
+        "dp.target_epsilon=100": [1, 2, 3],
+    }
+    assert [c.seed for _, c in cells] == sorted(c.seed for _, c in cells)  # whole seeds first
+    with pytest.raises(ConfigError, match="--deciding: 'federation.server_lr=0.3' is not a cell"):
+        frontier_grid(cfg, ["fedit"], [1], server_lrs="0.5", deciding="federation.server_lr=0.3")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("server_lrs", "0.5,1", "--server-lrs '0.5,1': 1 is not in (0, 1)"),
+        ("server_lrs", "0", "--server-lrs '0': 0 is not in (0, 1)"),
+        ("server_lrs", "0.5,0.50", "the same value is listed twice"),
+        ("server_lrs", "half", "'half' is not a number"),
+        ("local_steps", "1,2", "--local-steps '1,2': 2 is FedIT's own train.local_steps"),  # tiny_cfg: 2 steps
+        ("local_steps", "1.5", "1.5 is not an integer >= 1"),
+        ("local_steps", "0", "0 is not an integer >= 1"),
+        ("epsilons", "0,10", "--epsilons '0,10': 0 is not a positive epsilon"),
+        ("epsilons", "inf", "inf is not a positive epsilon"),
+        ("epsilons", "0.01", "--epsilons '0.01': dp.target_epsilon: 0.01 cannot be reached"),  # DP-SGD preflight
+    ],
+)
+def test_bad_curve_values_are_refused_naming_the_flag(tiny_cfg, fedit_dp, flag, value, words):
+    if "cannot be reached" in words and REGISTRY["fedit-dp"].description == "stand-in":
+        pytest.skip("needs the real fedit-dp's preflight")
+    with pytest.raises(ConfigError) as e:
+        frontier_grid(_attack_on(tiny_cfg), ["fedit"], [1], **{flag: value})
+    assert words in str(e.value) and "'' skips this curve" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_unregistered_dp_method_is_refused_unless_its_curve_is_skipped(tiny_cfg, monkeypatch):
+    monkeypatch.delitem(REGISTRY, "fedit-dp", raising=False)
+    monkeypatch.setattr("fedpit.algorithms.load_all", lambda: REGISTRY)
+    with pytest.raises(ConfigError, match="--epsilons '1': algorithm: 'fedit-dp' is not one of"):
+        frontier_grid(_attack_on(tiny_cfg), ["fedit"], [1], epsilons="1")
+    assert len(frontier_grid(_attack_on(tiny_cfg), ["fedit"], [1], epsilons="")) == 1
+
+
+def test_plan_counts_runs_minutes_and_what_gets_fewer_seeds(tiny_cfg, fedit_dp):
+    cfg = _attack_on(tiny_cfg)
+    kw = dict(server_lrs="0.5", epsilons="10", sweep_seeds=[1], deciding="fedit,federation.server_lr=0.5")
+    cells = frontier_grid(cfg, ["fedit", "fedpit"], [1, 2, 3], **kw)
+    text = plan(cells, audit=True, limit=24, command="frontier")
+    lines = text.splitlines()
+    assert lines[0].startswith("fedpit frontier: 8 runs, about ") and "with the audit" in lines[0]
+    assert lines[1] == "  audit: extraction (eval.extraction_n = 100); no MIA (privacy.holdout is 0); no exposure " + (
+        "(privacy.canaries is 0)"
+    )
+    assert any(line.split()[:4] == ["fedit", "seeds", "1,2,3", "3"] for line in lines)
+    assert any(line.split()[:4] == ["fedit", "federation.server_lr=0.5", "seeds", "1,2,3"] for line in lines)
+    assert lines[-1] == "  fewer seeds than 3: fedpit, fedit-dp dp.target_epsilon=10"
+    value, unit = text.split("about ")[1].split(" ")[:2]
+    assert unit in ("min", "h")
+    minutes = lambda t: float(t.split("about ")[1].split(" ")[0]) * (60 if " h of CPU" in t else 1)  # noqa: E731
+    assert minutes(plan(cells, audit=False, limit=24)) < minutes(text)  # the audit costs CPU
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The CLI: defaults, the plan, bad values (one line, exit 2, nothing written), --audit's one [privacy].
+
+
+def _fake_experiment(monkeypatch):
     import fedpit.compare
 
     seen = {}
@@ -121,9 +358,17 @@ def test_frontier_cli_turns_the_attack_on_and_adds_the_backbone(tmp_path, monkey
         return out / "results.json"
 
     monkeypatch.setattr(fedpit.compare, "run_experiment", fake)
+    return seen
+
+
+NO_CURVES = ["--server-lrs", "", "--local-steps", "", "--epsilons", ""]
+
+
+def test_frontier_cli_turns_the_attack_on_and_adds_the_backbone(tmp_path, monkeypatch, capsys):
+    seen = _fake_experiment(monkeypatch)
     argv = ["frontier", "--algorithms", "fedit,fedpit-mix", "--betas", "0,1", "--seeds", "1,2", "--out", str(tmp_path)]
-    assert main(argv) == 0
-    assert seen["backbone"] is True and seen["command"].startswith("fedpit frontier")
+    assert main(argv + NO_CURVES) == 0
+    assert seen["backbone"] is True and seen["audit"] is False and seen["command"].startswith("fedpit frontier")
     cells = [(c.algorithm, c.seed, c.fedpit.beta if label else None) for label, c in seen["cells"]]
     assert cells == [("fedit", 1, None), ("fedpit-mix", 1, 0.0), ("fedpit-mix", 1, 1.0)] + [
         ("fedit", 2, None),
@@ -131,35 +376,170 @@ def test_frontier_cli_turns_the_attack_on_and_adds_the_backbone(tmp_path, monkey
         ("fedpit-mix", 2, 1.0),
     ]
     assert all(c.eval.extraction_every_round for _, c in seen["cells"])
-    assert main(["frontier", "--set", "eval.extraction_every_round=false", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().out.startswith("fedpit frontier: 6 runs, about ")  # the plan, before the runs
+    assert (
+        main(["frontier", "--set", "eval.extraction_every_round=false", "--out", str(tmp_path / "x")] + NO_CURVES) == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "eval.extraction_every_round" in err
 
 
-def test_frontier_one_round_on_the_tiny_model(tiny_cfg, tmp_path):
-    cfg = replace(
-        tiny_cfg,
-        federation=replace(tiny_cfg.federation, rounds=1),
-        eval=replace(tiny_cfg.eval, extraction_every_round=True, extraction_n=2, extraction_max_new_tokens=3),
-    )
-    cells = frontier_grid(cfg, ["fedit", "fedpit-mix"], [1], "0")
+def test_frontier_cli_defaults_and_the_plan_option(tmp_path, monkeypatch, capsys, fedit_dp):
+    seen = _fake_experiment(monkeypatch)
     out = tmp_path / "exp"
-    ev = EvalOptions(limit=2, max_new_tokens=3)
-    data = json.loads(run_experiment(cells, out, ev, command="fedpit frontier", backbone=True).read_text())
-    kinds = [(r["algorithm"], r["model"], r["setting"]) for r in data["records"]]
-    assert kinds == [("fedit", "shared", ""), ("fedpit-mix", "shared", "fedpit.beta=0"), ("backbone", "bare", "")]
-    fedit, _, bare = data["records"]
-    floor = json.loads((out / "runs" / "fedit-s1" / "summary.json").read_text())["extraction"]["backbone"]["rouge_l"]
-    assert bare["leak_rouge_l"] == bare["leak_floor_rouge_l"] == fedit["leak_floor_rouge_l"] == floor
-    assert bare["n_test"] == 2 and {"rouge_l", "cosine", "reference_loss"} <= set(bare)
-    answers = out / "backbone" / "eval" / "answers.jsonl"
-    assert answers.is_file()
+    assert main(["frontier", "--plan", "--out", str(out)]) == 0
+    assert not seen and not out.exists()  # printed, nothing run or written
+    text = capsys.readouterr().out
+    # fedit, fedpit, locit and fedpit-mix at 4 betas; 3 turned-down, 3 fewer-steps and 4 DP points; 3 seeds each
+    assert text.startswith("fedpit frontier: 51 runs, about ") and "dp.target_epsilon=1000" in text
+    argv = ["frontier", "--seeds", "1,2,3", "--sweep-seeds", "1", "--deciding", "fedit,fedpit.beta=0.6", "--plan"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out  # 2 deciding cells x 3 seeds, the other 15 x 1
+    assert text.startswith("fedpit frontier: 21 runs, about ") and "fedpit-mix fedpit.beta=0.6" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--server-lrs", "0.5,1.5"], "--server-lrs '0.5,1.5': 1.5 is not in (0, 1)"),
+        (["--local-steps", "x"], "--local-steps 'x': 'x' is not a number"),
+        (["--epsilons", "-1"], "--epsilons '-1': -1 is not a positive epsilon"),
+        (["--sweep-seeds", "a"], "--sweep-seeds expects integers"),
+        (["--sweep-seeds", "1,1"], "--sweep-seeds lists 1 more than once"),
+        (["--deciding", "fedpit.beta=0.9"], "--deciding: 'fedpit.beta=0.9' is not a cell of this frontier"),
+        (["--betas", "abc"], "--betas 'abc'"),
+    ],
+)
+def test_frontier_cli_bad_values_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, fedit_dp, argv, words):
+    out = tmp_path / "exp"
+    assert main(["frontier", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
+    assert not out.exists()
+
+
+def test_audit_needs_one_privacy_setting_for_every_run(tiny_cfg, tmp_path, capsys):
+    cfg = replace(tiny_cfg, privacy=replace(tiny_cfg.privacy, holdout=0.25))
+    cells = frontier_grid(cfg, ["fedit"], [1], audit=True)
+    check_audit(cells, tmp_path)  # fine
+    argv = ["sweep", "--audit", "--set-values", "privacy.holdout=0.2,0.3", "--algorithms", "fedit", "--seeds", "1"]
+    assert main(argv + ["--out", str(tmp_path / "s"), "--set", f"model.name={tiny_cfg.model.name}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--audit: every run must be attacked with the same [privacy]" in err
+    assert "privacy.holdout = 0.3 against 0.2" in err and not (tmp_path / "s").exists()
+    small = replace(cfg, data=replace(cfg.data, limit=20))  # 5 non-members: too few
+    with pytest.raises(ConfigError, match="privacy.holdout: 0.25 of the 20 examples"):
+        check_audit(frontier_grid(small, ["fedit"], [1], audit=True), tmp_path)
+    crowded = replace(cfg, data=replace(cfg.data, limit=48), partition=replace(cfg.partition, num_clients=4))
+    check_audit(frontier_grid(crowded, ["fedit"], [1], audit=True), tmp_path)  # no private models: pooled members
+    with pytest.raises(ConfigError, match=r"holds \d members; membership inference on its private model \(fedpit\)"):
+        check_audit(frontier_grid(crowded, ["fedpit"], [1], audit=True), tmp_path)  # 36 members over 4 clients
+    run = tmp_path / "runs" / cells[0][1].run_name
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text("[privacy]\nholdout = 0.1\n")  # an earlier run in OUT, other non-members
+    with pytest.raises(ConfigError, match="made with privacy.holdout = 0.1 against 0.25"):
+        check_audit(cells, tmp_path)
+
+
+def _mia(auc):
+    return {
+        "auc": auc,
+        "auc_ci": [auc - 0.1, auc + 0.1],
+        "tpr_at_10pct_fpr": auc / 5,
+        "n_members": 60,
+        "n_nonmembers": 20,
+    }
+
+
+def _can(k, mean, top):
+    return {"k": k, "repeats": 2, "space_bits": 9.97, "exposure_mean": mean, "exposure_max": top}
+
+
+def _ext(rouge, excess):
+    out = {"n": 3, "rouge_l": rouge, "rouge_l_ci": [0, 1]}
+    return out | ({"excess_rouge_l": excess, "excess_ci": [excess - 0.01, excess + 0.01]} if excess is not None else {})
+
+
+def _audit_json():
+    """The shape fedpit.audit.run.audit writes (tests/test_audit_run.py), with round numbers."""
+    mia, can, ext = _mia, _can, _ext
+    return {
+        "models": ["shared", "client_0", "client_1", "backbone"],
+        "mia": {
+            "shared": {"loss": mia(0.6), "ref": mia(0.7), "zlib": mia(0.55)},
+            "client_0": {"loss": mia(0.8), "ref": mia(0.9), "zlib": mia(0.7)},
+            "client_1": {"loss": mia(0.6), "ref": mia(0.7), "zlib": mia(0.5)},
+            "backbone": {"loss": mia(0.52), "zlib": mia(0.5)},
+        },
+        "canaries": {
+            "shared": can(2, 4.0, 6.0),
+            "client_0": can(1, 9.0, 9.0) | {"control_k": 1, "control_exposure_mean": 1.0},
+            "client_1": can(1, 3.0, 3.0) | {"control_k": 1, "control_exposure_mean": 2.0},
+            "backbone": can(2, 0.5, 0.8),
+        },
+        "extraction": {
+            "shared": ext(0.2, 0.05),
+            "client_0": ext(0.3, 0.1),
+            "client_1": ext(0.1, 0.0),
+            "backbone": ext(0.15, None),
+        },
+        "leaks": [{"canary": 1}],
+        "seconds": 12.5,
+    }
+
+
+def test_audit_fields_of_the_shared_private_and_bare_rows():
+    a = _audit_json()
+    shared = audit_fields(a, "shared")
+    assert shared["mia_ref_auc"] == 0.7 and shared["mia_ref_auc_lo"] == pytest.approx(0.6)
+    assert shared["mia_loss_tpr10"] == pytest.approx(0.12) and shared["mia_n_members"] == 60
+    assert (shared["canary_exposure_mean"], shared["canary_exposure_max"], shared["canary_k"]) == (4.0, 6.0, 2)
+    assert shared["audit_excess_rouge_l"] == 0.05 and shared["audit_excess_hi"] == pytest.approx(0.06)
+    assert shared["audit_leaks"] == 1 and shared["audit_s"] == 12.5
+    private = audit_fields(a, "private")  # the mean over the clients' models; exposure over all their canaries
+    assert private["mia_ref_auc"] == pytest.approx(0.8) and "mia_ref_auc_lo" not in private
+    assert (private["canary_exposure_mean"], private["canary_exposure_max"], private["canary_k"]) == (6.0, 9.0, 2)
+    assert private["canary_control_exposure_mean"] == 1.5 and private["audit_excess_rouge_l"] == pytest.approx(0.05)
+    bare = audit_fields(a, "bare")  # the ref score is 0 on every example: AUC 0.5; no excess over itself
+    assert bare["mia_ref_auc"] == 0.5 and bare["mia_loss_auc"] == 0.52 and bare["audit_excess_rouge_l"] == 0.0
+    assert bare["audit_rouge_l"] == 0.15 and bare["canary_exposure_mean"] == 0.5
+
+
+def test_frontier_with_audit_one_round_on_the_tiny_model(tiny_cfg, tmp_path, capsys):
+    """FedIT audited (one [privacy] on the base config); the bare backbone's row from the run's audit; the report's
+    three privacy measures; a rerun reuses the run, its evaluations and its audit."""
+    sets = ["federation.rounds=1", "privacy.holdout=0.25", "privacy.canaries=3", "privacy.canary_repeats=2"]
+    sets += ["privacy.canary_digits=3", "privacy.bootstrap=200", "eval.extraction_n=3"]
+    sets += ["eval.extraction_max_new_tokens=3", f"model.cache_dir={tmp_path / 'cache'}"]
+    sets += ["data.limit=52"]  # 39 members (13 a client), 13 non-members
+    sets += [f"model.name={tiny_cfg.model.name}", "model.dtype=fp32", "model.max_seq_len=96", "lora.r=4"]
+    sets += ["train.local_steps=2", "train.batch_size=2", "eval.max_examples=4"]
+    out = tmp_path / "exp"
+    argv = ["frontier", "--audit", "--algorithms", "fedit", "--seeds", "1", "--out", str(out)]
+    argv += ["--server-lrs", "", "--local-steps", "", "--epsilons", "", "--limit", "2", "--max-new-tokens", "3"]
+    argv += [x for s in sets for x in ("--set", s)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("fedpit frontier: 1 runs, about ")
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["audit"] is True
+    assert [(r["algorithm"], r["model"]) for r in data["records"]] == [("fedit", "shared"), ("backbone", "bare")]
+    fedit, bare = data["records"]
+    assert {"mia_ref_auc", "mia_ref_auc_lo", "canary_exposure_mean", "audit_excess_rouge_l", "audit_leaks"} <= set(
+        fedit
+    )
+    assert fedit["mia_n_nonmembers"] == 13 and fedit["canary_k"] == 3 and "leak_rouge_l" not in fedit  # no run attack
+    audit = json.loads((out / "runs" / "fedit-s1" / "audit.json").read_text())
+    assert fedit["mia_ref_auc"] == audit["mia"]["shared"]["ref"]["auc"]
+    assert bare["mia_ref_auc"] == 0.5 and bare["audit_excess_rouge_l"] == 0.0 and "audit_s" not in bare
+    assert bare["canary_exposure_mean"] == audit["canaries"]["backbone"]["exposure_mean"]
+    assert bare["mia_loss_auc"] == audit["mia"]["backbone"]["loss"]["auc"] and {"rouge_l", "cosine"} <= set(bare)
     md = (out / "report.md").read_text()
-    assert "## Privacy-utility frontier" in md and "| bare backbone | 1 | 0.000 |" in md
-    assert _png_size(out / "frontier.png")[0] > 0
-    stamp = answers.stat().st_mtime_ns
-    again = json.loads(run_experiment(cells, out, ev, backbone=True).read_text())
-    assert answers.stat().st_mtime_ns == stamp and again["records"] == data["records"]  # reused, not re-answered
+    for title in ("membership inference AUC", "canary exposure (mean)", "extraction Rouge-L above the backbone"):
+        assert f"### {title}" in md
+    stamp = (out / "runs" / "fedit-s1" / "audit.json").stat().st_mtime_ns
+    assert main(argv) == 0  # a rerun reuses the run, its evaluations and its audit
+    assert (out / "runs" / "fedit-s1" / "audit.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text())["records"] == data["records"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def _cheap_embed(texts):
 @pytest.fixture(scope="module")
 def sandbox():
     """A working folder (must stay empty), a folder for inputs, and the patches that keep models out."""
-    import fedpit.partition
+    import fedpit.embed
     import fedpit.runner
 
     def boom(*a, **k):
@@ -59,7 +59,7 @@ def sandbox():
         pytest.MonkeyPatch.context() as mp,
     ):
         mp.setattr(fedpit.runner, "make_engine", boom)
-        mp.setattr(fedpit.partition, "minilm_embed", _cheap_embed)
+        mp.setattr(fedpit.embed, "minilm_embed", _cheap_embed)
         mp.chdir(work)
         yield Path(work), Path(inputs)
 

@@ -1,4 +1,4 @@
-"""Synthetic-data quality measures, selection, chat-format generation, several tasks per call, budget parity."""
+"""Synthetic-data quality measures, selection, chat-format generation, budget parity."""
 
 import json
 import math
@@ -17,7 +17,6 @@ from fedpit.selfgen import (
     instruction_prompt,
     measure_rows,
     on_task_relevance,
-    parse_instructions,
     private_closeness,
     self_generate,
     self_rouge_l,
@@ -150,39 +149,6 @@ def test_selection_bits_bound():
     assert math.log2(math.comb(32, 16)) == pytest.approx(29.16, abs=0.01)
 
 
-# ------------------------------------------------------------------------------------------- several tasks per call
-def test_parse_instructions_splits_a_continued_list():
-    text = " Describe insulin.\nTask 10: List causes of gout.\nTask 11: Explain what an ECG"
-    assert parse_instructions(text, 5) == ["Describe insulin.", "List causes of gout.", "Explain what an ECG"]
-    assert parse_instructions(text, 2) == ["Describe insulin.", "List causes of gout."]
-    assert parse_instructions("", 3) == [None]
-    assert parse_instructions("Task 9: Echoed task.\nTask 10: Next one.", 3) == ["Echoed task.", "Next one."]
-
-
-def test_several_tasks_per_call_fill_slots_from_one_prompt(monkeypatch):
-    calls = []
-
-    def fake(model, tok, prompts, s, max_new_tokens, stop, seed, return_finished=False):
-        calls.append((len(prompts), max_new_tokens, stop))
-        if stop[0].startswith("Task"):
-            return [
-                " Describe the stages of wound healing.\nTask 10: List the warning signs of sepsis.\n"
-                "Task 11: Explain how vaccines train the immune system.\nTask 12: Give"
-            ] * len(prompts)
-        texts = [f"A response long enough to pass every response filter here, number {i}." for i in range(len(prompts))]
-        return (texts, [True] * len(texts)) if return_finished else texts
-
-    monkeypatch.setattr(selfgen, "_gen", fake)
-    s = SelfGenSettings(num_instructions=3, tasks_per_call=4, measure=False)
-    out, rep = self_generate(None, None, LOCAL, s, seed=0)
-    assert calls[0] == (1, 4 * s.max_instruction_tokens, ["Task 9:", "\n\n"])  # 4 local demos: Task 5..8 -> 9
-    assert len(out) == 3 and rep.generated_instructions == 3  # the 4th (cut off) is never needed
-    assert [e.instruction for e in out][:2] == [
-        "Describe the stages of wound healing.",
-        "List the warning signs of sepsis.",
-    ]
-
-
 # ------------------------------------------------------------------------------------------- the chat format
 @pytest.fixture(scope="module")
 def tiny(tiny_model_path):
@@ -232,27 +198,42 @@ def test_self_generate_in_chat_format_on_the_tiny_model(tiny):
     assert 2 <= a[1].generated_instructions <= 6
 
 
-def test_stop_criterion_is_built_once_and_decodes_the_same(tiny):
+def test_stop_criterion_is_built_once_and_decodes_the_same(tiny, monkeypatch):
     from fedpit import generate as gen
 
     assert gen.stop_criteria(tiny.tokenizer, ["\n"]) is gen.stop_criteria(tiny.tokenizer, ["\n"])
     prompts = [instruction_prompt([e.instruction for e in LOCAL])] * 2 + ["Hello there"]
     cached = gen.generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=12, stop_strings=["\n"])
-    try:
-        gen.CACHE_STOP_CRITERIA = False
-        rebuilt = gen.generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=12, stop_strings=["\n"])
-    finally:
-        gen.CACHE_STOP_CRITERIA = True
+    new = gen._generate_kwargs
+
+    def hf_builds_it(tokenizer, *args):  # HF generate's own path: the criterion built inside every call
+        kw = new(tokenizer, *args[:-1], None)
+        return {**kw, "stop_strings": list(args[-1]), "tokenizer": tokenizer}
+
+    monkeypatch.setattr(gen, "_generate_kwargs", hf_builds_it)
+    rebuilt = gen.generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=12, stop_strings=["\n"])
     assert cached == rebuilt
 
 
 # ------------------------------------------------------------------------------------------- config
-@pytest.mark.parametrize(
-    "key", ["selfgen.template=llama", "selfgen.tasks_per_call=0", "fedpit.select_by=best", "fedpit.shared_budget=more"]
-)
+@pytest.mark.parametrize("key", ["selfgen.template=llama", "fedpit.select_by=best", "fedpit.shared_budget=more"])
 def test_new_settings_are_validated(key):
     from fedpit.config import load_config
     from fedpit.errors import ConfigError
 
     with pytest.raises(ConfigError, match=key.split("=")[0]):
         load_config(overrides=[key])
+
+
+def test_tasks_per_call_is_gone_and_a_config_that_sets_it_is_refused_in_one_line(tmp_path, capsys):
+    from fedpit.cli import main
+    from fedpit.config import load_config
+    from fedpit.errors import ConfigError
+
+    f = tmp_path / "old.toml"
+    f.write_text("[selfgen]\ntasks_per_call = 4\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown config key 'selfgen.tasks_per_call'"):
+        load_config(f)
+    assert main(["config", "--config", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown config key 'selfgen.tasks_per_call'" in err and len(err.splitlines()) == 1

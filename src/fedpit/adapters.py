@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .fsutil import atomic_path
+
 StateDict = dict[str, torch.Tensor]
 
 
@@ -64,13 +66,12 @@ def max_abs_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -
 
 
 def save_state(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """Write safetensors atomically (a crash never leaves a truncated file under the final name)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    """Write safetensors atomically (:func:`fedpit.fsutil.atomic_path`: a crash never leaves a truncated file under
+    the final name, and two writers of one file never share a temporary name)."""
     meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()}
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
 
 
 def load_state(path: str | os.PathLike) -> StateDict:

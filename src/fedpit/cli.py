@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 import sys
 
-from . import __version__
+from . import __version__, logs
 from .backbone import quiet_libraries
 from .errors import FedpitError
+from .extras import require
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +34,9 @@ def cmd_run(args) -> int:
     from .config import load_config
     from .runner import Runner, resume_config
 
-    if args.resume:
+    if args.resume is not None:
+        if not args.resume.strip():
+            raise FedpitError("--resume needs a run folder (e.g. runs/NAME), got ''")
         if args.config or args.overrides:
             raise FedpitError("--resume continues a run with its saved config.toml; drop --config/--set")
         cfg = resume_config(args.resume)
@@ -72,6 +74,8 @@ def cmd_partition(args) -> int:
     from .rundir import write_json
 
     cfg = load_config(args.config, args.overrides)
+    if args.plot:
+        require("matplotlib", "--plot")
     for opt, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             check_writable_file(path, opt)  # before the (possibly slow) split
@@ -136,7 +140,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    if args.benchmarks:  # multiple-choice accuracy through lm-evaluation-harness (fedpit.mcq)
+    if args.benchmarks is not None:  # multiple-choice accuracy (fedpit.mcq); '' is an error there, not a fallback
         from .mcq import cli_evaluate
 
         return cli_evaluate(args)
@@ -202,25 +206,32 @@ def cmd_compare(args) -> int:
     from datetime import datetime
     from pathlib import Path
 
-    from .compare import grid, run_experiment
+    from .compare import check_audit, grid, parse_seeds, plan, run_experiment
     from .config import load_config
 
-    base = load_config(args.config, getattr(args, "overrides_first", []) + args.overrides)
-    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise FedpitError(f"--seeds expects integers like 1,2,3, got '{args.seeds}'") from None
-    if args.command == "frontier":  # the method grid with fedpit-mix over --betas, and the bare backbone's row
-        from .compare import frontier_grid
+    if getattr(args, "benchmarks", None) is not None:  # names, protocol, extra: before hours of training
+        from .mcq import check_args
 
-        cells = frontier_grid(base, algorithms, seeds, args.betas)
+        check_args(args)
+    first = [] if args.audit else getattr(args, "overrides_first", [])  # --audit: the audit's extraction instead
+    base = load_config(args.config, first + args.overrides)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    seeds = parse_seeds(args.seeds)
+    if args.command == "frontier":  # methods, fedpit-mix over --betas, the baseline curves; the backbone's row
+        from .compare import frontier_cells
+
+        cells = frontier_cells(base, algorithms, seeds, args)
     else:
         cells = grid(base, algorithms, seeds, getattr(args, "set_values", None))
     out = Path(args.out or f"experiments/{datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.command}")
     from .fsutil import check_writable_dir
 
     check_writable_dir(out, "--out")  # before any training
+    if args.audit:
+        check_audit(cells, out)  # one [privacy] for every run, enough members and non-members
+    print(plan(cells, audit=args.audit, limit=args.limit, command=args.command), flush=True)
+    if args.plan:
+        return 0
     command = " ".join(shlex.quote(a) for a in ["fedpit", *args.argv])
     args.interrupt_hint = (
         "continue with: "
@@ -233,7 +244,8 @@ def cmd_compare(args) -> int:
 
         check_data(args.benchmarks, args.benchmark_data)
     backbone = args.command == "frontier"
-    results = run_experiment(cells, out, _eval_options(args), name=out.name, command=command, backbone=backbone)
+    ev = _eval_options(args)
+    results = run_experiment(cells, out, ev, name=out.name, command=command, backbone=backbone, audit=args.audit)
     print(f"fedpit: {args.command} done: {len(cells)} runs; results in {results}, report in {out / 'report.md'}")
     if getattr(args, "benchmarks", None):
         from .mcq import cli_experiment
@@ -249,6 +261,13 @@ def cmd_report(args) -> int:
 
     files = write_report(args.results, benchmarks=args.benchmarks)
     print(f"report written: {files['md']} and {files['html']}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .audit.run import audit
+
+    audit(args.run_dir, client=args.client)
     return 0
 
 
@@ -408,9 +427,21 @@ def _add_compare_parsers(sub) -> None:
         if name == "sweep":
             p.add_argument("--set-values", required=True, metavar="KEY=V1,V2,...")
         p.add_argument("--out", help="experiment folder (default: experiments/<time>-<command>)")
+        _add_experiment_args(p)
         _add_eval_args(p, test_default="")
         _add_benchmark_args(p)
         p.set_defaults(func=cmd_compare)
+
+
+def _add_experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--audit",
+        action="store_true",
+        help="audit every run (fedpit audit: membership inference, canary exposure, extraction) and put its figures "
+        "in the results; every run is attacked with the one [privacy] setting of the config (privacy.holdout, "
+        "privacy.canaries)",
+    )
+    p.add_argument("--plan", action="store_true", help="print the planned runs and estimated CPU minutes, then stop")
 
 
 def _add_report_parser(sub) -> None:
@@ -428,18 +459,33 @@ def _add_report_parser(sub) -> None:
 
 
 def _add_frontier_parser(sub) -> None:
-    from .compare import FRONTIER_BETAS, FRONTIER_METHODS
+    from . import compare as c
 
     p = sub.add_parser(
         "frontier",
-        help="the privacy-utility frontier: methods (fedpit-mix over --betas) and the bare backbone x seeds, "
-        "utility against extraction leakage above the backbone's floor, in one report and plot",
+        help="the privacy-utility frontier: methods (fedpit-mix over --betas), the baselines as curves (FedIT turned "
+        "down, with fewer local steps, DP-SGD) and the bare backbone x seeds; utility against each privacy measure, "
+        "which methods are dominated and by what, in one report and plot",
     )
     _add_config_args(p)
-    p.add_argument("--algorithms", default=FRONTIER_METHODS)
-    p.add_argument("--betas", default=FRONTIER_BETAS, metavar="B1,B2,...", help="fedpit.beta values for fedpit-mix")
-    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--algorithms", default=c.FRONTIER_METHODS)
+    p.add_argument("--betas", default=c.FRONTIER_BETAS, metavar="B1,B2,...", help="fedpit.beta values for fedpit-mix")
+    for flag, default, what in (
+        ("--server-lrs", c.FRONTIER_SERVER_LRS, "FedIT turned down: federation.server_lr values in (0, 1)"),
+        ("--local-steps", c.FRONTIER_LOCAL_STEPS, "FedIT with fewer steps: train.local_steps values"),
+        ("--epsilons", c.FRONTIER_EPSILONS, "DP-SGD (fedit-dp): dp.target_epsilon values"),
+    ):
+        p.add_argument(flag, default=default, metavar="V1,V2,...", help=f"{what} ('' = no such curve)")
+    p.add_argument("--seeds", default="1,2,3", help="seeds of the deciding cells (see --deciding)")
+    p.add_argument("--sweep-seeds", metavar="S1,...", help="seeds of the other cells (default: --seeds)")
+    p.add_argument(
+        "--deciding",
+        metavar="CELLS",
+        help="the cells run with every --seeds: methods and curve points, e.g. fedit,fedpit,fedpit.beta=0.6,"
+        "federation.server_lr=0.5,dp.target_epsilon=100 (default: every method, fedpit-mix at each beta)",
+    )
     p.add_argument("--out", help="experiment folder (default: experiments/<time>-frontier)")
+    _add_experiment_args(p)
     _add_eval_args(p, test_default="")
     p.set_defaults(func=cmd_compare, overrides_first=["eval.extraction_every_round=true"])
 
@@ -503,17 +549,23 @@ def _one_line(message: str) -> str:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedpit", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"fedpit {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_run_parser(sub) -> None:
     p = sub.add_parser("run", help="run a federated job (defaults: the embedded demo, 3 clients, on SmolLM2-135M)")
     _add_config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed round")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", "-q", action="store_true", help="only warnings, errors and the final line")
+    p.add_argument(  # also after `run`; SUPPRESS keeps `fedpit -v run` working
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="add detail (debug lines)"
+    )
     p.set_defaults(func=cmd_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedpit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fedpit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="add detail: debug lines (any command)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(sub)
 
     p = sub.add_parser("partition", help="show how the data would be split across clients (per-label counts)")
     _add_config_args(p)
@@ -539,6 +591,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_report_parser(sub)
 
+    p = sub.add_parser(
+        "audit",
+        help="privacy audit of a finished run: membership inference, canary exposure and extraction for the shared, "
+        "private and bare models, and canary secrets found in its outputs; writes RUN_DIR/audit.json",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--client", type=int, metavar="K", help="only client K's private model, with client K's data")
+    p.set_defaults(func=cmd_audit)
+
     p = sub.add_parser("evaluate", help="answer a test set with an adapter (or the bare backbone) and score it")
     p.add_argument("--adapter", "-a", metavar="PATH", help="adapter folder; omit for the bare backbone")
     p.add_argument("--model", help="backbone (default: the one the adapter was trained on)")
@@ -560,9 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what the report records as its command
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    quiet_libraries()
+    logs.setup(logs.QUIET if getattr(args, "quiet", False) else logs.VERBOSE if args.verbose else logs.NORMAL)
     try:
+        quiet_libraries()
         return args.func(args)
     except FedpitError as e:
         print(f"fedpit: error: {_one_line(str(e))}", file=sys.stderr)
@@ -571,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = getattr(args, "interrupt_hint", None)
         print("fedpit: interrupted" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 130
+    finally:
+        logs.restore()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,31 +1,39 @@
 """Experiment suite: every method on the same partition, seeds and budget; evaluated; one report.
 
 ``fedpit compare`` runs methods x seeds; ``fedpit sweep`` adds a setting axis (e.g. ``partition.alpha`` values for
-the non-IID analysis, or ``selfgen.public_data`` for synthetic-vs-public). Each run lives in ``OUT/runs/NAME`` and is
-resumed if interrupted and skipped if complete, so a stopped experiment continues where it left off.
+the non-IID analysis, or ``selfgen.public_data`` for synthetic-vs-public); ``fedpit frontier`` runs the methods, the
+baselines a privacy method must beat as curves (FedIT turned down, with fewer local steps, DP-SGD) and the bare
+backbone, with a number of seeds per cell. Each run lives in ``OUT/runs/NAME`` and is resumed if interrupted and
+skipped if complete, so a stopped experiment continues where it left off. The plan (runs x estimated minutes) is
+printed first; ``--audit`` audits every run (:mod:`fedpit.audit`) with one ``[privacy]`` setting and puts its
+figures in the results rows.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
+import math
 import os
 import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from rich.console import Console
-
 from .algorithms import get_method
-from .config import Config, set_value
+from .config import Config, load_config, set_value
 from .errors import ConfigError
 from .evaluate import engine_for, evaluate
-from .federation import load_split
+from .federation import load_split, load_train
 from .rundir import RunDir, read_json, write_json
 from .runner import Runner
+
+log = logging.getLogger("fedpit.compare")
 
 
 @dataclass
@@ -74,6 +82,24 @@ def _check_lists(*lists: tuple[str, list]) -> None:
             raise ConfigError(f"{what} lists {', '.join(twice)} more than once (each would be run and counted twice)")
 
 
+def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
+    """``1,2,3`` -> [1, 2, 3]; a one-line error naming ``flag`` for anything else (an empty list is caught later)."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} expects integers like 1,2,3, got '{text}'") from None
+
+
+def _cell(base: Config, algo: str, seed: int, label: str = "", sets: list[tuple[str, str]] = ()) -> Config:
+    """One cell's validated config: ``base`` with the method, the seed, the settings and a run name."""
+    cfg = copy.deepcopy(replace(base, algorithm=algo, seed=seed))
+    for k, v in sets:
+        set_value(cfg, k, v)
+    cfg.validate()
+    tag = label.replace("=", "-").replace("/", "_").replace(".", "_")
+    return replace(cfg, run_name="-".join(x for x in (algo, f"s{seed}", tag) if x))
+
+
 def grid(base: Config, algorithms: list[str], seeds: list[int], sweep: str | None = None) -> list[tuple[str, Config]]:
     """(setting label, config) for every cell; every config is validated before anything runs."""
     _check_lists(("--algorithms", algorithms), ("--seeds", seeds))
@@ -86,37 +112,408 @@ def grid(base: Config, algorithms: list[str], seeds: list[int], sweep: str | Non
         for seed in seeds:
             for algo in algorithms:
                 get_method(algo)
-                cfg = copy.deepcopy(replace(base, algorithm=algo, seed=seed))
-                for k, v in sets:
-                    set_value(cfg, k, v)
-                cfg.validate()
-                tag = label.replace("=", "-").replace("/", "_").replace(".", "_")
-                name = "-".join(x for x in (algo, f"s{seed}", tag) if x)
-                cells.append((label, replace(cfg, run_name=name)))
+                cells.append((label, _cell(base, algo, seed, label, sets)))
     return cells
 
 
-FRONTIER_METHODS = "fedit,fedpit,fedpit-mix,fedmit,locit,cenit"
-FRONTIER_BETAS = "0,0.25,0.5,0.75,1"
+# ---------------------------------------------------------------------------------------------------------------
+# The frontier: the methods, fedpit-mix over its beta, and the baselines a privacy method must beat, as curves.
+
+FRONTIER_METHODS = "fedit,fedpit,fedpit-mix,locit"
+FRONTIER_BETAS = "0.25,0.5,0.6,0.75"
+FRONTIER_SERVER_LRS = "0.25,0.5,0.75"
+FRONTIER_LOCAL_STEPS = "1,2,3"
+FRONTIER_EPSILONS = "1,10,100,1000"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A setting the frontier runs one algorithm over: fedpit-mix's beta, or a baseline curve's knob."""
+
+    flag: str
+    algorithm: str
+    key: str
+    what: str
+    extra: tuple[tuple[str, str], ...] = ()  # also set in each of its cells
+
+
+KNOBS = (
+    Knob("--betas", "fedpit-mix", "fedpit.beta", "fedpit-mix's beta"),
+    Knob("--server-lrs", "fedit", "federation.server_lr", "FedIT turned down"),
+    Knob("--local-steps", "fedit", "train.local_steps", "FedIT with fewer local steps"),
+    # the target epsilon picks the noise multiplier itself, which must be 0 beside it
+    Knob("--epsilons", "fedit-dp", "dp.target_epsilon", "DP-SGD", (("dp.noise_multiplier", "0"),)),
+)
+
+
+def _check_knob_value(base: Config, knob: Knob, value: str) -> float:
+    """A knob's value as a number, refused where it is no point of its curve or repeats one of its ends."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a number") from None
+    if knob.key == "federation.server_lr" and not 0 < x < 1:
+        raise ConfigError(f"{value} is not in (0, 1) (1 is FedIT itself and 0 the bare backbone: both are run anyway)")
+    if knob.key == "train.local_steps" and (x != int(x) or x < 1 or x == base.train.local_steps):
+        why = "FedIT's own train.local_steps (the fedit run)" if x == base.train.local_steps else "not an integer >= 1"
+        raise ConfigError(f"{value} is {why}")
+    if knob.key == "dp.target_epsilon" and not (0 < x < math.inf):
+        raise ConfigError(f"{value} is not a positive epsilon")
+    return x
+
+
+def knob_values(base: Config, knob: Knob, spec: str) -> list[str]:
+    """The values of one knob's flag ('' = none), each checked as the cell it makes would be: one-line errors naming
+    the flag."""
+    if not spec.strip():
+        return []
+    try:
+        key, vals = _parse_set_values(f"{knob.key}={spec}")
+        get_method(knob.algorithm)
+        numbers = [_check_knob_value(base, knob, v) for v in vals]
+        if len(set(numbers)) < len(numbers):
+            raise ConfigError("the same value is listed twice (each would be run and counted twice)")
+        for v in vals:
+            cell = _cell(base, knob.algorithm, base.seed, f"{key}={v}", [(key, v), *knob.extra])
+            if knob.key == "dp.target_epsilon":
+                from .federation import prepare
+
+                prepare(cell)  # DP-SGD's preflight: each client's noise for this epsilon (one that cannot be reached)
+    except ConfigError as e:
+        skip = " ('' skips this curve)" if knob.flag != "--betas" else ""
+        raise ConfigError(f"{knob.flag} {spec!r}: {e}{skip}") from None
+    return vals
+
+
+@dataclass
+class Unit:
+    """A cell of the frontier before its seeds: a method (``label`` "") or a knob's value (``label`` "key=value")."""
+
+    algorithm: str
+    label: str = ""
+    sets: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.algorithm
+
+
+def _units(base: Config, methods: list[str], knobs: dict[str, str]) -> list[Unit]:
+    """The methods (fedpit-mix once per beta, when --betas lists any), then each baseline curve's points."""
+    values = {k.flag: knob_values(base, k, knobs.get(k.flag, "")) for k in KNOBS}  # every flag checked
+    units = []
+    for m in methods:
+        get_method(m)
+        mix = m == "fedpit-mix" and values["--betas"]
+        units += [Unit(m, f"fedpit.beta={v}", [("fedpit.beta", v)]) for v in values["--betas"]] if mix else [Unit(m)]
+    for k in KNOBS[1:]:
+        units += [Unit(k.algorithm, f"{k.key}={v}", [(k.key, v), *k.extra]) for v in values[k.flag]]
+    return units
+
+
+def _same_point(item: str, unit: Unit) -> bool:
+    if "=" not in item:
+        return not unit.label and item == unit.algorithm
+    key, value = (x.strip() for x in item.split("=", 1))
+    if not unit.label or unit.label.split("=", 1)[0] != key:
+        return False
+    try:
+        return float(value) == float(unit.label.split("=", 1)[1])
+    except ValueError:
+        return value == unit.label.split("=", 1)[1]
+
+
+def deciding_units(spec: str | None, units: list[Unit]) -> set[str]:
+    """The names of the units that get every --seeds (the others get --sweep-seeds): by default every method
+    (fedpit-mix at each beta included); else the listed methods and curve points (``fedpit.beta=0.6``)."""
+    if spec is None:
+        return {u.name for u in units if not u.label or u.algorithm == "fedpit-mix"}
+    items = [x.strip() for x in spec.split(",") if x.strip()]
+    chosen = set()
+    for item in items:
+        found = [u.name for u in units if _same_point(item, u)]
+        if not found:
+            cells = ", ".join(u.name for u in units)
+            raise ConfigError(f"--deciding: {item!r} is not a cell of this frontier (its cells: {cells})")
+        chosen.update(found)
+    return chosen
 
 
 def frontier_grid(
-    base: Config, methods: list[str], seeds: list[int], betas: str = FRONTIER_BETAS
+    base: Config,
+    methods: list[str],
+    seeds: list[int],
+    betas: str = FRONTIER_BETAS,
+    *,
+    server_lrs: str = "",
+    local_steps: str = "",
+    epsilons: str = "",
+    sweep_seeds: list[int] | None = None,
+    deciding: str | None = None,
+    audit: bool = False,
 ) -> list[tuple[str, Config]]:
-    """The privacy-utility frontier's cells: every method once per seed, ``fedpit-mix`` once per ``fedpit.beta``
-    value, seed by seed (an interrupted frontier holds whole seeds first). It needs the extraction attack, which also
-    measures the bare backbone's floor in every run."""
+    """The privacy-utility frontier's cells: the methods, ``fedpit-mix`` once per ``fedpit.beta`` value, and the
+    baselines as curves: FedIT turned down (``federation.server_lr``), FedIT with fewer ``train.local_steps`` and
+    DP-SGD (``fedit-dp`` at each ``dp.target_epsilon``); '' leaves a curve out. The deciding cells (``deciding``;
+    default: every method) run with ``seeds``, the others with ``sweep_seeds`` (default: ``seeds``). Cells go seed
+    by seed (an interrupted frontier holds whole seeds first). Without ``audit`` it needs the run's extraction attack
+    (leakage and the backbone's floor); every value is checked before anything runs."""
     _check_lists(("--algorithms", methods), ("--seeds", seeds))
-    if not base.eval.extraction_every_round:
+    if sweep_seeds is not None:
+        _check_lists(("--sweep-seeds", sweep_seeds))
+    units = _units(
+        base,
+        methods,
+        {"--betas": betas, "--server-lrs": server_lrs, "--local-steps": local_steps, "--epsilons": epsilons},
+    )
+    full = deciding_units(deciding, units)
+    if not audit and not base.eval.extraction_every_round:
         raise ConfigError(
-            "eval.extraction_every_round: the frontier needs the extraction attack (leakage and the backbone's floor)"
+            "eval.extraction_every_round: the frontier needs the extraction attack (leakage and the backbone's floor) "
+            "or --audit"
         )
-    plain = [m for m in methods if m != "fedpit-mix"]
+    rest = seeds if sweep_seeds is None else sweep_seeds
     cells = []
-    for seed in seeds:
-        cells += grid(base, plain, [seed]) if plain else []
-        cells += grid(base, ["fedpit-mix"], [seed], f"fedpit.beta={betas}") if "fedpit-mix" in methods else []
+    for seed in dict.fromkeys([*seeds, *rest]):
+        for u in units:
+            if seed in (seeds if u.name in full else rest):
+                cells.append((u.label, _cell(base, u.algorithm, seed, u.label, u.sets)))
     return cells
+
+
+def frontier_cells(base: Config, methods: list[str], seeds: list[int], args) -> list[tuple[str, Config]]:
+    """:func:`frontier_grid` from ``fedpit frontier``'s options."""
+    sweep = None if args.sweep_seeds is None else parse_seeds(args.sweep_seeds, "--sweep-seeds")
+    return frontier_grid(
+        base,
+        methods,
+        seeds,
+        args.betas,
+        server_lrs=args.server_lrs,
+        local_steps=args.local_steps,
+        epsilons=args.epsilons,
+        sweep_seeds=sweep,
+        deciding=args.deciding,
+        audit=args.audit,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plan: runs x estimated minutes, printed before the CPU hours.
+
+# Wall minutes of one run at the demo's defaults (3 rounds, 5 local steps, 3 clients) on the 2-core machine
+# (docs/results.md, one run at a time); fedit-dp: FedIT plus per-example gradients, a guess until it is measured.
+RUN_MINUTES = {
+    "fedit": 3.8,
+    "fedprox": 3.7,
+    "fedpit": 6.8,
+    "fedpit-mix": 12.6,
+    "fedmit": 6.9,
+    "fewfedweight": 7.9,
+    "locit": 4.3,
+    "locit-sa": 7.5,
+    "cenit": 3.4,
+    "fedit-dp": 6.0,
+}
+PRIVATE_ADAPTERS = ("fedpit", "locit", "locit-sa")  # methods whose clients keep their own adapters
+EVAL_MINUTES = 1.0  # answering 24 test items with one adapter
+ATTACK_MINUTES = 1.5  # the extraction attack on 100 targets at 128 new tokens
+AUDIT_MINUTES = 0.5  # an audited model's MIA losses and canary trie, beside its extraction attack
+
+
+def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int) -> float:
+    """A rough CPU estimate of one cell: training, evaluation of its adapters, the run's extraction attacks and
+    the audit."""
+    minutes = RUN_MINUTES.get(cfg.algorithm, 7.0) * cfg.federation.rounds / 3
+    if cfg.train.local_steps:
+        minutes *= 0.4 + 0.6 * cfg.train.local_steps / 5  # about 60% of a FedIT round is its 5 local steps
+    n = cfg.partition.num_clients
+    private = n if cfg.algorithm in PRIVATE_ADAPTERS else 0
+    adapters = int(get_method(cfg.algorithm).shares_adapter) + private
+    minutes += EVAL_MINUTES * adapters * n_test / 24
+    ev = cfg.eval
+    per = ATTACK_MINUTES * ev.extraction_max_new_tokens / 128 / 100
+    shared_targets = min(ev.extraction_n or n_train, n_train)
+    own_targets = min(ev.extraction_n or n_train, max(1, n_train // n))
+    if ev.extraction_every_round:
+        minutes += per * shared_targets * (cfg.federation.rounds + 1) + per * own_targets * private
+    if audit:
+        models = adapters + 1
+        minutes += per * (shared_targets * (adapters - private + 1) + own_targets * private) + AUDIT_MINUTES * models
+    return minutes
+
+
+def _fmt_minutes(m: float) -> str:
+    return f"{m / 60:.1f} h" if m >= 90 else f"{m:.0f} min"
+
+
+def plan(cells: list[tuple[str, Config]], *, audit: bool, limit: int = 0, command: str = "experiment") -> str:
+    """The planned runs, grouped by cell, with their seeds and estimated CPU minutes; what gets fewer seeds."""
+    groups: dict[tuple[str, str], list[Config]] = defaultdict(list)
+    for label, cfg in cells:
+        groups[(cfg.algorithm, label)].append(cfg)
+    first = cells[0][1]
+    n_train = max(1, len(load_train(first)))
+    n_test = min(limit, len(load_split(first, "test"))) if limit else len(load_split(first, "test"))
+    lines, total = [], 0.0
+    for (algo, label), cfgs in groups.items():
+        each = estimate_minutes(cfgs[0], audit=audit, n_test=n_test, n_train=n_train)
+        total += each * len(cfgs)
+        seeds = ",".join(str(c.seed) for c in cfgs)
+        name = algo + (f" {label}" if label else "")
+        lines.append(f"  {name:<40} seeds {seeds:<10} {len(cfgs)} x {each:4.1f} min = {_fmt_minutes(each * len(cfgs))}")
+    most = max(len(v) for v in groups.values())
+    fewer = [f"{a} {lab}".strip() for (a, lab), v in groups.items() if len(v) < most]
+    head = (
+        f"fedpit {command}: {len(cells)} runs, about {_fmt_minutes(total)} of CPU on a 2-core machine like the demo's "
+        f"(estimated from the demo's per-run wall times{', with the audit' if audit else ''}; other data or settings "
+        "scale differently)"
+    )
+    tail = [f"  fewer seeds than {most}: {', '.join(fewer)}"] if fewer else []
+    return "\n".join([head, *([_audit_line(first)] if audit else []), *lines, *tail])
+
+
+def _audit_line(cfg: Config) -> str:
+    """What ``--audit`` will measure with the one ``[privacy]`` setting, and what it will not."""
+    pv = cfg.privacy
+    mia = f"membership inference (privacy.holdout = {pv.holdout})" if pv.holdout > 0 else ""
+    canaries = f"canary exposure ({pv.canaries} canaries x {pv.canary_repeats})" if pv.canaries > 0 else ""
+    extraction = f"extraction (eval.extraction_n = {cfg.eval.extraction_n or 'all'})"
+    missing = [
+        f"no {w} ({k} is 0)"
+        for w, k, on in (("MIA", "privacy.holdout", mia), ("exposure", "privacy.canaries", canaries))
+        if not on
+    ]
+    return "  audit: " + ", ".join(x for x in (mia, canaries, extraction) if x) + "".join(f"; {m}" for m in missing)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --audit: the privacy audit of every run, its figures in the results rows.
+
+
+def _first_difference(a, b) -> str:
+    for k, v in vars(a).items():
+        if getattr(b, k) != v:
+            return f"privacy.{k} = {getattr(b, k)!r} against {v!r}"
+    return ""
+
+
+def check_audit(cells: list[tuple[str, Config]], out: str | Path) -> None:
+    """``--audit``: every cell attacked with the same members, non-members and canaries (one ``[privacy]``), enough
+    of each, and no run already in ``OUT`` made with other ones. One-line errors, before anything runs."""
+    from .audit.data import split_pool
+
+    first = cells[0][1]
+    for _, cfg in cells:
+        if cfg.privacy != first.privacy:
+            raise ConfigError(
+                f"--audit: every run must be attacked with the same [privacy] settings, but {cfg.run_name} has "
+                f"{_first_difference(first.privacy, cfg.privacy)}: set [privacy] once (--config/--set), not per cell"
+            )
+    for c in {json.dumps(vars(c.data), sort_keys=True): c for _, c in cells}.values():
+        split_pool(c, load_train(c))  # too few members or non-members, no room for the canaries
+    _check_client_members(cells)
+    for _, cfg in cells:
+        saved = Path(out) / "runs" / cfg.run_name / "config.toml"
+        if saved.is_file() and load_config(saved).privacy != cfg.privacy:
+            diff = _first_difference(cfg.privacy, load_config(saved).privacy)
+            raise ConfigError(
+                f"{saved.parent}: made with {diff}: --audit would attack it with other data (use a new --out)"
+            )
+
+
+def _check_client_members(cells: list[tuple[str, Config]]) -> None:
+    """Membership inference on a client's private model needs 10 of its members: checked on each seed's
+    partition (cheap: no model) for the methods that keep private adapters."""
+    from .audit.data import MIN_SPLIT
+    from .federation import prepare
+
+    seen = set()
+    for _, cfg in cells:
+        key = json.dumps([vars(cfg.data), vars(cfg.partition), vars(cfg.privacy), cfg.seed], sort_keys=True)
+        if cfg.algorithm not in PRIVATE_ADAPTERS or cfg.privacy.holdout <= 0 or key in seen:
+            continue
+        seen.add(key)
+        prep = prepare(cfg)
+        counts = [sum(1 for i in c if i < prep.private.members) for c in prep.partition.clients]
+        if min(counts) < MIN_SPLIT:
+            raise ConfigError(
+                f"--audit: at seed {cfg.seed} client {counts.index(min(counts))} holds {min(counts)} members; "
+                f"membership inference on its private model ({cfg.algorithm}) needs at least {MIN_SPLIT} (a lower "
+                "privacy.holdout, fewer clients or partition.min_per_client >= 10)"
+            )
+
+
+def audit_run(run_dir: Path) -> dict:
+    """The run's ``audit.json``: reused when made with its settings, else the audit is run (in this process)."""
+    from .audit.run import AUDIT_FILE, audit, run_config
+
+    cfg = run_config(run_dir)
+    f = run_dir / AUDIT_FILE
+    settings = {**vars(cfg.privacy), "extraction_n": cfg.eval.extraction_n}
+    if f.is_file():
+        found = read_json(f)
+        if found.get("client") is None and found.get("settings") == settings:
+            return found
+    return audit(run_dir, echo=log.info)
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _mia_fields(entries: list[dict]) -> dict:
+    out = {}
+    for score in ("loss", "ref", "zlib"):
+        got = [e[score] for e in entries if score in e]
+        for src, dst in (("auc", "auc"), ("tpr_at_10pct_fpr", "tpr10"), ("tpr_at_1pct_fpr", "tpr1")):
+            out[f"mia_{score}_{dst}"] = _mean(g.get(src) for g in got)
+        if len(got) == 1 and len(got[0].get("auc_ci") or []) == 2:
+            out[f"mia_{score}_auc_lo"], out[f"mia_{score}_auc_hi"] = got[0]["auc_ci"]
+        if got:
+            out["mia_n_members"] = _mean(g["n_members"] for g in got)
+            out["mia_n_nonmembers"] = _mean(g["n_nonmembers"] for g in got)
+    return out
+
+
+def _canary_fields(entries: list[dict]) -> dict:
+    own = [e for e in entries if e.get("k")]
+    if not own:
+        return {}
+    k = sum(e["k"] for e in own)
+    out = {"canary_k": k, "canary_repeats": own[0].get("repeats")}
+    out["canary_exposure_mean"] = sum(e["exposure_mean"] * e["k"] for e in own) / k  # over every canary
+    out["canary_exposure_max"] = max(e["exposure_max"] for e in own)
+    out["canary_control_exposure_mean"] = _mean(e.get("control_exposure_mean") for e in own)
+    return out
+
+
+def _extraction_fields(entries: list[dict]) -> dict:
+    out = {
+        "audit_rouge_l": _mean(e.get("rouge_l") for e in entries),
+        "audit_excess_rouge_l": _mean(e.get("excess_rouge_l") for e in entries),
+        "audit_n_targets": _mean(e.get("n") for e in entries),
+    }
+    if len(entries) == 1 and len(entries[0].get("excess_ci") or []) == 2:
+        out["audit_excess_lo"], out["audit_excess_hi"] = entries[0]["excess_ci"]
+    return out
+
+
+def audit_fields(found: dict, kind: str) -> dict:
+    """The audit's figures for one results row: of the ``shared`` model, the clients' ``private`` models (their
+    mean; exposure over all their canaries, its max the largest) or the ``bare`` backbone, whose
+    reference-calibrated MIA score is 0 for every example (AUC 0.5) and whose extraction excess is 0, by
+    construction."""
+    names = {"shared": ["shared"], "bare": ["backbone"]}.get(kind)
+    names = names or [m for m in found.get("models", []) if m.startswith("client_")]
+    pick = lambda part: [found.get(part, {})[n] for n in names if n in found.get(part, {})]  # noqa: E731
+    out = _mia_fields(pick("mia")) | _canary_fields(pick("canaries")) | _extraction_fields(pick("extraction"))
+    if kind == "bare":
+        out |= {"mia_ref_auc": 0.5} if out.get("mia_loss_auc") is not None else {}
+        out |= {"audit_excess_rouge_l": 0.0} if out.get("audit_rouge_l") is not None else {}
+    out |= {"audit_leaks": len(found.get("leaks") or []), "audit_s": found.get("seconds")}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _run_or_resume(cfg: Config) -> dict:
@@ -193,35 +590,39 @@ def run_experiment(
     ev: EvalOptions,
     *,
     name: str = "",
-    console: Console | None = None,
     command: str = "",
     backbone: bool = False,
+    audit: bool = False,
 ) -> Path:
     """Run, evaluate and report every cell; returns the path of results.json. ``command`` is recorded in the
     report as the command that produced it (default: this process's command line). ``backbone``: also evaluate the
     bare backbone on the test set and add it as a row per seed (``algorithm`` "backbone", model "bare"), its leakage
-    the floor the runs of that seed measured."""
+    the floor the runs of that seed measured. ``audit``: audit each run (:func:`fedpit.audit.run.audit`, reusing
+    an ``audit.json`` made with the run's settings) and put its figures in the rows (:func:`audit_fields`); the
+    backbone's row gets the mean of its figures over the runs of its seed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    console = console or Console(stderr=True)
     records, curves = [], []
+    bare: dict[int, list[dict]] = defaultdict(list)
     t_all = time.perf_counter()
     started = datetime.now().isoformat(timespec="seconds")
 
     def save() -> None:
-        meta = _meta(name, out, t_all, ev, started, command)
+        meta = _meta(name, out, t_all, ev, started, command) | ({"audit": True} if audit else {})
         write_json(out / "results.json", {"meta": meta, "records": records, "curves": curves})
 
     for i, (label, cfg) in enumerate(cells, 1):
         cfg = replace(cfg, output_dir=str(out / "runs"))
-        console.log(f"[{i}/{len(cells)}] {cfg.algorithm} seed {cfg.seed}" + (f" ({label})" if label else ""))
-        recs, curve = _run_cell(cfg, label, ev)
+        log.info("[%d/%d] %s seed %d%s", i, len(cells), cfg.algorithm, cfg.seed, f" ({label})" if label else "")
+        recs, curve, found = _run_cell(cfg, label, ev, audit)
         records += recs
         curves.append(curve)
+        if found is not None:
+            bare[cfg.seed].append(audit_fields(found, "bare"))
         save()
     if backbone and cells:
-        console.log("the bare backbone on the test set")
-        records += _backbone_records(out, cells[0][1], records, ev)
+        log.info("the bare backbone on the test set")
+        records += _backbone_records(out, cells[0][1], records, ev, bare)
         save()
     from .report import write_report
 
@@ -239,10 +640,12 @@ def _tests(cfg: Config, ev: EvalOptions) -> list:
     return tests[: ev.limit] if ev.limit else tests
 
 
-def _run_cell(cfg: Config, label: str, ev: EvalOptions) -> tuple[list[dict], dict]:
-    """Train (or resume, or reuse) one run and evaluate its models: (results rows, loss/leakage curve)."""
+def _run_cell(cfg: Config, label: str, ev: EvalOptions, audit: bool = False) -> tuple[list[dict], dict, dict | None]:
+    """Train (or resume, or reuse) one run, evaluate its models and audit it (``audit``): (results rows,
+    loss/leakage curve, the audit or None)."""
     t0 = time.perf_counter()
     summary = _run_or_resume(cfg)
+    found = audit_run(Path(summary["run_dir"])) if audit else None
     wall = summary.get("seconds_this_process", time.perf_counter() - t0)
     method = get_method(cfg.algorithm)
     tests = _tests(cfg, ev)
@@ -263,14 +666,17 @@ def _run_cell(cfg: Config, label: str, ev: EvalOptions) -> tuple[list[dict], dic
             "wall_s": wall,
             "n_test": len(tests),
         }
-        records.append(_record(head, per, summary, kind))
-    return records, _curve(cfg, label, summary)
+        records.append(_record(head, per, summary, kind) | (audit_fields(found, kind) if found else {}))
+    return records, _curve(cfg, label, summary), found
 
 
-def _backbone_records(out: Path, cfg: Config, records: list[dict], ev: EvalOptions) -> list[dict]:
+def _backbone_records(
+    out: Path, cfg: Config, records: list[dict], ev: EvalOptions, audits: dict[int, list[dict]] | None = None
+) -> list[dict]:
     """The bare backbone's row for each seed: its answers on the test set (greedy, so evaluated once, in
     OUT/backbone/eval) and, as leakage, the floor the extraction attack measured on it in that seed's runs (the
-    runs of one seed attack the same targets). Its leakage above the floor is 0 by construction."""
+    runs of one seed attack the same targets). Its leakage above the floor is 0 by construction. ``audits``: per
+    seed, the backbone's audit figures in each run of that seed (:func:`audit_fields`), averaged into its row."""
     tests = _tests(cfg, ev)
     metrics = _evaluate_once(None, cfg, tests, ev, dest=out / "backbone")
     rows = []
@@ -280,7 +686,9 @@ def _backbone_records(out: Path, cfg: Config, records: list[dict], ev: EvalOptio
         rec.update({k: metrics[k] for k in ("rouge_l", "cosine", "reference_loss")})
         if floors:
             rec["leak_rouge_l"] = rec["leak_floor_rouge_l"] = sum(floors) / len(floors)
-        rows.append(rec)
+        found = (audits or {}).get(seed) or []
+        means = {k: _mean(f.get(k) for f in found) for k in dict.fromkeys(k for f in found for k in f)}
+        rows.append(rec | {k: v for k, v in means.items() if v is not None and k != "audit_s"})
     return rows
 
 
@@ -294,6 +702,9 @@ def _record(head: dict, per: list[dict], summary: dict, kind: str) -> dict:
     for key in judged[0] if judged else []:
         rec[key] = sum(j[key] for j in judged) / len(judged)
     rec.update(_leakage(summary, kind))
+    spent = (summary.get("dp") or {}).get("epsilon") if isinstance(summary.get("dp"), dict) else None
+    if isinstance(spent, (int, float)) and not isinstance(spent, bool):
+        rec["dp_epsilon"] = spent  # fedit-dp: the epsilon spent (the largest over the clients)
     if (summary.get("extraction") or {}).get("backbone"):
         rec["leak_floor_rouge_l"] = summary["extraction"]["backbone"]["rouge_l"]  # the bare backbone
     return rec
@@ -323,4 +734,19 @@ def _meta(name: str, out: Path, t0: float, ev: EvalOptions, started: str, comman
     }
 
 
-__all__ = ["EvalOptions", "frontier_grid", "grid", "run_experiment"]
+__all__ = [
+    "EvalOptions",
+    "FRONTIER_BETAS",
+    "FRONTIER_EPSILONS",
+    "FRONTIER_LOCAL_STEPS",
+    "FRONTIER_METHODS",
+    "FRONTIER_SERVER_LRS",
+    "audit_fields",
+    "check_audit",
+    "frontier_cells",
+    "frontier_grid",
+    "grid",
+    "parse_seeds",
+    "plan",
+    "run_experiment",
+]

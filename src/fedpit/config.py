@@ -109,7 +109,6 @@ class SelfGenSettings:
     public_data: str = ""  # ablation: a .json/.jsonl file whose examples replace self-generated ones, same count
     task_text: str = "auto"  # what a Phase A demonstration shows: "instruction", "instruction+input" or "auto"
     template: str = "model"  # prompt format for generation: model (= model.template) | auto | alpaca | chat
-    tasks_per_call: int = 1  # new tasks one Phase A call writes ("Task 9:", "Task 10:", ...); 1 = one per prompt
     measure: bool = True  # synthetic-quality measures (MiniLM relevance, diversity, closeness, IFS) every round
 
 
@@ -154,8 +153,35 @@ class FlowerConfig:
     wait_for_nodes_s: float = 120.0  # at start: wait this long for partition.num_clients nodes to connect
     round_timeout_s: float = 900.0  # a sampled node that has not replied by then is recorded as dropped
     min_replies: int = 1  # a round with fewer successful replies fails the run (it can be resumed)
-    dp_noise_multiplier: float = 0.0  # > 0 with dp_clipping_norm > 0: Flower's server-side fixed-clipping DP
-    dp_clipping_norm: float = 0.0
+
+
+@dataclass
+class DPConfig:
+    """The [dp] section: differential privacy. ``algorithm = "fedit-dp"`` trains each client with DP-SGD through
+    Opacus (:mod:`fedpit.dp`: per-example clipping, Gaussian noise, Poisson-sampled batches, Opacus' RDP accountant);
+    the ``server_*`` keys are Flower's server-side clipping of whole client updates (Flower runs only)."""
+
+    noise_multiplier: float = 1.0  # fedit-dp: noise std / max_grad_norm (0: no noise, epsilon infinite)
+    max_grad_norm: float = 1.0  # fedit-dp: each example's gradient is clipped to this L2 norm
+    batch_size: int = 32  # fedit-dp: expected (Poisson) batch of a step; sample rate = batch_size / client examples
+    delta: float = 1e-5  # fedit-dp: the delta of each client's (epsilon, delta) guarantee
+    target_epsilon: float = 0.0  # > 0 (with noise_multiplier = 0): each client's noise is picked for this epsilon
+    server_noise_multiplier: float = 0.0  # Flower: > 0 with server_clipping_norm > 0: server-side fixed-clipping DP
+    server_clipping_norm: float = 0.0  # Flower: each client's update is clipped to this norm (0 = no server DP)
+
+
+@dataclass
+class PrivacyConfig:
+    """The [privacy] section: what ``fedpit audit`` measures with (:mod:`fedpit.audit`). At the defaults a run
+    trains on exactly the data it trained on before this section existed."""
+
+    holdout: float = 0.0  # share of data.train held out of training as MIA non-members (seeded split; 0 = no MIA)
+    canaries: int = 0  # canaries put into the clients' data (canary i into client i mod partition.num_clients)
+    canary_repeats: int = 1  # copies of each canary in its client's data
+    canary_digits: int = 5  # digits of each canary's secret: exposure ranks it among all 10^digits secrets (1-6)
+    bootstrap: int = 1000  # resamples behind each 95% interval the audit reports
+    audit_batch_size: int = 8  # examples per forward pass of the audit's losses and extraction attack
+    trie_batch_size: int = 128  # secrets per forward pass of the canary digit trie (bounds its KV-cache memory)
 
 
 @dataclass
@@ -177,6 +203,8 @@ class Config:
     fewfedweight: FewFedWeightConfig = field(default_factory=FewFedWeightConfig)
     cenit: CenITConfig = field(default_factory=CenITConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -262,8 +290,15 @@ def _field_types(obj) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
 
 
+RENAMED = {  # keys that moved: older run folders' config.toml still load
+    "flower.dp_noise_multiplier": "dp.server_noise_multiplier",
+    "flower.dp_clipping_norm": "dp.server_clipping_norm",
+}
+
+
 def set_value(cfg: Config, key: str, value: Any) -> None:
     """Set ``section.name`` (or a top-level ``name``) on ``cfg``, coercing the value; unknown keys are errors."""
+    key = RENAMED.get(key, key)
     parts = key.split(".")
     target = cfg
     if len(parts) == 2 and parts[0] in _sections(cfg):
@@ -347,6 +382,16 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def _run_name(cfg: Config) -> None:
+    n = cfg.run_name
+    _check(
+        n == "" or (n not in (".", "..") and not any(c in n for c in "/\\") and n.isprintable() and n == n.strip()),
+        "run_name",
+        f"{n!r} is not a plain folder name (no / or \\, not . or .., no control characters or outer spaces); "
+        "use output_dir for where runs go",
+    )
+
+
 def _model(cfg: Config) -> None:
     m = cfg.model
     _check(m.template in ("alpaca", "chat"), "model.template", "must be alpaca or chat")
@@ -428,7 +473,6 @@ def _selfgen(cfg: Config) -> None:
     _check(g.task_text in TASK_TEXTS, "selfgen.task_text", f"must be one of {', '.join(TASK_TEXTS)}")
     _check(0 < g.temperature and 0 < g.top_p <= 1, "selfgen.temperature", "temperature > 0 and top_p in (0, 1]")
     _check(g.template in GEN_TEMPLATES, "selfgen.template", f"must be one of {', '.join(GEN_TEMPLATES)}")
-    _check(g.tasks_per_call >= 1, "selfgen.tasks_per_call", "must be >= 1")
 
 
 def _methods(cfg: Config) -> None:
@@ -447,9 +491,10 @@ def _methods(cfg: Config) -> None:
     )
     _check(cfg.fedpit.personal in PERSONAL, "fedpit.personal", f"must be one of {', '.join(PERSONAL)}")
     _check(
-        not (cfg.fedpit.personal == "stacked" and cfg.algorithm == "fedpit-mix"),
+        cfg.fedpit.personal != "stacked" or cfg.algorithm == "fedpit",
         "fedpit.personal",
-        "stacked applies to fedpit only: fedpit-mix keeps no private adapter (its private one is in the upload)",
+        f"stacked applies to fedpit only: {cfg.algorithm} keeps no private adapter on top of a shared one "
+        "(leave fedpit.personal = independent)",
     )
     _check(cfg.fedprox.mu >= 0, "fedprox.mu", "must be >= 0")
     _check(cfg.fewfedweight.energy_temperature > 0, "fewfedweight.energy_temperature", "must be > 0")
@@ -462,16 +507,67 @@ def _flower(cfg: Config) -> None:
     _check(fl.wait_for_nodes_s >= 0, "flower.wait_for_nodes_s", "must be >= 0")
     _check(fl.round_timeout_s > 0, "flower.round_timeout_s", "must be > 0")
     _check(1 <= fl.min_replies <= n, "flower.min_replies", f"must be between 1 and partition.num_clients ({n})")
-    _check(fl.dp_noise_multiplier >= 0, "flower.dp_noise_multiplier", "must be >= 0")
-    _check(fl.dp_clipping_norm >= 0, "flower.dp_clipping_norm", "must be >= 0 (0 = no DP)")
+
+
+def _dp(cfg: Config) -> None:
+    d, finite = cfg.dp, math.isfinite
+    _check(finite(d.noise_multiplier) and d.noise_multiplier >= 0, "dp.noise_multiplier", "must be >= 0 (0: no noise)")
+    _check(finite(d.max_grad_norm) and d.max_grad_norm > 0, "dp.max_grad_norm", "must be a positive number")
+    _check(d.batch_size >= 1, "dp.batch_size", "must be >= 1")
+    _check(0 < d.delta < 1, "dp.delta", "must be in (0, 1), e.g. 1e-5 (below 1 / the client's examples)")
+    _check(finite(d.target_epsilon) and d.target_epsilon >= 0, "dp.target_epsilon", "must be >= 0 (0: not used)")
     _check(
-        fl.dp_noise_multiplier == 0 or fl.dp_clipping_norm > 0,
-        "flower.dp_noise_multiplier",
-        "needs flower.dp_clipping_norm > 0",
+        d.target_epsilon == 0 or d.noise_multiplier == 0,
+        "dp.target_epsilon",
+        f"picks the noise multiplier itself: set dp.noise_multiplier = 0 with it (it is {d.noise_multiplier}), "
+        "or leave dp.target_epsilon = 0",
+    )
+    server_noise = d.server_noise_multiplier
+    _check(finite(server_noise) and server_noise >= 0, "dp.server_noise_multiplier", "must be >= 0")
+    _check(
+        finite(d.server_clipping_norm) and d.server_clipping_norm >= 0,
+        "dp.server_clipping_norm",
+        "must be >= 0 (0 = no server-side DP)",
+    )
+    _check(
+        d.server_noise_multiplier == 0 or d.server_clipping_norm > 0,
+        "dp.server_noise_multiplier",
+        "needs dp.server_clipping_norm > 0",
     )
 
 
-SECTION_CHECKS = (_model, _data, _partition, _lora, _train, _federation, _eval, _selfgen, _methods, _flower)
+def _privacy(cfg: Config) -> None:
+    pv = cfg.privacy
+    _check(0.0 <= pv.holdout < 1.0, "privacy.holdout", "must be in [0, 1) (0 = no membership inference)")
+    _check(pv.canaries >= 0, "privacy.canaries", "must be >= 0 (0 = no canaries)")
+    _check(1 <= pv.canary_repeats <= 1000, "privacy.canary_repeats", "must be between 1 and 1000")
+    _check(1 <= pv.canary_digits <= 6, "privacy.canary_digits", "must be between 1 and 6")
+    _check(
+        pv.canaries <= 10**pv.canary_digits,
+        "privacy.canaries",
+        f"no room for {pv.canaries} distinct secrets of privacy.canary_digits = {pv.canary_digits} digits "
+        f"({10**pv.canary_digits} exist)",
+    )
+    _check(100 <= pv.bootstrap <= 10**6, "privacy.bootstrap", "must be between 100 and 1000000")
+    _check(pv.audit_batch_size >= 1, "privacy.audit_batch_size", "must be >= 1")
+    _check(pv.trie_batch_size >= 1, "privacy.trie_batch_size", "must be >= 1")
+
+
+SECTION_CHECKS = (
+    _run_name,
+    _model,
+    _data,
+    _partition,
+    _lora,
+    _train,
+    _federation,
+    _eval,
+    _selfgen,
+    _methods,
+    _flower,
+    _dp,
+    _privacy,
+)
 
 
 def validate(cfg: Config) -> None:

@@ -111,6 +111,7 @@ class Engine:
         self._encoded: dict[object, Encoded | None] = {}
         self._warned_cut = False
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.grad_sample_module = None  # fedpit.dp: Opacus' per-sample-gradient hooks, attached once on first use
 
     # ----------------------------------------------------------------------------- adapter weights
     def adapter_state(self) -> StateDict:
@@ -231,6 +232,13 @@ class Engine:
         """Per-target-token cross-entropy and each token's row index."""
         logits, targets, rows = self._target_logits(ids, labels, mask)
         return F.cross_entropy(logits, targets, reduction="none"), rows
+
+    def per_example_loss(self, items: Sequence[Encoded]) -> torch.Tensor:
+        """Each example's own mean response-token loss, differentiable (DP-SGD: an example's gradient must not
+        depend on the other examples of its batch, as it does through the step's token count in :meth:`train`)."""
+        tok_loss, rows = self._token_losses(*self._collate(items))
+        sums = torch.zeros(len(items), dtype=tok_loss.dtype, device=tok_loss.device).index_add(0, rows, tok_loss)
+        return sums / torch.bincount(rows, minlength=len(items)).clamp(min=1).to(tok_loss.dtype)
 
     @staticmethod
     def _per_row_mean(values: torch.Tensor, rows: torch.Tensor, n: int) -> list[float]:

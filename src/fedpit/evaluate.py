@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from .config import Config, LoraConfig
 from .data import Example
 from .engine import SHARED_SLOT, Engine
 from .federation import make_engine
+from .fsutil import write_atomic
 from .generate import generate
 from .metrics import embedding_cosine, rouge_l
 from .personal import read_personal
@@ -46,9 +46,7 @@ class EvalResult:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def generation_key(

@@ -28,8 +28,11 @@ from .algorithms.base import (
     client_seed,
     sample_clients,
 )
+from .audit.data import PrivateData, split_pool, training_set
 from .config import Config
 from .data import Example, check_enough, load_demo, load_examples, save_jsonl
+from .dp import preflight as dp_preflight
+from .dp import run_summary as dp_summary
 from .errors import ConfigError, TrainingError
 from .fsutil import write_private_text
 from .partition import Partition, make_partition
@@ -94,6 +97,7 @@ class Prepared:
     train: list[Example]
     test: list[Example]
     partition: Partition
+    private: PrivateData | None = None  # privacy.holdout's non-members and privacy.canaries (fedpit.audit.data)
 
     def client_examples(self, k: int) -> list[Example]:
         return self.partition.subset(self.train, k)
@@ -101,7 +105,7 @@ class Prepared:
 
 def prepare(cfg: Config) -> Prepared:
     """Load and check the data, and partition it; all input validation happens here, before anything is written."""
-    train = load_train(cfg)
+    train, private = split_pool(cfg, load_train(cfg))  # privacy.holdout: the audit's non-members leave the pool
     p = cfg.partition
     check_enough(train, p.num_clients, p.min_per_client, cfg.data.train)
     test = load_split(cfg, "test")
@@ -119,7 +123,9 @@ def prepare(cfg: Config) -> Prepared:
         min_per_client=p.min_per_client,
         seed=cfg.seed,
     )
-    return Prepared(cfg, train, test, part)
+    prep = private.attach(Prepared(cfg, train, test, part))  # privacy.canaries join their clients' data
+    dp_preflight(cfg, [len(prep.client_examples(k)) for k in range(p.num_clients)])  # fedit-dp's accountant
+    return prep
 
 
 def client_share(cfg: Config, k: int) -> list[Example]:
@@ -132,7 +138,7 @@ def client_share(cfg: Config, k: int) -> list[Example]:
         )
     saved = Path(cfg.output_dir) / cfg.run_name / "partition.json" if cfg.run_name else None
     if saved is not None and saved.is_file():
-        return Partition.from_dict(read_json(saved)).subset(load_train(cfg), k)
+        return Partition.from_dict(read_json(saved)).subset(training_set(cfg, load_train(cfg)), k)
     return prepare(cfg).client_examples(k)
 
 
@@ -202,6 +208,8 @@ def open_run(
         return rd, start, rd.load_global(start - 1)
     path = Path(cfg.output_dir) / cfg.run_name
     rd = RunDir.start(path, cfg, prep.partition.to_dict(), saver, unique=unique, transport=transport)
+    if prep.private is not None:
+        prep.private.write(rd.path, cfg)  # the held-out examples and the canaries, owner-only, for `fedpit audit`
     row = {"kind": "round", "round": 0, "test_loss": None}
     test_enc = encoded_test(cfg, engine, prep)
     if test_enc:
@@ -303,7 +311,7 @@ def personal_states(rd: RunDir, num_clients: int, r: int) -> dict[int, ClientSta
     out = {}
     for k in range(num_clients):
         state = ClientState.load(rd.latest_client_state(k, r))
-        if state:
+        if state.local:  # a private adapter (fedit-dp's state holds only its privacy history)
             out[k] = state
     return out
 
@@ -422,6 +430,7 @@ def summary(
         "test_loss_per_round": [m.get("test_loss") for m in rounds],
         "personal_test_loss": personal_losses,  # each client's personalized model (stacked: shared + private)
         "extraction": extraction,  # attack on the final shared, private and bare models (eval.extraction_every_round)
+        "dp": dp_summary(rd.read_metrics()),  # fedit-dp: each client's epsilon and the largest (fedpit.dp)
         "dropped_per_round": {m["round"]: m["dropped"] for m in trained if m.get("dropped")},
         "seconds_this_process": round(time.perf_counter() - t_start, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),

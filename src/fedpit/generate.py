@@ -43,7 +43,6 @@ def lora_merged(model) -> Iterator[None]:
                 weight.copy_(original)
 
 
-FAST_DECODE = True  # False: HF generate's defaults (a KV cache grown by concatenation, SDPA for every step)
 DECODE_ATTENTION = "fedpit_decode"
 
 
@@ -98,8 +97,7 @@ def fast_decoding(model) -> Iterator[dict]:
     config = getattr(base, "config", None)
     device = next(model.parameters()).device
     ok = (
-        FAST_DECODE
-        and device.type == "cpu"
+        device.type == "cpu"
         and config is not None
         and getattr(config, "_attn_implementation", None) == "sdpa"
         and getattr(base, "_can_compile_fullgraph", False)  # HF's marker for models that take a static cache
@@ -115,7 +113,6 @@ def fast_decoding(model) -> Iterator[dict]:
         config._attn_implementation = "sdpa"
 
 
-CACHE_STOP_CRITERIA = True  # False rebuilds HF's stop-string criterion on every call (the old path, for benchmarks)
 _stop_cache: dict = {}
 
 
@@ -141,12 +138,10 @@ def _generate_kwargs(tokenizer, max_new_tokens, do_sample, temperature, top_p, r
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    if stop_strings and CACHE_STOP_CRITERIA:
+    if stop_strings:
         from transformers import StoppingCriteriaList
 
         kwargs.update(stopping_criteria=StoppingCriteriaList([stop_criteria(tokenizer, stop_strings)]))
-    elif stop_strings:
-        kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
     else:  # silence sampling defaults a model's generation_config may carry

@@ -24,9 +24,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import openai
-
 from .errors import ConfigError
+from .extras import require
+from .fsutil import write_atomic
 
 PROTOCOLS = ("fedpit", "alpacare")
 ASPECTS = ("helpfulness", "relevance", "correctness", "coherence")
@@ -235,7 +235,16 @@ class JudgeResult:
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
 
 
+def _openai():
+    """The openai client package (the ``judge`` extra), imported only when a judge talks to an endpoint."""
+    require("openai", "the judge (--judge-url)")
+    import openai
+
+    return openai
+
+
 def _is_transient(exc: Exception) -> bool:
+    openai = _openai()
     if isinstance(
         exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
     ):
@@ -269,7 +278,7 @@ class Judge:
     def client(self):
         if self._client is None:
             api_key = os.environ.get(self.cfg.api_key_env) or "EMPTY"  # local servers accept any key
-            self._client = openai.OpenAI(
+            self._client = _openai().OpenAI(
                 base_url=self.cfg.base_url, api_key=api_key, timeout=self.cfg.timeout_s, max_retries=0
             )  # retries are ours, with our backoff
         return self._client
@@ -283,6 +292,18 @@ class Judge:
         if key:
             msg = msg.replace(key, "***")
         return msg[:200]
+
+    def _local_hint(self, exc: Exception) -> str:
+        """For a refused connection to this machine: how to serve a judge here (the ``llamacpp`` extra)."""
+        from urllib.parse import urlparse
+
+        from .extras import available, install_hint
+
+        host = urlparse(self.cfg.base_url).hostname or ""
+        local = host == "localhost" or host.startswith("127.") or host == "::1"
+        if not local or "Connection" not in type(exc).__name__ or available("llama_cpp"):
+            return ""
+        return f" (nothing serves it; a local judge: {install_hint('llamacpp')}, then python -m llama_cpp.server)"
 
     def check(self) -> None:
         """One cheap request (a one-token reply) so that a dead, misaddressed or unauthorized endpoint is reported
@@ -298,6 +319,7 @@ class Judge:
 
     def _complete(self, messages: list[dict], *, max_tokens: int | None = None, max_retries: int | None = None) -> str:
         retries = self.cfg.max_retries if max_retries is None else max_retries
+        openai = _openai()
         for attempt in range(retries + 1):
             self.calls += 1
             try:
@@ -318,7 +340,7 @@ class Judge:
                 if attempt == retries:
                     raise ConfigError(
                         f"{self._where()} kept failing after {attempt + 1} attempts: "
-                        f"{type(exc).__name__}: {self._one_line(exc)}"
+                        f"{type(exc).__name__}: {self._one_line(exc)}{self._local_hint(exc)}"
                     ) from None
                 self._sleep(_backoff_s(attempt))
         raise AssertionError("unreachable")
@@ -343,9 +365,7 @@ class Judge:
             **asdict(verdict),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(record, ensure_ascii=False, indent=1))
         return verdict
 
     def compare(self, items: list[dict]) -> JudgeResult:

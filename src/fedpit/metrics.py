@@ -31,7 +31,7 @@ def exact_match(prediction: str, reference: str) -> bool:
 def embedding_cosine(predictions: Sequence[str], references: Sequence[str], embed=None) -> list[float]:
     """Cosine similarity of sentence embeddings (the packaged all-MiniLM-L6-v2 by default), one per pair."""
     if embed is None:
-        from .partition import minilm_embed as embed
+        from .embed import minilm_embed as embed
     if not predictions:
         return []
     a = np.asarray(embed(list(predictions)), dtype=np.float64)

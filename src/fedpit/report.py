@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -16,7 +17,25 @@ from pathlib import Path
 
 import numpy as np
 
+from .dominance import DOMINATED, DOMINATES, OUT_OF_RANGE, TIES, Point, Verdict, overall, verdict
 from .errors import DataError, FedpitError
+from .extras import available, install_hint
+
+log = logging.getLogger("fedpit.report")
+NO_PLOTS = f"Plots are not drawn: they need the [plots] extra (matplotlib): {install_hint('plots')}."
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, or None without the ``plots`` extra (the report is then text only)."""
+    if not available("matplotlib"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 METRICS = [  # (key, column title, higher is better)
     ("rouge_l", "Rouge-L", True),
@@ -30,6 +49,10 @@ METRICS = [  # (key, column title, higher is better)
     ("leak_exact", "leakage exact", False),
     ("leak_prefix_exact", "leakage 50-token", False),
     ("leak_floor_rouge_l", "backbone leakage Rouge-L", False),
+    ("mia_ref_auc", "MIA AUC (ref)", False),
+    ("canary_exposure_mean", "canary exposure bits", False),
+    ("audit_excess_rouge_l", "audit extraction above backbone", False),
+    ("dp_epsilon", "DP ε spent", False),
     ("wall_s", "wall s", False),
 ]
 
@@ -88,10 +111,9 @@ def html_table(rows: list[dict]) -> str:
 
 
 def _plot_bars(rows: list[dict], key: str, title: str, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
+    if plt is None:
+        return False
 
     rows = [r for r in rows if key in r]
     if not rows:
@@ -114,10 +136,9 @@ def _plot_bars(rows: list[dict], key: str, title: str, path: Path) -> bool:
 
 
 def _plot_curves(curves: list[dict], key: str, title: str, ylabel: str, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
+    if plt is None:
+        return False
 
     by_method: dict[str, list[list[float]]] = defaultdict(list)
     for c in curves:
@@ -293,6 +314,10 @@ def _write(results_file: Path, data: dict | None, out: Path, bench: dict | None 
         md += ([""] if md[-1] else []) + sec.markdown()
         body.append(sec.html())
         plots.update(sec.plots)
+    if not available("matplotlib"):
+        md += ["", NO_PLOTS]
+        body.append(f"<p>{html.escape(NO_PLOTS)}</p>")
+        log.warning("%s: %s", out / "report.md", NO_PLOTS)
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     (out / "report.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>fedpit report</title><style>body{font-family:sans-serif}"
@@ -358,15 +383,36 @@ class Section:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The privacy-utility frontier: every (method, setting, model) placed by utility against leakage above the floor.
+# The privacy-utility frontier: every (method, setting, model) placed by utility against each privacy measure, the
+# baselines drawn as curves, and the verdicts (fedpit.dominance): which methods are dominated, and by what.
 
-FRONTIER_ORDER = ("fedit", "fedpit", "fedpit-mix", "fedmit", "locit", "cenit", "backbone")
-FRONTIER_UTILITY = (  # (key, title, higher is better)
+FRONTIER_ORDER = ("fedit", "fedpit", "fedpit-mix", "fedmit", "locit", "cenit", "fedit-dp", "backbone")
+FRONTIER_UTILITY = (  # (key, title, higher is better); the first is the primary utility
     ("reference_loss", "held-out reference loss", False),
     ("rouge_l", "Rouge-L", True),
     ("cosine", "MiniLM cosine", True),
 )
 SHORT = {"reference_loss": "loss", "rouge_l": "Rouge-L", "cosine": "cosine"}
+PRIVACY = (  # (key, title, axis label): lower is more private on every one
+    ("mia_ref_auc", "membership inference AUC (reference-calibrated loss)", "MIA AUC, score ref (0.5 = chance)"),
+    ("canary_exposure_mean", "canary exposure (mean)", "canary exposure, mean (bits)"),
+    ("extraction_excess", "extraction Rouge-L above the backbone", "extraction Rouge-L above the backbone's"),
+)
+PRIVACY_DETAIL = (  # (key, column title): the other MIA scores and the canaries' details
+    *((f"mia_{s}_auc", f"AUC {s}") for s in ("loss", "ref", "zlib")),
+    *((f"mia_{s}_tpr10", f"TPR@10% FPR {s}") for s in ("loss", "ref", "zlib")),
+    ("mia_ref_tpr1", "TPR@1% FPR ref"),
+    ("canary_exposure_max", "exposure max"),
+    ("canary_control_exposure_mean", "exposure of others' canaries"),
+    ("dp_epsilon", "DP ε spent"),
+)
+BASELINES = (  # (curve, algorithm, knob key, how a point is named by its knob)
+    ("FedIT turned down", "fedit", "federation.server_lr", "η={}"),
+    ("FedIT with fewer local steps", "fedit", "train.local_steps", "{} local steps"),
+    ("DP-SGD", "fedit-dp", "dp.target_epsilon", "ε={}"),
+)
+# the "do less" curves end in FedIT itself (eta 1, its own local steps) and the bare backbone (eta 0, no step)
+CURVE_ENDS = {"federation.server_lr": (1.0, 0.0), "train.local_steps": (math.inf, 0.0)}
 
 
 def _leak_excess(r: dict) -> float | None:
@@ -375,11 +421,18 @@ def _leak_excess(r: dict) -> float | None:
     return leak - floor if len(_finite([leak, floor])) == 2 else None
 
 
+def _knob_name(setting: str) -> str | None:
+    key, _, value = setting.partition("=")
+    return next((fmt.format(value) for _, _, k, fmt in BASELINES if k == key), None)
+
+
 def _point_label(algo: str, setting: str, model: str) -> str:
     if algo == "backbone":
         return "bare backbone"
     if setting.startswith("fedpit.beta="):
         return f"{algo} β={setting.split('=', 1)[1]} {model}"
+    if _knob_name(setting):
+        return f"{algo} {_knob_name(setting)} {model}"
     return f"{algo} {model}" + (f" [{setting}]" if setting else "")
 
 
@@ -394,40 +447,52 @@ def _frontier_key(r: dict) -> tuple:
     return (rank, algo, setting.split("=", 1)[0], num, setting, r["model"] != "shared", r["model"])
 
 
-def _pareto(rows: list[dict], key: str, higher: bool) -> list[dict]:
-    """The points no other point beats: none has leakage as low or lower and utility as good or better, with one of
-    the two strictly better."""
-    pts = [r for r in rows if key in r]
+def _pareto(rows: list[dict], pkey: str, key: str, higher: bool) -> list[dict]:
+    """The points no other point beats: none has privacy as good or better and utility as good or better, with one
+    of the two strictly better."""
+    pts = [r for r in rows if key in r and pkey in r]
 
     def beats(q: dict, p: dict) -> bool:
         better = q[key] >= p[key] if higher else q[key] <= p[key]
-        strict = q["leak_excess"] < p["leak_excess"] or q[key] != p[key]
-        return q is not p and q["leak_excess"] <= p["leak_excess"] and better and strict
+        strict = q[pkey] < p[pkey] or q[key] != p[key]
+        return q is not p and q[pkey] <= p[pkey] and better and strict
 
     return [p for p in pts if not any(beats(q, p) for q in pts)]
 
 
+def _with_measures(r: dict, audited: bool) -> dict:
+    """The record with its extraction excess: the audit's (paired per example) when the experiment was audited,
+    else the run's attack minus its floor."""
+    excess = r.get("audit_excess_rouge_l") if audited else _leak_excess(r)
+    return dict(r, extraction_excess=excess) if excess is not None else dict(r)
+
+
 def frontier_rows(records: list[dict]) -> list[dict]:
-    """One point per (method, setting, model) whose rows measured leakage and its floor: leakage above the floor
-    (``leak_excess``, per row against its own run's floor, then over seeds) and the utility measures, mean and sample
-    std over seeds; ``frontier`` lists the utility measures on whose Pareto front the point lies."""
+    """One point per (method, setting, model) whose rows measured privacy: each privacy measure (``PRIVACY``), its
+    details and the utility measures, mean and sample std over seeds; ``front[privacy key]`` lists the utility
+    measures on whose Pareto front the point lies against that measure."""
+    audited = any("audit_excess_rouge_l" in r for r in records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        excess = _leak_excess(r)
-        if excess is not None:
-            groups[(r["algorithm"], r.get("setting", ""), r["model"])].append(dict(r, leak_excess=excess))
+        r = _with_measures(r, audited)
+        if any(_finite([r.get(k)]) for k, _, _ in PRIVACY):
+            groups[(r["algorithm"], r.get("setting", ""), r["model"])].append(r)
     rows = []
     for (algo, setting, model), rs in groups.items():
         row = {"algorithm": algo, "setting": setting, "model": model, "label": _point_label(algo, setting, model)}
         row["seeds"] = sorted({r["seed"] for r in rs})
-        for key in ("leak_excess", *(k for k, _, _ in FRONTIER_UTILITY)):
+        keys = [k for k, _, _ in PRIVACY] + [k for k, _ in PRIVACY_DETAIL] + [k for k, _, _ in FRONTIER_UTILITY]
+        keys += ["mia_n_members", "mia_n_nonmembers", "canary_k", "canary_repeats"]
+        for key in keys:
             _mean_std(row, rs, key)
-        row["frontier"] = []
         rows.append(row)
     rows.sort(key=_frontier_key)
-    for key, _, higher in FRONTIER_UTILITY:
-        for r in _pareto(rows, key, higher):
-            r["frontier"].append(key)
+    for r in rows:
+        r["front"] = {k: [] for k, _, _ in PRIVACY if k in r}
+    for pkey, _, _ in PRIVACY:
+        for key, _, higher in FRONTIER_UTILITY:
+            for r in _pareto(rows, pkey, key, higher):
+                r["front"][pkey].append(key)
     return rows
 
 
@@ -438,54 +503,251 @@ def _mean_std(row: dict, rs: list[dict], key: str) -> None:
         row[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
 
 
-def _plot_frontier(rows: list[dict], path: Path) -> bool:
-    """One panel per utility measure: utility (up is better in every panel) against leakage above the floor,
-    error bars of one standard deviation over seeds on both axes, the Pareto front dashed."""
-    import matplotlib
+def baseline_curves(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Each baseline curve with points: (name, its shared-model rows in the order of the knob), the "do less"
+    curves closed by FedIT itself and the bare backbone where the experiment has them."""
+    fedit = next((r for r in rows if (r["algorithm"], r["setting"], r["model"]) == ("fedit", "", "shared")), None)
+    bare = next((r for r in rows if r["algorithm"] == "backbone"), None)
+    curves = []
+    for name, algo, key, _ in BASELINES:
+        pts = [
+            (float(r["setting"].split("=", 1)[1]), r)
+            for r in rows
+            if r["algorithm"] == algo and r["setting"].startswith(f"{key}=") and r["model"] == "shared"
+        ]
+        if not pts:
+            continue
+        top, bottom = CURVE_ENDS.get(key, (None, None))
+        pts += [(top, fedit)] if top is not None and fedit else []
+        pts += [(bottom, bare)] if bottom is not None and bare else []
+        curves.append((name, [r for _, r in sorted(pts, key=lambda t: t[0])]))
+    return curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    measures = [m for m in FRONTIER_UTILITY if any(m[0] in r for r in rows)]
-    if not measures:
-        return False
-    fig, axes = plt.subplots(1, len(measures), figsize=(4.6 * len(measures) + 2.6, 4.2), squeeze=False)
-    colors = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
-    marks = {"shared": "o", "private": "^", "bare": "*"}
-    legend: dict = {}
-    for ax, (key, title, higher) in zip(axes[0], measures):
-        for i, r in enumerate(rows):
-            if key in r:
-                legend[r["label"]] = ax.errorbar(
-                    r["leak_excess"],
-                    r[key],
-                    xerr=r.get("leak_excess_std", 0.0),
-                    yerr=r.get(key + "_std", 0.0),
-                    fmt=marks.get(r["model"], "s"),
-                    color=colors(i % colors.N),
-                    markersize=11 if r["model"] == "bare" else 6,
-                    capsize=3,
-                )
-        front = sorted((r for r in rows if key in r["frontier"]), key=lambda r: r["leak_excess"])
-        ax.plot([r["leak_excess"] for r in front], [r[key] for r in front], "--", color="gray", lw=1, zorder=0)
-        ax.axvline(0.0, color="#999", lw=0.8, ls=":")
-        ax.set_xlabel("extraction Rouge-L above the backbone's floor")
-        ax.set_ylabel(title + ("" if higher else " (axis inverted: lower is better)"))
-        if not higher:
-            ax.invert_yaxis()
-        ax.set_title(title)
-    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=7)
-    fig.tight_layout(rect=(0, 0, 1 - 2.6 / fig.get_figwidth(), 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+def _spread(rows: list[dict], key: str):
+    """A row's spread on ``key``: its own standard deviation over seeds, or for a one-seed row the pooled
+    standard deviation of the rows with several seeds (0 when there are none)."""
+    multi = [(len(r["seeds"]) - 1, r[key + "_std"]) for r in rows if len(r["seeds"]) > 1 and key + "_std" in r]
+    dof = sum(d for d, _ in multi)
+    pooled = math.sqrt(sum(d * s * s for d, s in multi) / dof) if dof else 0.0
+    return lambda r: r.get(key + "_std", 0.0) if len(r["seeds"]) > 1 else pooled
+
+
+def _as_point(r: dict, pkey: str, ukey: str, sx, sy, name: str = "") -> Point:
+    return Point(name or r["label"], r[pkey], r[ukey], sx(r), sy(r))
+
+
+def _curve_label(r: dict) -> str:
+    """A curve point's name on its curve: its knob (η=0.5, ε=10, 2 local steps), FedIT or the bare backbone."""
+    return _knob_name(r["setting"]) or ("bare backbone" if r["algorithm"] == "backbone" else "FedIT")
+
+
+def frontier_verdicts(rows: list[dict], pkey: str, ukey: str, higher: bool) -> list[tuple[dict, dict[str, Verdict]]]:
+    """Every method point (not the backbone, not a baseline's own point) with its verdict against each baseline
+    curve it is not on, on ``pkey`` x ``ukey`` (:func:`fedpit.dominance.verdict`)."""
+    sx, sy = _spread(rows, pkey), _spread(rows, ukey)
+    curves = [(name, [r for r in pts if pkey in r and ukey in r]) for name, pts in baseline_curves(rows)]
+    out = []
+    for r in rows:
+        if r["algorithm"] == "backbone" or pkey not in r or ukey not in r or _knob_name(r["setting"]):
+            continue  # the reference, a point without this measure, or a baseline's own point
+        p = _as_point(r, pkey, ukey, sx, sy)
+        out.append(
+            (
+                r,
+                {
+                    name: verdict(p, [_as_point(q, pkey, ukey, sx, sy, _curve_label(q)) for q in pts], higher=higher)
+                    for name, pts in curves
+                    if pts and all(q is not r for q in pts)
+                },
+            )
+        )
+    return out
+
+
+def _digits(key: str) -> int:
+    return 2 if key.startswith("canary") else 3
 
 
 def _frontier_cell(row: dict, key: str) -> str:
     if key not in row:
         return "-"
-    v, sd = row[key], row.get(key + "_std", 0.0)
-    return f"{v:.3f} ± {sd:.3f}" if len(row["seeds"]) > 1 else f"{v:.3f}"
+    v, sd, d = row[key], row.get(key + "_std", 0.0), _digits(key)
+    return f"{v:.{d}f} ± {sd:.{d}f}" if len(row["seeds"]) > 1 else f"{v:.{d}f}"
+
+
+def _short(v: Verdict) -> str:
+    """A verdict in a table cell whose column names the curve."""
+    at = v.against.label if v.against is not None else ""
+    if v.verdict == DOMINATED:
+        return f"dominated by {at}"
+    if v.verdict == DOMINATES:
+        return f"dominates {at}"
+    if v.verdict == TIES:
+        return f"ties with {at} (" + ("equal" if v.means == "equal" else f"within noise; {v.means} on the means") + ")"
+    return "no point in range"
+
+
+def _points_table(rows: list[dict]) -> tuple:
+    measures = [m for m in PRIVACY if any(m[0] in r for r in rows)]
+    head = ["point", "seeds"] + [t for _, t, _ in measures] + [t for _, t, _ in FRONTIER_UTILITY]
+    keys = [k for k, _, _ in measures] + [k for k, _, _ in FRONTIER_UTILITY]
+    return ("table", head, [[r["label"], str(len(r["seeds"]))] + [_frontier_cell(r, k) for k in keys] for r in rows])
+
+
+def _detail_blocks(rows: list[dict]) -> list[tuple]:
+    """The other membership scores, TPR at low FPR and the canaries' details, with the counts behind them."""
+    cols = [(k, t) for k, t in PRIVACY_DETAIL if any(k in r for r in rows)]
+    if not cols:
+        return []
+    counts = lambda r: (  # noqa: E731
+        (f"{r['mia_n_members']:.0f} / {r['mia_n_nonmembers']:.0f}" if "mia_n_members" in r else "-"),
+        (f"{r['canary_k']:.0f} x {r['canary_repeats']:.0f}" if "canary_k" in r else "-"),
+    )
+    head = ["point"] + [t for _, t in cols] + ["MIA members / non-members", "canaries x copies"]
+    table = [[r["label"]] + [_frontier_cell(r, k) for k, _ in cols] + list(counts(r)) for r in rows]
+    return [
+        ("h", "Privacy measures in detail"),
+        ("table", head, table),
+        (
+            "p",
+            "Membership inference: ROC AUC of each score (loss: the response loss; ref: minus the bare backbone's "
+            "loss on the same example; zlib: over the response's compressed length) and the true-positive rate at "
+            "10% (1% from 1,000 non-members on) false positives; a private row is the mean over the clients' models "
+            "(each on its own members). Exposure of others' canaries: a client's model on the canaries it never saw "
+            "(the control). The bare backbone's ref score is 0 for every example (AUC 0.5 by construction). DP ε "
+            "spent: what a fedit-dp run spent (the largest over its clients; the target is in the point's name).",
+        ),
+    ]
+
+
+def _verdict_rows(rows: list[dict], pkey: str, names: list[str]) -> list[list[str]]:
+    ukey, _, higher = FRONTIER_UTILITY[0]
+    others = [{id(r): v for r, v in frontier_verdicts(rows, pkey, k, h)} for k, _, h in FRONTIER_UTILITY[1:]]
+    table = []
+    for r, v in frontier_verdicts(rows, pkey, ukey, higher):
+        rest = " / ".join(overall(list(o[id(r)].values())) if id(r) in o else "-" for o in others)
+        cells = [r["label"], str(len(r["seeds"])), _frontier_cell(r, pkey), _frontier_cell(r, ukey)]
+        cells += [_short(v[n]) if n in v else "-" for n in names]
+        cells += [overall(list(v.values())) if v else "-", rest, ", ".join(SHORT[k] for k in r["front"][pkey]) or "-"]
+        table.append(cells)
+    return table
+
+
+def _verdict_summary(rows: list[dict], pkey: str) -> str:
+    """Which methods are dominated and by what, which tie within noise, which are ahead, which have no baseline."""
+    ukey, utitle, higher = FRONTIER_UTILITY[0]
+    groups: dict[str, list[str]] = defaultdict(list)
+    for r, v in frontier_verdicts(rows, pkey, ukey, higher):
+        if v:
+            kind = overall(list(v.values()))
+            why = "; ".join(x.text(n) for n, x in v.items() if x.verdict == kind)
+            groups[kind].append(f"{r['label']} ({why})" if kind != OUT_OF_RANGE else r["label"])
+    parts = [
+        f"{title}: {', '.join(groups[kind])}."
+        for kind, title in (
+            (DOMINATED, "Dominated"),
+            (TIES, "Tied within noise"),
+            (DOMINATES, "Not dominated, ahead of a baseline"),
+            (OUT_OF_RANGE, "No baseline in range"),
+        )
+        if groups[kind]
+    ]
+    return f"On {utitle}: " + (" ".join(parts) or "no method point to judge.")
+
+
+def _verdict_blocks(rows: list[dict], pkey: str, title: str) -> list[tuple]:
+    """Per privacy measure: each method against each baseline curve on the primary utility, and the summary."""
+    ukey, utitle, _ = FRONTIER_UTILITY[0]
+    names = [n for n, pts in baseline_curves(rows) if sum(pkey in r and ukey in r for r in pts) > 0]
+    blocks: list[tuple] = [("h", f"{title}: which methods are dominated")]
+    if not names:
+        return blocks + [("p", "No baseline curve has points on this measure: nothing to judge the methods against.")]
+    head = ["point", "seeds", title, utitle] + [f"vs {n}" for n in names]
+    head += ["verdict", "verdict on Rouge-L / cosine", "on the front of"]
+    return blocks + [("table", head, _verdict_rows(rows, pkey, names)), ("p", _verdict_summary(rows, pkey))]
+
+
+FRONTIER_NOTE = (
+    "Privacy, lower is more private on every measure: membership inference AUC of the reference-calibrated loss "
+    "(0.5 = chance; the attack's direction is fixed, so an AUC below 0.5 is chance within its interval, not more "
+    "privacy), the mean exposure of the planted canaries in bits, and the extraction attack's Rouge-L above "
+    "the bare backbone's on the same targets (the audit's, paired per example, when the experiment was audited; "
+    "else the run's last attack minus its floor). Utility on the test set: loss on the reference answers (lower is "
+    "better; the primary utility), Rouge-L and MiniLM cosine of the answers (higher is better). Mean ± standard "
+    "deviation over seeds. Baselines are curves: FedIT turned down (the server applies η of the averaged update), "
+    "FedIT with fewer local steps, and DP-SGD (fedit-dp) at each target ε, each through its points in the order of "
+    "its knob; the first two end in FedIT itself and in the bare backbone (η 0, no step). A method is dominated when "
+    "a point of a curve, one of its runs or a point on the line between two adjacent runs, is at least as good on "
+    "both axes and better on one (on the means); it ties within noise when the spreads (mean ± one standard "
+    "deviation; a one-seed point gets the pooled seed-to-seed deviation of the points with several seeds) overlap "
+    "on both axes; it dominates when the curve reaches its privacy and it has more utility there (or it is more "
+    "private than the curve's most private point with at least its utility); otherwise no baseline is in range. "
+    "'On the front of': no other point has that privacy measure as low and that utility as good."
+)
+
+
+CURVE_COLORS = ("#555555", "#8c564b", "#d62728")
+
+
+def _draw_curves(ax, rows: list[dict], pkey: str, ukey: str, legend: dict) -> None:
+    """The baseline curves: lines through their points in the order of the knob, each point named by its knob."""
+    for (name, pts), color in zip(baseline_curves(rows), CURVE_COLORS):
+        pts = [r for r in pts if pkey in r and ukey in r]
+        if not pts:
+            continue
+        (line,) = ax.plot([r[pkey] for r in pts], [r[ukey] for r in pts], "-", marker="s", ms=4, lw=1.2, color=color)
+        legend[name] = line
+        for r in pts:
+            ax.annotate(
+                _curve_label(r), (r[pkey], r[ukey]), fontsize=6, color=color, xytext=(3, 3), textcoords="offset points"
+            )
+
+
+def _draw_points(ax, rows: list[dict], pkey: str, ukey: str, legend: dict, colors) -> None:
+    """The methods (and the bare backbone) as points with error bars of one standard deviation over seeds."""
+    marks = {"shared": "o", "private": "^", "bare": "*"}
+    for i, r in enumerate(r for r in rows if not _knob_name(r["setting"])):
+        if pkey in r and ukey in r:
+            legend[r["label"]] = ax.errorbar(
+                r[pkey],
+                r[ukey],
+                xerr=r.get(pkey + "_std", 0.0),
+                yerr=r.get(ukey + "_std", 0.0),
+                fmt=marks.get(r["model"], "s"),
+                color=colors(i % colors.N),
+                markersize=11 if r["model"] == "bare" else 6,
+                capsize=3,
+            )
+
+
+def _plot_frontier(rows: list[dict], path: Path) -> bool:
+    """One panel per privacy measure: the primary utility (held-out loss, axis inverted so up is better) against
+    it; baselines as curves, methods as points with error bars."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    ukey, utitle, higher = FRONTIER_UTILITY[0]
+    measures = [m for m in PRIVACY if sum(m[0] in r and ukey in r for r in rows) >= 2]
+    if not measures:
+        return False
+    fig, axes = plt.subplots(1, len(measures), figsize=(5.0 * len(measures) + 2.8, 4.4), squeeze=False)
+    n = sum(1 for r in rows if not _knob_name(r["setting"]))
+    colors = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    legend: dict = {}
+    for ax, (pkey, title, xlabel) in zip(axes[0], measures):
+        _draw_curves(ax, rows, pkey, ukey, legend)
+        _draw_points(ax, rows, pkey, ukey, legend, colors)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(utitle + ("" if higher else " (axis inverted: lower is better)"))
+        if not higher:
+            ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1 - 2.8 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def _ratio(x: float, y: float, fmt: str) -> str:
@@ -494,11 +756,11 @@ def _ratio(x: float, y: float, fmt: str) -> str:
 
 def _relative_blocks(rows: list[dict]) -> list[tuple]:
     """Each point against FedIT's shared model (means over seeds), in the terms issue 16 sets its goals in: the
-    share of the backbone -> FedIT gap in reference loss closed, utility as a share of FedIT's, and leakage above
-    the floor as a multiple of FedIT's. Empty without both a FedIT shared point and the bare backbone's."""
+    share of the backbone -> FedIT gap in reference loss closed, utility as a share of FedIT's, and extraction above
+    the backbone as a multiple of FedIT's. Empty without both a FedIT shared point and the bare backbone's."""
     fedit = next((r for r in rows if (r["algorithm"], r["setting"], r["model"]) == ("fedit", "", "shared")), None)
     bare = next((r for r in rows if r["algorithm"] == "backbone"), None)
-    if fedit is None or bare is None:
+    if fedit is None or bare is None or "extraction_excess" not in fedit:
         return []
     table = []
     for r in rows:
@@ -507,39 +769,29 @@ def _relative_blocks(rows: list[dict]) -> list[tuple]:
         cells = [_ratio(closed, gap, ".0%") if math.isfinite(closed) and math.isfinite(gap) else "-"]
         for key in ("rouge_l", "cosine"):
             cells.append(_ratio(r[key], fedit[key], ".1%") if key in r and key in fedit else "-")
-        table.append([r["label"], _ratio(r["leak_excess"], fedit["leak_excess"], ".2f")] + cells)
-    head = ["point", "leakage above floor ÷ FedIT's", "loss gap closed (backbone → FedIT)", "Rouge-L ÷ FedIT's"]
+        excess = _ratio(r["extraction_excess"], fedit["extraction_excess"], ".2f") if "extraction_excess" in r else "-"
+        table.append([r["label"], excess] + cells)
+    head = ["point", "extraction above the backbone ÷ FedIT's", "loss gap closed (backbone → FedIT)"]
     return [
-        ("table", head + ["cosine ÷ FedIT's"], table),
+        ("h", "Against FedIT"),
+        ("table", head + ["Rouge-L ÷ FedIT's", "cosine ÷ FedIT's"], table),
         ("p", "Against FedIT's shared model, from the means above (a ratio is '-' where FedIT's value is 0)."),
     ]
 
 
 def frontier_section(records: list[dict], out: Path) -> Section | None:
-    """The frontier table and plot, from any results whose rows measured leakage and its floor (two points or
-    more); ``None`` otherwise."""
+    """The frontier: every point's privacy and utility, the privacy details, per privacy measure which methods are
+    dominated and by what, the comparison with FedIT and the plot; from any results whose rows measured privacy
+    (two points or more); ``None`` otherwise."""
     rows = frontier_rows(records)
     if len(rows) < 2:
         return None
     sec = Section("Privacy-utility frontier")
-    head = ["point", "seeds", "leakage above floor"] + [t for _, t, _ in FRONTIER_UTILITY] + ["on the front of"]
-    table = [
-        [r["label"], str(len(r["seeds"])), _frontier_cell(r, "leak_excess")]
-        + [_frontier_cell(r, k) for k, _, _ in FRONTIER_UTILITY]
-        + [", ".join(SHORT[k] for k in r["frontier"]) or "-"]
-        for r in rows
-    ]
-    sec.blocks.append(("table", head, table))
-    sec.blocks.append(
-        (
-            "p",
-            "Leakage above floor: the extraction attack's Rouge-L on the model minus the bare backbone's on the same "
-            "targets in the same run (0 = leaks no more than an untuned model). Utility on the test set: loss on the "
-            "reference answers (lower is better), Rouge-L and MiniLM cosine of the answers (higher is better). Mean "
-            "± standard deviation over seeds; error bars in the plot are one standard deviation on both axes. "
-            "'On the front of': no other point has leakage as low and that utility as good (the dashed line).",
-        )
-    )
+    sec.blocks += [_points_table(rows), ("p", FRONTIER_NOTE)]
+    sec.blocks += _detail_blocks(rows)
+    for pkey, title, _ in PRIVACY:
+        if any(pkey in r for r in rows):
+            sec.blocks += _verdict_blocks(rows, pkey, title)
     sec.blocks += _relative_blocks(rows)
     if _plot_frontier(rows, out / "frontier.png"):
         sec.blocks.append(("img", "frontier.png", "privacy-utility frontier"))

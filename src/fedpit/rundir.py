@@ -41,6 +41,7 @@ import torch
 
 from .adapters import StateDict, load_state, save_state
 from .errors import ConfigError, DataError, TrainingError
+from .fsutil import TMP_SUFFIX, write_atomic
 
 if TYPE_CHECKING:
     from .config import Config
@@ -78,15 +79,9 @@ def finite_json(data):
     return data
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data) -> None:
     """Atomically, and always valid JSON: a non-finite number is written as null, never as a bare NaN."""
-    write_text_atomic(Path(path), json.dumps(finite_json(data), indent=2, default=str, allow_nan=False) + "\n")
+    write_atomic(path, json.dumps(finite_json(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def read_json(path: Path):
@@ -291,7 +286,7 @@ class RunDir:
         if path.name != cfg.run_name:
             cfg = dataclasses.replace(cfg, run_name=path.name)
         rd = cls(path, saver)
-        write_text_atomic(rd.config_file, to_toml(cfg))
+        write_atomic(rd.config_file, to_toml(cfg))
         write_json(path / "partition.json", partition)
         fp = fingerprint(cfg)
         write_json(path / FINGERPRINT, fp)
@@ -401,7 +396,7 @@ class RunDir:
         found += self.path.glob(f"extraction/shared_{tag}.jsonl")
         if r == 0:
             found.append(self.path / "partition.json")
-        return sorted(str(p.relative_to(self.path)) for p in found if p.is_file() and not p.name.endswith(".tmp"))
+        return sorted(str(p.relative_to(self.path)) for p in found if p.is_file() and not p.name.endswith(TMP_SUFFIX))
 
     # -------------------------------------------------------------------- committed rounds
     def committed_rounds(self) -> list[dict]:
@@ -443,7 +438,7 @@ class RunDir:
         data = self.progress() | kw
         write_json(self.path / "progress.json", data)
 
-    def check_progress(self, done: int) -> None:
+    def check_progress(self, done: int, *, warn: bool = True) -> None:
         """Cross-check progress.json with the committed rounds (``done`` is the last one): it may lag behind them
         (a crash after the commit record) or be missing or damaged (recovered, with a warning), but it may not
         claim a round whose commit record is gone."""
@@ -455,7 +450,8 @@ class RunDir:
                 raise ValueError("completed_rounds is not an integer")
         except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
             why = "missing" if not f.exists() else f"unreadable ({str(e).splitlines()[0][:60]})"
-            warn_once(f"{f}: {why}; recovered from the committed rounds' checksums: round {done} is the last")
+            if warn:  # not when the run is complete: resume refuses it, and one line says so
+                warn_once(f"{f}: {why}; recovered from the committed rounds' checksums: round {done} is the last")
             return
         if claimed > done:
             raise ConfigError(
@@ -473,10 +469,12 @@ class RunDir:
         except (OSError, ValueError, UnicodeDecodeError):
             stored, ok = None, False
         if ok and fingerprint_of(stored["settings"]) == stored.get("sha256") == committed:
+            from .config import Config as Defaults
+
+            added = fingerprint(Defaults())["settings"]  # a key a later version added, at its default, changes nothing
+            have = added | stored["settings"]
             diff = sorted(
-                k
-                for k in stored["settings"].keys() | want["settings"].keys()
-                if stored["settings"].get(k, ...) != want["settings"].get(k, ...)
+                k for k in have.keys() | want["settings"].keys() if have.get(k, ...) != want["settings"].get(k, ...)
             )
             if diff:
                 raise ConfigError(
@@ -495,7 +493,7 @@ class RunDir:
     def verify_complete(self) -> None:
         """A complete run's adapters: every committed round and ``final/`` against their checksums (a one-line error
         naming a damaged file)."""
-        self.check_progress(len(self.committed_rounds()) - 1)
+        self.check_progress(len(self.committed_rounds()) - 1, warn=False)
         final = self.path / "final"
         if read_manifest(final) is None:
             raise ConfigError(f"{final / MANIFEST}: missing (every adapter folder a run writes has one)")
@@ -552,4 +550,4 @@ class RunDir:
             log.warning("%s: differs from the committed rounds' records; rewritten from their manifests", f)
         elif not old.endswith(b"\n"):
             log.warning("%s: the last line is cut short (a torn write); dropped", f)
-        write_text_atomic(f, text)
+        write_atomic(f, text)

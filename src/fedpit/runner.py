@@ -14,6 +14,7 @@ uninterrupted run exactly.
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -45,10 +46,12 @@ from .federation import (
     write_artifacts,
 )
 from .fsutil import check_writable_dir
+from .logs import console as shared_console
 from .rundir import RunDir, fault_point
 from .selfgen import summary_line
 
 TRANSPORT = "in-process"
+log = logging.getLogger("fedpit.run")
 
 
 class Runner:
@@ -58,8 +61,8 @@ class Runner:
         self.method: Method = get_method(cfg.algorithm)  # an unknown algorithm fails here, before anything is read
         self.generated_name = not cfg.run_name  # a generated name that is taken gets a suffix; an explicit one fails
         self.cfg = named(cfg)
-        self.console = console or Console(stderr=True)
-        self.show_progress = show_progress
+        self.console = console or shared_console()
+        self.show_progress = show_progress and self.console.is_terminal  # bars in a terminal, never in a log file
 
     def run(self, *, resume: str | Path | None = None, stop_after: int | None = None) -> dict:
         cfg = self.cfg
@@ -141,9 +144,7 @@ class Runner:
             )
         )
         rd.commit_round(r, new_global, rows)
-        if test_loss is not None:
-            tl = "n/a" if rows[-1]["train_loss"] is None else f"{rows[-1]['train_loss']:.3f}"
-            self.console.log(f"round {r}: train loss {tl}, held-out loss {test_loss:.3f}")
+        log.info("%s", round_line(rows[-1], cfg.federation.rounds))
         return new_global
 
     def train_client(
@@ -169,14 +170,23 @@ class Runner:
         write_artifacts(rd.path / "clients" / f"client_{k}" / f"round_{r:03d}", result.artifacts)
         progress.remove_task(task)
         m = result.reply.metrics
-        synth = f", {m['synthetic']} synthetic" if "synthetic" in m else ""
-        self.console.log(
-            f"round {r}/{cfg.federation.rounds} client {k}: {len(examples)} examples{synth}, "
-            f"{m.get('steps', 0)} steps, mean loss {m.get('loss', float('nan')):.3f}, {seconds:.1f} s"
+        synth = f" + {m['synthetic']} synthetic" if "synthetic" in m else ""
+        loss = f"loss {m['loss']:.3f}" if m.get("steps") and isinstance(m.get("loss"), float) else "no loss"
+        log.info(
+            "round %d/%d client %d: %d examples%s, %d steps, %s, %.1f s",
+            *(r, cfg.federation.rounds, k, len(examples), synth, m.get("steps", 0), loss, seconds),
         )
         if isinstance(m.get("selfgen"), dict):
-            self.console.log(f"round {r} client {k} {summary_line(m['selfgen'])}")
+            log.debug("round %d client %d %s", r, k, summary_line(m["selfgen"]))
         return result.reply, seconds
+
+
+def round_line(row: dict, rounds: int) -> str:
+    """The log line of a committed round: its training and held-out loss and its time."""
+    tl, hl = row.get("train_loss"), row.get("test_loss")
+    parts = [f"train loss {tl:.3f}" if tl is not None else "", f"held-out loss {hl:.3f}" if hl is not None else ""]
+    parts.append(f"{row['seconds']:.1f} s")
+    return f"round {row['round']}/{rounds}: " + ", ".join(x for x in parts if x)
 
 
 def run(cfg: Config, **kw) -> dict:

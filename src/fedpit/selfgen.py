@@ -15,8 +15,7 @@ copy a local response (Rouge-L F > 0.7, which is also a leak guard) are retried 
 
 Generation is batched (left padding, KV cache, per-sequence stop) and runs on whatever adapter the caller loaded:
 callers load the *global* adapter, never a private one. ``template`` picks the prompt format (the training template,
-alpaca, or the model's own chat format); ``tasks_per_call`` > 1 lets one Phase A call continue the list for several
-tasks, each parsed and filtered on its own.
+alpaca, or the model's own chat format).
 
 Quality: :func:`assess_and_select` measures every candidate (MiniLM on-task and answer relevance, closeness to private
 text, the private adapter's IFS terms where the caller has one), keeps ``keep`` of them by a score, and records both
@@ -179,7 +178,6 @@ def instruction_prompt(demos: list[str], *, template: str = "alpaca", tokenizer=
 
 
 _TASK_PREFIX = re.compile(r"^\s*(task\s*\d+\s*[:.)-]\s*)+", re.IGNORECASE)
-_TASK_SPLIT = re.compile(r"\n\s*Task\s*\d+\s*[:.)-]", re.IGNORECASE)
 
 
 def parse_instruction(text: str) -> str | None:
@@ -190,17 +188,6 @@ def parse_instruction(text: str) -> str | None:
     first = _TASK_PREFIX.sub("", first).strip()
     first = re.split(r"\s+Task\s*\d+\s*:", first)[0].strip()
     return first or None
-
-
-def parse_instructions(text: str, limit: int) -> list[str | None]:
-    """Several tasks from one continuation of "Task k+1:": the first is the text up to the next line that starts
-    "Task N:", each following one the text after such a line; at most ``limit`` (a None for each unparseable one,
-    and one None when nothing came back)."""
-    if not text or not text.strip():
-        return [None]
-    parts = _TASK_SPLIT.split("\n" + text.strip("\n"))
-    parts = parts[1:] if parts and not parts[0].strip() else parts
-    return [parse_instruction(p) for p in parts[:limit]] or [None]
 
 
 def instruction_filter(text: str | None, references, s: SelfGenSettings) -> str | None:
@@ -339,15 +326,10 @@ def self_generate(
 def _write_instructions(
     model, tokenizer, local: list[Example], s: SelfGenSettings, num: int, rng, seed: int, report: SelfGenReport
 ) -> list[str]:
-    """Phase A: new instructions. Each wave asks for the missing ones (``tasks_per_call`` per prompt); at most
-    ``max_attempts`` waves, so with one task per call every slot has ``max_attempts`` tries."""
+    """Phase A: new instructions. Each wave asks for the missing ones (one task per prompt); at most
+    ``max_attempts`` waves, so every slot has ``max_attempts`` tries."""
     local_instr = task_texts(local, s.task_text)
     k = min(s.demos, len(local))
-    per_call = max(1, s.tasks_per_call)
-    if per_call == 1:
-        stop, cap = ["\n"], s.max_instruction_tokens
-    else:
-        stop, cap = [f"Task {k + per_call + 1}:", "\n\n"], s.max_instruction_tokens * per_call
     accepted: list[str] = []
     for _ in range(s.max_attempts):
         need = num - len(accepted)
@@ -359,19 +341,16 @@ def _write_instructions(
                 template=report.template,
                 tokenizer=tokenizer,
             )
-            for _ in range(-(-need // per_call))
+            for _ in range(need)
         ]
-        outs = _gen(model, tokenizer, prompts, s, cap, stop, seed + len(accepted))
-        for out in outs:
-            for cand in [parse_instruction(out)] if per_call == 1 else parse_instructions(out, per_call):
-                if len(accepted) >= num:
-                    break
-                report.generated_instructions += 1
-                why = instruction_filter(cand, local_instr + accepted, s)
-                if why is None:
-                    accepted.append(cand)
-                else:
-                    report.dropped[why] += 1
+        outs = _gen(model, tokenizer, prompts, s, s.max_instruction_tokens, ["\n"], seed + len(accepted))
+        for cand in map(parse_instruction, outs):
+            report.generated_instructions += 1
+            why = instruction_filter(cand, local_instr + accepted, s)
+            if why is None:
+                accepted.append(cand)
+            else:
+                report.dropped[why] += 1
     return accepted
 
 
@@ -549,7 +528,7 @@ def measure_rows(
     ]
     if synthetic:
         if embed is None:
-            from .partition import minilm_embed as embed
+            from .embed import minilm_embed as embed
         tasks = task_texts(local, s.task_text)
         vecs = np.asarray(embed([e.instruction for e in synthetic] + [e.output for e in synthetic] + tasks))
         n = len(synthetic)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import torch
 
 from ..adapters import StateDict, load_state, mix, save_state
 from ..config import Config, TrainConfig
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 LOCAL_PREFIX = "local."  # key prefix of the private adapter's tensors in a client's state file
 SHARED_PREFIX = "shared."  # key prefix of the shared adapter a stacked private adapter sits on (fedpit.personal)
+ACCOUNTANT_KEY = "accountant.history"  # DP-SGD's privacy history in a client's state file (fedit-dp)
 
 
 @dataclass
@@ -33,16 +35,24 @@ class ClientState:
     and for a stacked private adapter (``fedpit.personal = "stacked"``) the frozen shared adapter it was trained on
     top of (the personalized model is backbone + ``shared`` + ``local``; empty: backbone + ``local``).
 
-    On disk it is one safetensors file whose keys are the adapter's, prefixed with ``local.`` (and ``shared.``)."""
+    On disk it is one safetensors file whose keys are the adapter's, prefixed with ``local.`` (and ``shared.``).
+
+    ``accountant``: DP-SGD's privacy history (fedit-dp), Opacus' ``(noise multiplier, sample rate, steps)`` entries
+    over every round the client trained, so that a resumed run or a Flower site reports the same epsilon; on disk the
+    float64 tensor ``accountant.history`` (one row per entry)."""
 
     local: StateDict = field(default_factory=dict)
     shared: StateDict = field(default_factory=dict)
+    accountant: list[tuple[float, float, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.local)
+        """Something to keep (a private adapter or a privacy history); a personalized model only where ``local``."""
+        return bool(self.local) or bool(self.accountant)
 
     def save(self, path: str | os.PathLike) -> None:
         tensors = {LOCAL_PREFIX + k: v for k, v in self.local.items()}
+        if self.accountant:
+            tensors[ACCOUNTANT_KEY] = torch.tensor(self.accountant, dtype=torch.float64).reshape(-1, 3)
         save_state(tensors | {SHARED_PREFIX + k: v for k, v in self.shared.items()}, path)
 
     @classmethod
@@ -52,7 +62,9 @@ class ClientState:
             return cls()
         saved = load_state(path)
         part = lambda prefix: {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}  # noqa: E731
-        return cls(part(LOCAL_PREFIX), part(SHARED_PREFIX))
+        history = saved.get(ACCOUNTANT_KEY)
+        history = [] if history is None else [(float(s), float(q), int(n)) for s, q, n in history.tolist()]
+        return cls(part(LOCAL_PREFIX), part(SHARED_PREFIX), history)
 
 
 @dataclass(frozen=True)

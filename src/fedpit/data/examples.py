@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from fedpit.errors import DataError
+from fedpit.fsutil import write_private_text
 
 logger = logging.getLogger("fedpit.data")
 
@@ -275,18 +275,9 @@ def _looks_offline(e: BaseException) -> bool:
 
 
 def save_jsonl(examples: Iterable[Example], path: str | Path) -> None:
-    """Write examples as JSONL, atomically (a temporary file, then :func:`os.replace`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for ex in examples:
-                f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write examples as JSONL, atomically and owner-only (mode 600: examples are training text), by
+    :func:`fedpit.fsutil.write_private_text`."""
+    write_private_text(path, "".join(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n" for ex in examples))
 
 
 def demo_path(split: str) -> Path:

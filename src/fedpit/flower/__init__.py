@@ -13,3 +13,7 @@
   shorter waits of :mod:`fedpit.flower.supernode`) and a long-lived :mod:`fedpit.flower.executor` that runs the
   ClientApp's messages in one process, so the backbone stays loaded across messages and runs.
 """
+
+from ..extras import require
+
+require("flwr", "fedpit on Flower")  # every part of fedpit.flower runs Flower: one line naming the [flower] extra

@@ -207,7 +207,7 @@ def train(msg: Message, context: Context) -> Message:
     if result.state:
         result.state.save(rd.client_state_file(k, r))
         _register_private(result.state.local)
-        if r == cfg.federation.rounds:  # the personalized model stays here, as a peft folder
+        if r == cfg.federation.rounds and result.state.local:  # the personalized model stays here, as a peft folder
             save_personal(cfg, engine, rd.path / "clients" / f"client_{k}" / "final", result.state, k)
     write_artifacts(rd.path / "clients" / f"client_{k}" / f"round_{r:03d}", result.artifacts)
     reply = result.reply

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FedpitError
+from ..fsutil import write_atomic
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -71,25 +72,28 @@ def _write(path: Path, data: bytes, private: bool = False, force: bool = False) 
     """Write ``data`` to ``path``, created with mode 600 (``private``) or 644 from the start (never chmod-ed after).
 
     Without ``force`` the file must not exist (``O_EXCL``: a file created meanwhile is not clobbered either); with
-    it, a new file is written next to it and moved over it, so the old one is replaced atomically."""
+    it, the old one is replaced atomically (:func:`fedpit.fsutil.write_atomic`)."""
     mode = 0o600 if private else 0o644
-    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if force else path
+    if force:
+        try:
+            write_atomic(path, data, mode)
+        except OSError as e:
+            raise FedpitError(f"{path}: cannot write ({e.strerror or e})") from None
+        return
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
-        raise FedpitError(f"{target} already exists; refusing to overwrite it (pass --force to replace)") from None
+        raise FedpitError(f"{path} already exists; refusing to overwrite it (pass --force to replace)") from None
     except OSError as e:
-        raise FedpitError(f"{target}: cannot create ({e.strerror or e})") from None
+        raise FedpitError(f"{path}: cannot create ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)  # exactly this mode, whatever the umask
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        if force:
-            os.replace(target, path)
     except OSError as e:
-        target.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise FedpitError(f"{path}: cannot write ({e.strerror or e})") from None
 
 

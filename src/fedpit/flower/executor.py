@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..fsutil import PRIVATE_MODE, write_atomic
+
 log = logging.getLogger("fedpit.flower.executor")
 
 CLIENT_APP = "flwr-clientapp"
@@ -109,12 +111,8 @@ def _remember(task_file: Path | None, token: str, message, context) -> None:
     if task_file is None:
         return
     meta = {k.lstrip("_"): v for k, v in message.metadata.__dict__.items()}
-    tmp = task_file.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        ids = {"run_id": context.run_id, "node_id": context.node_id, "task_id": TaskIdentity.task_id}
-        json.dump({"token": token, "metadata": meta, **ids}, fh)
-    os.replace(tmp, task_file)
+    ids = {"run_id": context.run_id, "node_id": context.node_id, "task_id": TaskIdentity.task_id}
+    write_atomic(task_file, json.dumps({"token": token, "metadata": meta, **ids}), PRIVATE_MODE)
 
 
 def answer_orphan(address: str, certificates: bytes | None, task_file: Path) -> bool:

@@ -68,6 +68,11 @@ def run_node(
     if _arg(supernode_args, "--isolation") not in (None, "process"):
         raise ConfigError("fedpit flower node: the SuperNode runs with --isolation process (leave --isolation out)")
     args = [a for a in supernode_args if a != "--"]
+    if _arg(args, "--superlink") is None:  # flower-supernode would retry a default address for minutes
+        raise ConfigError(
+            "fedpit flower node: give the SuperLink's address after --, e.g. fedpit flower node -- --superlink "
+            "HOST:9092 --root-certificates ca.crt --auth-supernode-private-key KEY --node-config 'partition-id=0'"
+        )
     if _arg(args, "--isolation") is None:
         args = ["--isolation", "process", *args]
     address = runtime_address(args)

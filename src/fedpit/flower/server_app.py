@@ -169,18 +169,18 @@ class FedpitStrategy(Strategy):
 
 
 def _dp_wrap(cfg: Config, strategy: FedpitStrategy, method: Method) -> Strategy:
-    fl = cfg.flower
-    if fl.dp_clipping_norm <= 0:
+    dp = cfg.dp
+    if dp.server_clipping_norm <= 0:
         return strategy
     if not method.shares_adapter:
-        raise ConfigError(f"flower.dp_clipping_norm: {method.name} shares nothing, so there is nothing to privatise")
+        raise ConfigError(f"dp.server_clipping_norm: {method.name} shares nothing, so there is nothing to privatise")
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
     sampled = len(fed.round_plan(cfg, method, 1)[0])
     return DifferentialPrivacyServerSideFixedClipping(
         strategy,
-        noise_multiplier=fl.dp_noise_multiplier,
-        clipping_norm=fl.dp_clipping_norm,
+        noise_multiplier=dp.server_noise_multiplier,
+        clipping_norm=dp.server_clipping_norm,
         num_sampled_clients=sampled,
     )
 

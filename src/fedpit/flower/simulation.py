@@ -20,6 +20,9 @@ def simulate(
     """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run's summary (raises if it failed)."""
     from dataclasses import replace
 
+    from ..extras import require
+
+    require("ray", "fedpit flower simulate")  # flwr[simulation]; plain flwr has no simulation runtime
     import torch
     from flwr.simulation import run_simulation
 

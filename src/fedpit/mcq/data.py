@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..backbone import cache_root
 from ..errors import ConfigError, DataError
+from ..fsutil import write_atomic
 
 LETTERS = ("A", "B", "C", "D")
 CONVERSION = {"pubmedqa": 2}  # per benchmark (default 1); bump when its converted records change: part of the cache key
@@ -65,7 +66,11 @@ BENCHMARKS = {
 def parse_benchmarks(text: str) -> list[str]:
     names = [b.strip().lower() for b in text.split(",") if b.strip()]
     bad = [b for b in names if b not in BENCHMARKS]
-    if bad or not names:
+    if not names:
+        raise ConfigError(
+            f"--benchmarks is empty; choose from {', '.join(BENCHMARKS)} (or leave it out for the ordinary evaluation)"
+        )
+    if bad:
         raise ConfigError(f"--benchmarks: unknown '{','.join(bad) or text}'; choose from {', '.join(BENCHMARKS)}")
     return list(dict.fromkeys(names))
 
@@ -256,7 +261,5 @@ def prepare(
     dest = cache_root(cache_dir) / "benchmarks" / f"{name}-{fp}.jsonl"
     if not dest.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, dest)
+        write_atomic(dest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return dest, records
