@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import string
 import tempfile
 from pathlib import Path
@@ -64,6 +65,9 @@ def sandbox():
         yield Path(work), Path(inputs)
 
 
+WARNING_LINE = re.compile(r"^\d\d:\d\d:\d\d warning: ")
+
+
 def run_cli(argv: list[str], work: Path) -> tuple[str, int | None, str, str]:
     """(outcome, exit code, stderr, stdout); outcome is 'ok', 'model' or 'error'. Raises on anything else."""
     out_buf, err_buf = io.BytesIO(), io.BytesIO()
@@ -84,7 +88,9 @@ def run_cli(argv: list[str], work: Path) -> tuple[str, int | None, str, str]:
     if rc == 0:
         return "ok", 0, stderr, stdout
     lines = stderr.strip().splitlines()
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith("fedpit: error: "), (argv, rc, stderr[-2000:])
+    errors = [line for line in lines if not WARNING_LINE.match(line)]  # a warning may come first (e.g. duplicates)
+    assert rc == 2 and len(errors) == 1 and lines[-1] == errors[0], (argv, rc, stderr[-2000:])
+    assert errors[0].startswith("fedpit: error: "), (argv, rc, stderr[-2000:])
     return "error", 2, stderr, stdout
 
 
