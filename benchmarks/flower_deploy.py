@@ -9,10 +9,11 @@ command's wall time, and each deployment message's timing (``timing`` in the cli
     time to first step: S s
 
 ``time to first step`` is the largest, over the training messages a site received with its backbone already
-loaded (every message after the site's first of the run), of the time from the message received at the site (its
-content downloaded from the SuperLink) to the start of its first training step; the figure counting the download
-too (from the moment the SuperNode made the task) is printed beside it. ``--process-per-message`` measures Flower's
-default instead (a fresh ``flwr-clientapp`` per message).
+loaded (every message after the site's first of the run), of the time from the message in the ClientApp's hands
+(Flower started a ``flwr-clientapp`` for it and gave it the message) to the start of its first training step; the
+figure counting Flower's hand-over too (from the moment the ``flwr-clientapp`` process started) is printed beside
+it. ``--process-per-message`` measures bare SuperNodes instead (the work in each message's own ``flwr-clientapp``
+process: imports and a backbone load every time).
 
     nice -n 5 .venv/bin/python benchmarks/flower_deploy.py [--rounds 3] [--threads 1] [--set key=value ...]
         [--json PATH]
@@ -43,6 +44,11 @@ def _timed(cmd: list[str], env: dict) -> float:
 
 def _round_seconds(rows: list[dict]) -> list[float]:
     return [r["seconds"] for r in rows if r["kind"] == "round" and r["round"] > 0]
+
+
+def _heldout(rows: list[dict]) -> list[float | None]:
+    """The held-out loss after each round (round rows, from round 1)."""
+    return [r.get("test_loss") for r in rows if r["kind"] == "round" and r["round"] > 0]
 
 
 def main() -> None:
@@ -82,7 +88,8 @@ def main() -> None:
 
     if not args.skip_in_process:
         wall = _timed([*fedpit, "run", "--quiet", *sets, "--set", "run_name=inproc"], env)
-        out["in_process"] = {"wall_s": round(wall, 1), "round_s": _round_seconds(_rows(work / "runs" / "inproc"))}
+        inproc = _rows(work / "runs" / "inproc")
+        out["in_process"] = {"wall_s": round(wall, 1), "round_s": _round_seconds(inproc), "heldout": _heldout(inproc)}
         print(f"in-process: {wall:.1f} s, rounds {out['in_process']['round_s']} s", flush=True)
 
     deploy = [*fedpit, "flower", "local", *sets, "--set", "run_name=deployed", "--workdir", str(work / "flower")]
@@ -90,12 +97,13 @@ def main() -> None:
     wall = _timed(deploy, env)
     rows = _rows(work / "runs" / "deployed")
     timing = [r.get("timing", {}) | {"round": r["round"], "client": r["client"]} for r in rows if r["kind"] == "client"]
-    # from the message received at the site (its content downloaded: input-s; older runs: handover-s) to the step
+    # from the message in the ClientApp's hands (input-s after its process started; older runs: handover-s)
     warm = [round(t["first-step-s"] - t.get("input-s", t["handover-s"]), 3) for t in timing if t.get("warm")]
     with_download = [t["first-step-s"] for t in timing if t.get("warm")]
     out["deployment"] = {
         "wall_s": round(wall, 1),
         "round_s": _round_seconds(rows),
+        "heldout": _heldout(rows),
         "messages": timing,
         "process_per_message": args.process_per_message,
     }
@@ -111,7 +119,7 @@ def main() -> None:
         out["time_to_first_step_median_s"] = statistics.median(warm)
         out["time_to_first_step_with_download_s"] = max(with_download)
         print(f"time to first step: {max(warm):.2f} s (median {statistics.median(warm):.2f} s, {len(warm)} messages)")
-        print(f"  counting the message's download to the site too: {max(with_download):.2f} s")
+        print(f"  counting Flower's hand-over (process start, task input, FAB) too: {max(with_download):.2f} s")
     else:
         print("time to first step: n/a (no message found its backbone loaded)")
     if "in_process" in out:
@@ -119,6 +127,11 @@ def main() -> None:
         out["round_ratio"] = round(ratio, 3)
         out["wall_ratio"] = round(out["deployment"]["wall_s"] / out["in_process"]["wall_s"], 3)
         print(f"deployment/in-process round ratio: {ratio:.2f} (whole command: {out['wall_ratio']:.2f})")
+        out["heldout_equal"] = out["deployment"]["heldout"] == out["in_process"]["heldout"]
+        print(
+            f"held-out loss per round: in-process {out['in_process']['heldout']}, deployment "
+            f"{out['deployment']['heldout']} ({'equal' if out['heldout_equal'] else 'DIFFERENT'})"
+        )
     out["load_average_at_end"] = os.getloadavg()[0]
     print(f"load average (1 min) at start {out['load_average_at_start']:.1f}, at end {out['load_average_at_end']:.1f}")
     if args.json:

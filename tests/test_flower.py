@@ -114,17 +114,17 @@ def test_private_guard_blocks_a_private_tensor_and_passes_the_upload(task_identi
 
 
 def test_site_command_and_engine_key(tiny_cfg, tmp_path):
-    """`fedpit flower node` finds the SuperNode's Runtime API and keeps process isolation; a site's engine key
-    changes with the backbone's folder content (weights replaced in place), not only with its name."""
+    """`fedpit flower node` keeps Flower's subprocess isolation and needs the SuperLink's address; a site's engine
+    key changes with the backbone's folder content (weights replaced in place), not only with its name."""
     import shutil
 
-    from fedpit.flower.client_app import engine_key
-    from fedpit.flower.node import run_node, runtime_address
+    from fedpit.flower.client_work import engine_key
+    from fedpit.flower.node import run_node
 
-    assert runtime_address(["--superlink", "x:1", "--port", "9100"]) == "127.0.0.1:9100"
-    assert runtime_address(["--host=::1", "--port=9101"]) == "[::1]:9101"
     with pytest.raises(ConfigError, match="isolation"):
-        run_node(["--isolation", "subprocess"])
+        run_node(["--isolation", "process"])
+    with pytest.raises(ConfigError, match="superlink"):
+        run_node(["--node-config", "partition-id=0"])
     copy = tmp_path / "backbone"
     shutil.copytree(tiny_cfg.model.name, copy)
     cfg = replace(tiny_cfg, model=replace(tiny_cfg.model, name=str(copy)))
@@ -133,6 +133,59 @@ def test_site_command_and_engine_key(tiny_cfg, tmp_path):
     weights = next(copy.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes())  # same bytes, a new file: what replacing the weights looks like
     assert engine_key(cfg) != before
+
+
+def test_records_cross_the_pipe_byte_for_byte_and_the_guard_knows_private_keys():
+    from flwr.app import ArrayRecord
+
+    from fedpit.algorithms.base import LOCAL_PREFIX
+    from fedpit.flower import common
+    from fedpit.flower.common import record_from_parts, record_parts, to_record
+
+    assert common.LOCAL_PREFIX == LOCAL_PREFIX  # the ClientApp's copy (it imports no torch)
+    for record in (
+        to_record({"a": torch.randn(3, 4), "b": torch.randn(5)}),  # packed float32
+        ArrayRecord(torch_state_dict={"h": torch.randn(2, 2).half(), "i": torch.arange(3)}),
+    ):
+        again = record_from_parts(record_parts(record))
+        assert list(again) == list(record) and all(again[k].object_id == record[k].object_id for k in record)
+    assert record_parts(None) is None and record_from_parts(None) is None
+
+
+def test_the_client_app_process_imports_no_torch():
+    """Flower starts a process per message: the ClientApp module it imports stays light (the work runs in the
+    site's executor, or imports torch only when it runs in this process)."""
+    import subprocess
+    import sys
+
+    code = "import sys, fedpit.flower.client_app; print([m for m in ('torch', 'transformers') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_executor_answers_requests_and_raises_their_errors(tiny_cfg, tmp_path):
+    """The site's executor over its socket: an answer as the ClientApp's own process would give it, the error a
+    request raised (same type), a caller without the site's key refused, and private file modes."""
+    import threading
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    from fedpit.flower import client_work, executor
+    from fedpit.flower.common import config_record
+
+    site = tmp_path / "site"
+    server = threading.Thread(target=executor.serve, kwargs={"site": site, "max_tasks": 2}, daemon=True)
+    server.start()
+    req = {"kind": "query", "config": dict(config_record(tiny_cfg, 0)), "node_config": {"partition-id": 1}}
+    assert executor.call(site, req, wait_s=120) == client_work.query(req)
+    assert (Path(executor.socket_path(site)).stat().st_mode & 0o777) == 0o600
+    with pytest.raises(AuthenticationError):
+        Client(executor.socket_path(site), family="AF_UNIX", authkey=b"not the key").close()
+    with pytest.raises(ConfigError, match="partition-id"):
+        executor.call(site, {**req, "node_config": {}})
+    server.join(30)
+    assert not server.is_alive()
+    assert (site.stat().st_mode & 0o777, (site / executor.KEY_FILE).stat().st_mode & 0o777) == (0o700, 0o600)
 
 
 def test_strategy_aggregates_like_the_method_in_client_order(tiny_cfg, task_identity):
@@ -255,6 +308,34 @@ def test_simulation_matches_the_in_process_runner(tiny_cfg, algorithm):
 
 
 # ------------------------------------------------------------------------------------------------ deployment
+def test_a_port_taken_before_flower_binds_it_is_replaced_and_nothing_is_left(tmp_path, monkeypatch):
+    """A free port can be taken by another process between the moment it is found free and the moment Flower binds
+    it (the SuperLink or SuperNode then exits, "address already in use"): the launcher starts that process again on
+    another port. Stopping the cluster leaves none of the processes it started."""
+    import socket
+
+    from fedpit.flower import deploy
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))  # bound, not listening: Flower cannot bind it, and a client is refused at once
+    taken, calls, real = busy.getsockname()[1], [], deploy.free_port
+
+    def racy_free_port(exclude=frozenset()):  # the SuperLink's first port and the node's first port are taken
+        calls.append(1)
+        return taken if len(calls) in (1, 3) else real(exclude | {taken})
+
+    monkeypatch.setattr(deploy, "free_port", racy_free_port)
+    c = deploy.LocalCluster(tmp_path / "c", nodes=1, tls=False, auth=False, executor=False)
+    try:
+        with c:
+            assert c.port != taken and c.node_ports[0] != taken and c.online() == 1
+            assert (c.logs / "superlink.log").read_text().count(deploy.PORT_TAKEN) == 1
+            assert (c.logs / "supernode0.log").read_text().count(deploy.PORT_TAKEN) == 1
+    finally:
+        busy.close()
+    assert not deploy._group_members(c._groups, c._started_at)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     from fedpit.flower.deploy import LocalCluster
@@ -444,7 +525,7 @@ def test_dp_wrapper_clips_each_update_around_the_global_adapter(tiny_cfg, task_i
 
 
 def test_a_site_trains_on_its_own_data_file(tiny_cfg, tmp_path):
-    from fedpit.flower.client_app import client_id, local_examples
+    from fedpit.flower.client_work import client_id, local_examples
 
     f = tmp_path / "site.jsonl"
     f.write_text(

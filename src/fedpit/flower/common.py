@@ -28,6 +28,9 @@ ROUND_KEY = "round"
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
+# fedpit.algorithms.base.LOCAL_PREFIX (the private adapter's keys), here without importing torch: the ClientApp's
+# process stays light (tests/test_flower.py checks that both are the same)
+LOCAL_PREFIX = "local."
 # Keys of [tool.flwr.app.config] / --run-config that are not fedpit config keys.
 APP_KEYS = {"config", "resume", "set"}
 
@@ -81,6 +84,20 @@ def to_record(state: StateDict) -> ArrayRecord:
         flat = torch.cat([t.reshape(-1) for t in tensors.values()]).numpy()
         return ArrayRecord({PACKED + layout: Array(flat)})
     return ArrayRecord(torch_state_dict=tensors)
+
+
+def record_parts(record: ArrayRecord | None) -> list[tuple] | None:
+    """A record as plain values, ``[(key, dtype, shape, stype, data), ...]``: what crosses the pipe between the
+    ClientApp and the site's executor. :func:`record_from_parts` makes the same record again, byte for byte."""
+    if record is None:
+        return None
+    return [(k, a.dtype, tuple(a.shape), a.stype, bytes(a.data)) for k, a in record.items()]
+
+
+def record_from_parts(parts: list[tuple] | None) -> ArrayRecord | None:
+    if parts is None:
+        return None
+    return ArrayRecord({k: Array(dtype=d, shape=tuple(s), stype=st, data=b) for k, d, s, st, b in parts})
 
 
 def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -168,5 +185,7 @@ __all__ = [
     "metric_record",
     "node_root",
     "record_arrays",
+    "record_from_parts",
+    "record_parts",
     "to_record",
 ]

@@ -1,8 +1,10 @@
 """Deployment helpers: TLS certificates, SuperNode keys, and a SuperLink + SuperNodes launcher for one machine.
 
-Flower 1.41 facts this module relies on (checked on this platform):
+Flower 1.41 and 1.42 facts this module relies on (checked on this platform):
 - the SuperLink serves Fleet, Control and Runtime APIs on one port (``--host``/``--port``); each SuperNode on one
-  host needs its own ``--port``; connections are named in ``$FLWR_HOME/config.toml``;
+  host needs its own ``--port`` (its Runtime API); connections are named in ``$FLWR_HOME/config.toml``;
+- a SuperLink or SuperNode whose port is taken exits at once ("address already in use"): the launcher then starts it
+  again on another free port (a port found free can be taken by another process before Flower binds it);
 - TLS: ``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`` (PKCS8 PEM key) on the SuperLink, ``--root-certificates``
   on SuperNodes, an absolute ``root-certificates`` path in config.toml. The certificate must name 127.0.0.1 because
   the SuperLink's own helper connects back to it;
@@ -10,7 +12,8 @@ Flower 1.41 facts this module relies on (checked on this platform):
   registered with ``flwr supernode register KEY.pub CONNECTION`` *before* the node starts. A node with an unknown
   key is refused at activation ("code: 2004") and exits;
 - ``flwr`` CLI commands exit 0 even on failure: read ``--format json`` output instead;
-- stopping: SIGTERM the roots, then whatever they spawned (serverapp/clientapp processes outlive their parents).
+- stopping: SIGTERM the roots, then whatever they spawned (serverapp/clientapp processes outlive their parents);
+  every process is started in a session of its own, so what is left of one is found by its process group too.
 """
 
 from __future__ import annotations
@@ -226,14 +229,24 @@ def make_node_key(out: str | Path, name: str, *, force: bool = False) -> tuple[P
 
 
 # ---------------------------------------------------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(exclude: set[int] | frozenset[int] = frozenset()) -> int:
+    """A TCP port on 127.0.0.1 that is free now (and not in ``exclude``). Another process may take it before it is
+    bound: :class:`LocalCluster` starts a process again on another port when that happens."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in exclude:
+            return port
 
 
-def stop_tree(pids: list[int], grace: float = 10.0) -> None:
-    """SIGTERM ``pids`` and, after they exit (SIGINT/SIGKILL if they will not), everything they had spawned."""
+PORT_TAKEN = "address already in use"  # what Flower's SuperLink and SuperNode log when their port is taken
+PORT_TRIES = 5
+
+
+def stop_tree(pids: list[int], grace: float = 10.0, groups: list[int] = (), since: float = 0.0) -> None:
+    """SIGTERM ``pids`` and, after they exit (SIGINT/SIGKILL if they will not), everything they had spawned, and
+    whatever is left in the process ``groups`` (a process started meanwhile, or re-parented, is found there)."""
     import psutil
 
     roots, desc = [], []
@@ -244,6 +257,36 @@ def stop_tree(pids: list[int], grace: float = 10.0) -> None:
             continue
         roots.append(p)
         desc.extend(p.children(recursive=True))  # before signalling: children are re-parented afterwards
+    _stop_roots(roots, grace)
+    desc += [p for p in _group_members(groups, since) if p not in desc]
+    live = [p for p in desc if _alive(p)]
+    for p in live:
+        _signal(p, signal.SIGTERM)
+    _, still = psutil.wait_procs(live, timeout=8)
+    for p in still:
+        _signal(p, signal.SIGKILL)
+
+
+def _group_members(groups, since: float = 0.0) -> list:
+    """The live processes of the given process groups (the sessions :class:`LocalCluster` started) that were
+    started after ``since``."""
+    import psutil
+
+    if not groups:
+        return []
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) in groups and p.pid != os.getpid() and p.create_time() >= since - 1:
+                found.append(p)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
+
+
+def _stop_roots(roots: list, grace: float) -> None:
+    import psutil
+
     for p in roots:
         _signal(p, signal.SIGTERM)
     _, alive = psutil.wait_procs(roots, timeout=grace)
@@ -251,12 +294,6 @@ def stop_tree(pids: list[int], grace: float = 10.0) -> None:
         _signal(p, signal.SIGINT)
     _, alive = psutil.wait_procs(alive, timeout=5)
     for p in alive:
-        _signal(p, signal.SIGKILL)
-    live = [p for p in desc if _alive(p)]
-    for p in live:
-        _signal(p, signal.SIGTERM)
-    _, still = psutil.wait_procs(live, timeout=8)
-    for p in still:
         _signal(p, signal.SIGKILL)
 
 
@@ -302,10 +339,14 @@ class LocalCluster:
 
     def __post_init__(self):
         self.workdir = Path(self.workdir).absolute()
-        self.port = free_port()
-        self.node_ports = [free_port() for _ in range(self.nodes + 1)]
+        self.port = 0  # the SuperLink's, chosen when it starts (again, if another process took it first)
+        self.node_ports: dict[int, int] = {}  # each node's Runtime API port, chosen each time the node starts
         self.superlink: subprocess.Popen | None = None
         self.node_procs: dict[int, subprocess.Popen] = {}
+        self._groups: list[int] = []  # the sessions (process groups) this cluster started
+        self._started_at = time.time()
+        self._log_marks: dict[int, tuple[Path, int]] = {}  # node i: its log and where this start's output begins
+        self._port_retries: dict[int, int] = {}
         self.home = self.workdir / "flwr-home"
         self.logs = self.workdir / "logs"
 
@@ -328,21 +369,39 @@ class LocalCluster:
         return env
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
-        fh = open(self.logs / log, "ab")
-        return subprocess.Popen(
-            args, stdout=fh, stderr=subprocess.STDOUT, env=self._env(), cwd=self.workdir, start_new_session=True
-        )
+        with open(self.logs / log, "ab") as fh:
+            p = subprocess.Popen(
+                args, stdout=fh, stderr=subprocess.STDOUT, env=self._env(), cwd=self.workdir, start_new_session=True
+            )
+        self._groups.append(p.pid)  # its own session: the process group's id is its pid
+        return p
+
+    def _free_port(self) -> int:
+        return free_port({self.port, *self.node_ports.values()})
+
+    @staticmethod
+    def _port_taken(log: Path, offset: int) -> bool:
+        """Whether the output a process wrote to ``log`` after ``offset`` says its port was taken."""
+        try:
+            with open(log, "rb") as fh:
+                fh.seek(offset)
+                return PORT_TAKEN in fh.read().decode(errors="replace")
+        except OSError:
+            return False
 
     def flwr(self, *args: str, timeout: float = 120.0) -> dict:
         """A ``flwr`` CLI call with ``--format json``; its parsed output (the CLI's exit code is always 0)."""
-        out = subprocess.run(
-            [_bin("flwr"), *args, "--format", "json"],
-            capture_output=True,
-            text=True,
-            env=self._env(),
-            cwd=self.workdir,
-            timeout=timeout,
-        )
+        try:
+            out = subprocess.run(
+                [_bin("flwr"), *args, "--format", "json"],
+                capture_output=True,
+                text=True,
+                env=self._env(),
+                cwd=self.workdir,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:  # e.g. another process holds the port and never answers
+            return {"success": False, "error-message": f"flwr {' '.join(args)}: no answer within {timeout:.0f} s"}
         try:
             return json.loads(out.stdout[out.stdout.index("{") :])
         except ValueError:
@@ -351,52 +410,60 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         for d in (self.workdir, self.home, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        conn = [
-            f'[superlink]\ndefault = "{self.connection}"\n',
-            f"[superlink.{self.connection}]",
-            f'address = "127.0.0.1:{self.port}"',
-        ]
-        link = [
-            _bin("flower-superlink"),
-            "--disable-runtime-dependency-installation",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--database",
-            str(self.workdir / "superlink.db"),
-        ]
-        if self.tls:
-            self.certs = make_certificates(self.workdir / "certs", force=True)  # its own: remade each start
-            link += [
-                "--ssl-ca-certfile",
-                str(self.certs["ca"]),
-                "--ssl-certfile",
-                str(self.certs["cert"]),
-                "--ssl-keyfile",
-                str(self.certs["key"]),
-            ]
-            conn.append(f'root-certificates = "{self.certs["ca"]}"')
-            if self.auth:
-                link.append("--enable-supernode-auth")
-        else:
-            if self.auth:
-                raise FedpitError("SuperNode authentication needs TLS (Flower refuses it with --insecure)")
-            link.append("--insecure")
-            conn.append("insecure = true")
-        (self.home / "config.toml").write_text("\n".join(conn) + "\n", encoding="utf-8")
-        self.superlink = self._spawn(link, "superlink.log")
-        self._wait(
-            lambda: self.flwr("supernode", "list", self.connection, timeout=30).get("success"),
-            90,
-            "the SuperLink did not come up (see logs/superlink.log)",
-        )
+        self._start_superlink(self._superlink_args())
         for i in range(self.nodes):
             if self.auth:
                 self.register(i)
             self.start_node(i)
         self.wait_online(self.nodes)
         return self
+
+    def _superlink_args(self) -> list[str]:
+        """``flower-superlink`` with this cluster's options but ``--port`` (and the config.toml lines but the
+        address, in ``self._conn``)."""
+        link = [
+            _bin("flower-superlink"),
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--database",
+            str(self.workdir / "superlink.db"),
+        ]
+        self._conn = []
+        if self.tls:
+            self.certs = make_certificates(self.workdir / "certs", force=True)  # its own: remade each start
+            link += ["--ssl-ca-certfile", str(self.certs["ca"]), "--ssl-certfile", str(self.certs["cert"])]
+            link += ["--ssl-keyfile", str(self.certs["key"])]
+            self._conn.append(f'root-certificates = "{self.certs["ca"]}"')
+            if self.auth:
+                link.append("--enable-supernode-auth")
+        else:
+            if self.auth:
+                raise FedpitError("SuperNode authentication needs TLS (Flower refuses it with --insecure)")
+            link.append("--insecure")
+            self._conn.append("insecure = true")
+        return link
+
+    def _start_superlink(self, link: list[str]) -> None:
+        """Start the SuperLink on a free port; on another if that one was taken before the SuperLink bound it."""
+        log = self.logs / "superlink.log"
+        for _ in range(PORT_TRIES):
+            self.port = self._free_port()
+            conn = [f'[superlink]\ndefault = "{self.connection}"\n', f"[superlink.{self.connection}]"]
+            conn += [f'address = "127.0.0.1:{self.port}"', *self._conn]
+            (self.home / "config.toml").write_text("\n".join(conn) + "\n", encoding="utf-8")
+            offset = log.stat().st_size if log.exists() else 0
+            self.superlink = self._spawn([*link, "--port", str(self.port)], log.name)
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and self.superlink.poll() is None:
+                time.sleep(0.5)
+                if self.superlink.poll() is None and self.flwr("supernode", "list", self.connection, timeout=15).get(
+                    "success"
+                ):
+                    return
+            if self.superlink.poll() is None or not self._port_taken(log, offset):
+                break
+        raise FedpitError("the SuperLink did not come up (see logs/superlink.log)")
 
     def key(self, i: int, name: str | None = None) -> tuple[Path, Path]:
         priv = self.workdir / "keys" / (name or f"node{i}")
@@ -412,14 +479,14 @@ class LocalCluster:
             raise FedpitError(f"registering node {i} failed: {res}")
         return res
 
-    def node_args(self, i: int, key_name: str | None = None) -> list[str]:
+    def node_args(self, i: int, key_name: str | None = None, port: int | None = None) -> list[str]:
         cfg = {"partition-id": i, "num-partitions": self.nodes, **self.node_config}
         args = [
             _bin("flower-supernode"),
             "--superlink",
             f"127.0.0.1:{self.port}",
             "--port",
-            str(self.node_ports[i] if i < len(self.node_ports) else free_port()),
+            str(port or self.node_ports.get(i) or self._free_port()),
             "--node-config",
             " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in cfg.items()),
         ]
@@ -428,9 +495,9 @@ class LocalCluster:
             args += ["--auth-supernode-private-key", str(self.key(i, key_name)[0])]
         return args
 
-    def site_args(self, i: int, key_name: str | None = None) -> list[str]:
+    def site_args(self, i: int, key_name: str | None = None, port: int | None = None) -> list[str]:
         """``fedpit flower node`` (SuperNode + executor) for site ``i``, or the bare SuperNode."""
-        args = self.node_args(i, key_name)
+        args = self.node_args(i, key_name, port)
         if not self.executor:
             return args
         threads = self.threads or max(1, (os.cpu_count() or 1) // max(1, self.nodes))
@@ -439,10 +506,24 @@ class LocalCluster:
         return [*cmd, "--", *args[1:]]
 
     def start_node(self, i: int, key_name: str | None = None) -> subprocess.Popen:
-        p = self._spawn(self.site_args(i, key_name), f"supernode{i}{'-' + key_name if key_name else ''}.log")
+        """Start site ``i`` (with ``key_name``: an extra node, not kept in :attr:`node_procs`) on a fresh port."""
+        log = self.logs / f"supernode{i}{'-' + key_name if key_name else ''}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        port = self._free_port()
+        p = self._spawn(self.site_args(i, key_name, port), log.name)
         if key_name is None:
-            self.node_procs[i] = p
+            self.node_procs[i], self.node_ports[i], self._log_marks[i] = p, port, (log, offset)
         return p
+
+    def _restart_port_clashes(self) -> None:
+        """Start again, on another port, every node that exited because its port was taken meanwhile."""
+        for i, p in list(self.node_procs.items()):
+            if p.poll() is not None and i in self._log_marks and self._port_taken(*self._log_marks[i]):
+                self._port_retries[i] = self._port_retries.get(i, 0) + 1
+                if self._port_retries[i] > PORT_TRIES:
+                    raise FedpitError(f"SuperNode {i}: no free port after {PORT_TRIES} tries (see {self.logs})")
+                print(f"fedpit: SuperNode {i}'s port was taken; starting it on another port", file=sys.stderr)
+                self.start_node(i)
 
     def kill_node(self, i: int) -> None:
         """SIGKILL a SuperNode and its ClientApp processes: a site that loses power mid-round."""
@@ -472,7 +553,13 @@ class LocalCluster:
         return sum(n.get("status") == "online" for n in res.get("nodes", []))
 
     def wait_online(self, n: int, timeout: float = 180) -> None:
-        self._wait(lambda: self.online() >= n, timeout, f"fewer than {n} SuperNodes came online (see {self.logs})")
+        """Wait until ``n`` SuperNodes are online; a node whose port was taken before it bound it is started again."""
+
+        def ready() -> bool:
+            self._restart_port_clashes()
+            return self.online() >= n
+
+        self._wait(ready, timeout, f"fewer than {n} SuperNodes came online (see {self.logs})")
 
     @staticmethod
     def _wait(cond, timeout: float, message: str) -> None:
@@ -513,10 +600,11 @@ class LocalCluster:
         raise FedpitError(f"run {run_id} did not finish within {timeout:.0f} s")
 
     def stop(self) -> None:
+        """Stop the SuperLink and the sites, and whatever is left of any process this cluster started."""
         pids = [p.pid for p in self.node_procs.values() if p.poll() is None]
         if self.superlink is not None and self.superlink.poll() is None:
             pids.append(self.superlink.pid)
-        stop_tree(pids)
+        stop_tree(pids, groups=self._groups, since=self._started_at)
         self.node_procs.clear()
 
     def __enter__(self) -> LocalCluster:

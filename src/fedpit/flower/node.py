@@ -1,17 +1,20 @@
-"""``fedpit flower node``: one site's SuperNode and its long-lived ClientApp executor, supervised together.
+"""``fedpit flower node``: one site's SuperNode and its long-lived executor, supervised together.
 
-The SuperNode runs with ``--isolation process`` (it serves its Runtime API and launches nothing); the executor
-(:mod:`fedpit.flower.executor`, ``fedpit flower executor``) takes its ClientApp tasks and keeps the backbone loaded.
-If the executor dies (a crash, the out-of-memory killer) it is started again and the message it held is answered by
-the SuperNode with an error once its task heartbeat lapses (the server records the client as dropped for that round);
-if the SuperNode exits, the executor is stopped and this command exits with the SuperNode's code. SIGTERM or SIGINT
-stops both. This module imports neither torch nor flwr: the supervisor stays small.
+The SuperNode is Flower's own ``flower-supernode`` with Flower's default ``--isolation subprocess``: it starts a
+``flwr-clientapp`` process for every message, as always. Beside it runs the site's executor
+(:mod:`fedpit.flower.executor`, ``fedpit flower executor``), which keeps the backbone loaded; the ClientApp hands it
+each message's work through a socket in the site's work folder (``$FEDPIT_SITE_DIR``, set here for the SuperNode and
+everything it starts). If the executor dies (a crash, the out-of-memory killer) the message it held is answered with
+an error at once (the server records the client as dropped for that round) and a new executor is started; if the
+SuperNode exits, the executor is stopped and this command exits with the SuperNode's code. SIGTERM or SIGINT stops
+both. This module imports neither torch nor flwr: the supervisor stays small.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +25,6 @@ from pathlib import Path
 from ..errors import ConfigError
 
 log = logging.getLogger("fedpit.flower.node")
-DEFAULT_RUNTIME_PORT = 9094  # flower-supernode's --port default (its Runtime API)
 
 
 def _arg(args: list[str], name: str, default: str | None = None) -> str | None:
@@ -32,15 +34,6 @@ def _arg(args: list[str], name: str, default: str | None = None) -> str | None:
         if a.startswith(name + "="):
             return a.split("=", 1)[1]
     return default
-
-
-def runtime_address(supernode_args: list[str]) -> str:
-    """The SuperNode's Runtime API address from its arguments (``--host``, ``--port``)."""
-    host = _arg(supernode_args, "--host", "127.0.0.1")
-    port = _arg(supernode_args, "--port", str(DEFAULT_RUNTIME_PORT))
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _die_with_parent() -> None:
@@ -53,35 +46,56 @@ def _die_with_parent() -> None:
         pass
 
 
-def executor_command(address: str, threads: int, root_certificates: str | None, task_file: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "fedpit", "flower", "executor", "--runtime-api-address", address]
-    cmd += ["--threads", str(threads), "--parent-pid", str(os.getpid()), "--task-file", str(task_file)]
-    return cmd + (["--root-certificates", root_certificates] if root_certificates else [])
+def flower_command(name: str) -> str:
+    """A Flower command of this environment (beside this Python), else from PATH."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def executor_command(threads: int, task_file: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "fedpit", "flower", "executor", "--threads", str(threads)]
+    return cmd + ["--parent-pid", str(os.getpid()), "--task-file", str(task_file)]
+
+
+def site_env(work: Path) -> dict:
+    """The SuperNode's environment: the site folder for its ClientApps, and this environment's scripts first on
+    PATH (the SuperNode starts ``flower-superexec`` and ``flwr-clientapp`` by name)."""
+    from .executor import SITE_ENV
+
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env[SITE_ENV] = str(work)
+    return env
 
 
 def run_node(
     supernode_args: list[str], *, threads: int = 0, work_dir: str | Path | None = None, restart_delay_s: float = 1.0
 ) -> int:
-    """Start ``flower-supernode --isolation process ARGS`` and the executor; keep the executor running; return the
-    SuperNode's exit code. ``work_dir`` (mode 700) holds ``task.json``, the message in progress (token and header),
-    which a restarted executor answers with an error at once."""
-    if _arg(supernode_args, "--isolation") not in (None, "process"):
-        raise ConfigError("fedpit flower node: the SuperNode runs with --isolation process (leave --isolation out)")
+    """Start ``flower-supernode ARGS`` and the site's executor; keep the executor running; return the SuperNode's
+    exit code. ``work_dir`` (mode 700) holds the executor's socket and key, and ``task.json``, the message the
+    executor is working on (its kind and round)."""
+    from .executor import ensure_key
+
+    if _arg(supernode_args, "--isolation") not in (None, "subprocess"):
+        raise ConfigError(
+            "fedpit flower node: the SuperNode starts its ClientApps itself (--isolation subprocess, Flower's "
+            "default); leave --isolation out"
+        )
     args = [a for a in supernode_args if a != "--"]
     if _arg(args, "--superlink") is None:  # flower-supernode would retry a default address for minutes
         raise ConfigError(
             "fedpit flower node: give the SuperLink's address after --, e.g. fedpit flower node -- --superlink "
             "HOST:9092 --root-certificates ca.crt --auth-supernode-private-key KEY --node-config 'partition-id=0'"
         )
-    if _arg(args, "--isolation") is None:
-        args = ["--isolation", "process", *args]
-    address = runtime_address(args)
-    certs = _arg(args, "--ssl-ca-certfile")  # a Runtime API served over TLS
-    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="fedpit-node-"))
-    work.mkdir(parents=True, exist_ok=True)
-    work.chmod(0o700)
+    work = Path(work_dir).absolute() if work_dir else Path(tempfile.mkdtemp(prefix="fedpit-node-"))
+    ensure_key(work)
     task_file = work / "task.json"
-    node = subprocess.Popen([sys.executable, "-m", "fedpit.flower.supernode", *args], preexec_fn=_die_with_parent)
+    supernode = [flower_command("flower-supernode"), *args]
+    node = subprocess.Popen(supernode, env=site_env(work), preexec_fn=_die_with_parent)
+    return _supervise(node, lambda: executor_command(threads, task_file), restart_delay_s)
+
+
+def _supervise(node: subprocess.Popen, command, restart_delay_s: float) -> int:
     executor = None
     stopping = []
 
@@ -96,9 +110,7 @@ def run_node(
                 if executor is not None:
                     print(f"fedpit node: executor exited with {executor.returncode}; restarting", file=sys.stderr)
                     time.sleep(restart_delay_s)
-                executor = subprocess.Popen(
-                    executor_command(address, threads, certs, task_file), preexec_fn=_die_with_parent
-                )
+                executor = subprocess.Popen(command(), preexec_fn=_die_with_parent)
             time.sleep(0.2)
     finally:
         for p in (executor, node):
@@ -113,4 +125,4 @@ def run_node(
     return 0 if stopping else int(node.returncode or 0)
 
 
-__all__ = ["executor_command", "run_node", "runtime_address"]
+__all__ = ["executor_command", "flower_command", "run_node", "site_env"]

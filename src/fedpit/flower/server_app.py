@@ -280,8 +280,9 @@ class FlowerServer:
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float, poll_s: float = 0.2) -> tuple[list, dict]:
-    """``Grid.send_and_receive`` with a short poll (Flower's sleeps 3 s between pulls, which a round then waits
-    for) and each reply's arrival time: (replies, {id(reply): wall-clock time it was pulled})."""
+    """``Grid.send_and_receive`` (``push_messages``, then ``pull_messages`` until every reply is in or the time is up)
+    with a short poll (Flower's sleeps 3 s between pulls, which a round then waits for) and each reply's arrival
+    time: (replies, {id(reply): wall-clock time it was pulled})."""
     if not messages:
         return [], {}
     pending = set(grid.push_messages(messages))
@@ -341,20 +342,6 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def quick_reply_pulls() -> None:
-    """Shorter waits when the ServerApp pulls a reply's objects from the SuperLink (Flower 1.41 ``HttpGrid``).
-
-    The SuperLink lists a reply before the site has finished uploading its objects, and Flower then waits 1, 2, 4,
-    8 s between pulls: about 12 s a round that the server spent waiting for a reply already on its way. Only the
-    backoff changes (20 ms first, 250 ms at most; the same 500 tries and time limit)."""
-    from functools import partial
-
-    from flwr.supercore.inflatable import inflatable_utils
-    from flwr.superlink.grid import http_grid
-
-    http_grid.pull_objects = partial(inflatable_utils.pull_objects, initial_backoff=0.02, backoff_cap=0.25)
-
-
 def make_server_app(base: Mapping | None = None) -> ServerApp:
     """A ServerApp whose run config is ``base`` updated with Flower's run config (``base`` is how the simulation
     and tests pass a config without a pyproject)."""
@@ -363,7 +350,6 @@ def make_server_app(base: Mapping | None = None) -> ServerApp:
     @server.main()
     def main(grid: Grid, context) -> None:
         cfg, resume = config_from_run_config(context.run_config, base)
-        quick_reply_pulls()
         FlowerServer(cfg, grid, resume=resume).run()
 
     return server
