@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from fedpit.mcq import ci95
+from fedpit.rundir import RunDir
 
 QUESTIONS = ("valid_task", "appropriate_response", "correct_format")
 AUTO = ("on_task", "answer_relevance", "private_rouge_l", "ifs", "response_words")
@@ -32,7 +33,7 @@ AUTO = ("on_task", "answer_relevance", "private_rouge_l", "ifs", "response_words
 def kept_examples(run: Path) -> list[dict]:
     """Every kept synthetic example of a run folder, with where it came from and its recorded quality row."""
     out = []
-    for syn in sorted(run.glob("clients/client_*/round_*/synthetic.jsonl")):
+    for syn in sorted(p for p in RunDir(run).client_outputs() if p.name == "synthetic.jsonl"):
         rows = {}
         sg = syn.with_name("selfgen.json")
         if sg.exists():

@@ -459,13 +459,13 @@ def test_an_adapter_folder_without_a_manifest_is_still_checked(runs, tmp_path):
     """A peft folder from elsewhere (no manifest.json): a truncated file or nan/inf tensors are named, not loaded."""
     import torch
 
+    from fedpit.adapter_folder import read_adapter_folder
     from fedpit.adapters import save_state
-    from fedpit.rundir import read_adapter_folder
 
     d = tmp_path / "peft"
     shutil.copytree(runs.ref / "final", d)
     (d / MANIFEST).unlink()
-    assert read_adapter_folder(d)[0]["r"] == 2
+    assert read_adapter_folder(d).peft_config["r"] == 2
     state = load_state(d / "adapter_model.safetensors")
     save_state({k: v * torch.tensor(float("nan")) for k, v in state.items()}, d / "adapter_model.safetensors")
     with pytest.raises(ConfigError, match=r"peft/adapter_model.safetensors: non-finite values"):

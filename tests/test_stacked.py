@@ -13,12 +13,12 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 
+from fedpit.adapter_folder import SHARED
 from fedpit.adapters import load_state, max_abs_diff
 from fedpit.algorithms import RoundContext, fedpit
 from fedpit.algorithms.base import SHARED_PREFIX, ClientState
 from fedpit.config import Config, FedPITConfig, TrainConfig, load_config
 from fedpit.data import Example, load_demo
-from fedpit.engine import SHARED_SLOT
 from fedpit.errors import ConfigError
 from fedpit.evaluate import engine_for, evaluate
 from fedpit.runner import Runner
@@ -61,11 +61,11 @@ def test_stack_trains_the_private_adapter_only_and_adds_both(engine):
     trainable_before = [n for n, p in engine.model.named_parameters() if p.requires_grad]
     engine.load_adapter(engine.initial_adapter)
     with engine.stacked(shared):
-        assert engine.model.base_model.active_adapters == ["default", SHARED_SLOT]
-        assert all(SHARED_SLOT not in n for n, p in engine.model.named_parameters() if p.requires_grad)
+        assert engine.model.base_model.active_adapters == ["default", SHARED]
+        assert all(SHARED not in n for n, p in engine.model.named_parameters() if p.requires_grad)
         engine.train(data, lr=2e-2, steps=3, batch_size=2, seed=3)
         private = engine.adapter_state()
-        in_slot = get_peft_model_state_dict(engine.model, adapter_name=SHARED_SLOT)
+        in_slot = get_peft_model_state_dict(engine.model, adapter_name=SHARED)
     assert all(torch.equal(in_slot[k], shared[k]) for k in shared)  # the shared adapter is frozen, bit for bit
     assert max_abs_diff(private, engine.initial_adapter) > 0  # the private one learned
     # outside the block: one active adapter, the same trainable tensors as before
@@ -115,7 +115,7 @@ def test_ifs_is_scored_by_the_stack(engine, fixed_synthetic, monkeypatch):
     fedpit.client_update(engine, g, data, prev, ctx("stacked", select_by="ifs", candidates=5, keep=2))
     fedpit.client_update(engine, g, data, prev, ctx(select_by="ifs", candidates=5, keep=2))
     (stacked_active, stacked_loaded), (ind_active, ind_loaded) = seen
-    assert stacked_active == ["default", SHARED_SLOT] and ind_active == ["default"]
+    assert stacked_active == ["default", SHARED] and ind_active == ["default"]
     assert max_abs_diff(stacked_loaded, prev.local) == 0 == max_abs_diff(ind_loaded, prev.local)
 
 

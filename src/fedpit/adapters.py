@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import TrainingError
 from .fsutil import atomic_path
 
 StateDict = dict[str, torch.Tensor]
@@ -59,6 +60,13 @@ def mix(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], beta: floa
 def nbytes(state: Mapping[str, torch.Tensor]) -> int:
     """Bytes of tensor payload (what a transport sends, before framing)."""
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def check_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise TrainingError naming ``what`` when a tensor of ``state`` holds nan or inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingError(f"{what}: non-finite values (nan/inf) in {len(bad)} tensor(s), e.g. {bad[0]}")
 
 
 def max_abs_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:

@@ -147,6 +147,7 @@ def cmd_evaluate(args) -> int:
     import json
     from pathlib import Path
 
+    from .adapter_folder import read_adapter_folder
     from .data import load_demo, load_examples
     from .evaluate import engine_for, evaluate
     from .fsutil import check_writable_dir
@@ -159,10 +160,11 @@ def cmd_evaluate(args) -> int:
         examples = examples[: ev.limit]
     out = Path(args.out or (Path(args.adapter) / "eval" if args.adapter else "eval-backbone"))
     check_writable_dir(out, "--out")  # before the model loads
-    engine = engine_for(args.adapter, model=args.model, dtype=args.dtype)
+    adapter = read_adapter_folder(args.adapter) if args.adapter else None  # read once, for the engine and the answers
+    engine = engine_for(adapter, model=args.model, dtype=args.dtype)
     result = evaluate(
         engine,
-        args.adapter,
+        adapter,
         examples,
         max_new_tokens=ev.max_new_tokens,
         batch_size=ev.batch_size,
@@ -387,8 +389,6 @@ def _flower_site(args) -> int:
     from .flower.executor import serve
 
     serve(
-        args.runtime_api_address,
-        root_certificates=args.root_certificates,
         threads=args.threads,
         parent_pid=args.parent_pid,
         task_file=args.task_file,
@@ -513,14 +513,12 @@ def _add_flower_parser(sub) -> None:
     )
     q = fl.add_parser(
         "node",
-        help="a site: flower-supernode --isolation process ARGS and a long-lived executor that keeps the model loaded",
+        help="a site: flower-supernode ARGS and a long-lived fedpit executor beside it that keeps the model loaded",
     )
     q.add_argument("--threads", type=int, default=0, help="torch threads for this site's training (0: torch's)")
     q.add_argument("--work-dir", help="the executor's bookkeeping (the message in progress; default: a temp folder)")
     q.add_argument("supernode_args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
-    q = fl.add_parser("executor", help="(started by `flower node`) run a SuperNode's ClientApp tasks in one process")
-    q.add_argument("--runtime-api-address", default="127.0.0.1:9094")
-    q.add_argument("--root-certificates", help="CA of a Runtime API served over TLS")
+    q = fl.add_parser("executor", help="(started by `flower node`) serve the site's ClientApps from one process")
     q.add_argument("--threads", type=int, default=0)
     q.add_argument("--parent-pid", type=int, help="exit when this process does")
     q.add_argument("--task-file", help="where the message in progress is noted, to answer it after a crash")

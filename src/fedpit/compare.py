@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
+from .adapter_folder import read_adapter_folder
 from .algorithms import get_method
 from .config import Config, load_config, set_value
 from .errors import ConfigError
@@ -317,8 +318,10 @@ RUN_MINUTES = {
 }
 PRIVATE_ADAPTERS = ("fedpit", "locit", "locit-sa")  # methods whose clients keep their own adapters
 EVAL_MINUTES = 1.0  # answering 24 test items with one adapter
-ATTACK_MINUTES = 1.5  # the extraction attack on 100 targets at 128 new tokens
-AUDIT_MINUTES = 0.5  # an audited model's MIA losses and canary trie, beside its extraction attack
+# The audit's two terms are calibrated on one audit of a FedIT run (benchmarks/results/privacy_audit.json: 2 models,
+# 80 extraction targets each, 160 MIA examples, 6 canaries) taken on a loaded machine: rough, and on the high side.
+ATTACK_MINUTES = 4.5  # the extraction attack on 100 targets at 128 new tokens
+AUDIT_MINUTES = 2.5  # an audited model's MIA losses and canary trie, beside its extraction attack
 
 
 def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int) -> float:
@@ -552,10 +555,11 @@ def _evaluate_once(folder: str | None, cfg: Config, tests: list, ev: EvalOptions
         and read_json(out / "settings.json") == settings
     ):
         return read_json(out / "metrics.json")
-    engine = engine_for(folder, max_seq_len=cfg.model.max_seq_len, dtype=cfg.model.dtype, **bare)
+    adapter = read_adapter_folder(folder) if folder is not None else None  # read once, for the engine and answers
+    engine = engine_for(adapter, max_seq_len=cfg.model.max_seq_len, dtype=cfg.model.dtype, **bare)
     res = evaluate(
         engine,
-        folder,
+        adapter,
         tests,
         max_new_tokens=ev.max_new_tokens,
         batch_size=ev.batch_size,

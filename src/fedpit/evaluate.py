@@ -1,9 +1,10 @@
 """Evaluate any model on a test set: answers, offline metrics, and (optionally) the pairwise LLM judge.
 
-Models: a trained adapter folder (a run's ``final/``, a client's ``clients/client_K/final``, any ``rounds/round_NNN``)
-or the bare backbone. Answers are generated in a fixed, length-sorted batch order (greedy), so two runs of the same
-model give the same answers. Offline metrics against the reference: Rouge-L F, MiniLM embedding cosine, and the
-model's mean token loss on the reference answer.
+Models: a trained adapter folder (a run's ``final/``, a client's ``clients/client_K/final``, any ``rounds/round_NNN``),
+given by its path or as read by :func:`fedpit.adapter_folder.read_adapter_folder` (read once, for both
+:func:`engine_for` and :func:`evaluate`), or the bare backbone. Answers are generated in a fixed, length-sorted batch
+order (greedy), so two runs of the same model give the same answers. Offline metrics against the reference: Rouge-L
+F, MiniLM embedding cosine, and the model's mean token loss on the reference answer.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .adapter_folder import SHARED, AdapterFolder, read_adapter_folder
 from .backbone import DEFAULT_MODEL
 from .config import Config, LoraConfig
 from .data import Example
-from .engine import SHARED_SLOT, Engine
+from .engine import Engine
 from .federation import make_engine
 from .fsutil import write_atomic
 from .generate import generate
+from .manifest import read_json, write_json
 from .metrics import embedding_cosine, rouge_l
-from .personal import read_personal
 from .prompts import build_prompt
-from .rundir import read_adapter_folder, read_json, write_json
 
 log = logging.getLogger("fedpit.evaluate")
 ANSWERS, GENERATION = "answers.jsonl", "generation.json"
@@ -79,8 +80,19 @@ def saved_answers(folder: Path, key: str, n: int) -> list[str] | None:
     return answers if len(answers) == n and all(isinstance(a, str) for a in answers) else None
 
 
+def _folder(adapter: str | Path | AdapterFolder) -> AdapterFolder:
+    """The adapter folder, read (and verified) unless it already is."""
+    return adapter if isinstance(adapter, AdapterFolder) else read_adapter_folder(adapter)
+
+
+def _states(adapter: str | Path | AdapterFolder) -> tuple[dict, dict | None]:
+    """(adapter, the shared adapter under it or None) of an adapter folder."""
+    af = _folder(adapter)
+    return af.state, af.shared_state
+
+
 def engine_for(
-    adapter: str | Path | None,
+    adapter: str | Path | AdapterFolder | None,
     *,
     model: str | None = None,
     dtype: str = "auto",
@@ -93,8 +105,8 @@ def engine_for(
     cfg.model.max_seq_len, cfg.model.dtype = max_seq_len, dtype
     meta = {}
     if adapter is not None:
-        pc, meta = read_adapter_folder(adapter)
-        read_personal(adapter)  # a stacked private adapter without its shared adapter fails here, before the model
+        af = _folder(adapter)  # a stacked private adapter without its shared adapter fails here, before the model
+        pc, meta = af.peft_config, af.meta
         cfg.lora = LoraConfig(r=pc["r"], alpha=pc["lora_alpha"], dropout=0.0, target_modules=list(pc["target_modules"]))
         model = model or meta.get("model") or pc.get("base_model_name_or_path")
     cfg.model.name = model or DEFAULT_MODEL
@@ -137,7 +149,7 @@ def _answers(
 
 def evaluate(
     engine: Engine,
-    adapter: str | Path | dict | None,
+    adapter: str | Path | AdapterFolder | dict | None,
     examples: list[Example],
     *,
     max_new_tokens: int = 256,
@@ -157,12 +169,12 @@ def evaluate(
     """
     if judge is not None and hasattr(judge, "check"):
         judge.check()
-    if isinstance(adapter, (str, Path)):
-        adapter, shared = read_personal(adapter)
+    if isinstance(adapter, (str, Path, AdapterFolder)):
+        adapter, shared = _states(adapter)
     if adapter is not None:
         engine.load_adapter(adapter)
     scope = engine.model.disable_adapter() if adapter is None else engine.stacked(shared)
-    keyed = adapter if shared is None else {**adapter, **{f"{SHARED_SLOT}.{k}": v for k, v in shared.items()}}
+    keyed = adapter if shared is None else {**adapter, **{f"{SHARED}.{k}": v for k, v in shared.items()}}
     with scope:
         prompts = [
             build_prompt(e.instruction, e.input, template=engine.template, tokenizer=engine.tokenizer) for e in examples

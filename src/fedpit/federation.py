@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .adapters import StateDict
+from .adapter_folder import write_adapter_folder
+from .adapters import StateDict, check_finite
 from .algorithms.base import (
     ClientReply,
     ClientState,
@@ -35,8 +36,9 @@ from .dp import preflight as dp_preflight
 from .dp import run_summary as dp_summary
 from .errors import ConfigError, TrainingError
 from .fsutil import write_private_text
+from .manifest import read_json, write_json
 from .partition import Partition, make_partition
-from .rundir import RunDir, check_finite, read_json, write_json
+from .rundir import RunDir
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -183,17 +185,21 @@ def adapter_meta(cfg: Config, client: int | None = None) -> dict:
     }
 
 
-def save_adapter(cfg: Config, engine: Engine, folder: Path, state: StateDict, client: int | None = None) -> None:
-    from .rundir import save_adapter_folder
-
-    save_adapter_folder(folder, state, engine.peft_config_dict(), adapter_meta(cfg, client))
+def save_adapter(
+    cfg: Config,
+    engine: Engine,
+    folder: Path,
+    state: StateDict,
+    client: int | None = None,
+    shared: StateDict | None = None,
+) -> None:
+    """An adapter folder of this run (:mod:`fedpit.adapter_folder`); with ``shared``: a stacked private adapter."""
+    write_adapter_folder(folder, state, engine.peft_config_dict(), adapter_meta(cfg, client), shared=shared)
 
 
 def save_personal(cfg: Config, engine: Engine, folder: Path, state: ClientState, client: int) -> None:
     """A client's personalized model as a peft folder (a stacked one with the shared adapter under it)."""
-    from .personal import save_personal_folder
-
-    save_personal_folder(folder, state.local, state.shared, engine.peft_config_dict(), adapter_meta(cfg, client))
+    save_adapter(cfg, engine, folder, state.local, client, shared=state.shared)
 
 
 def open_run(
@@ -391,7 +397,7 @@ def finish_clients(
         if last:
             extraction["shared"] = last[-1]["extraction"]
     for k, state in personal_states(rd, cfg.partition.num_clients, cfg.federation.rounds).items():
-        folder = rd.path / "clients" / f"client_{k}" / "final"
+        folder = rd.client_final(k)
         save_personal(cfg, engine, folder, state, client=k)
         personal.append(str(folder))
         if test_enc:
@@ -423,7 +429,7 @@ def summary(
         "transport": transport,
         "rounds": cfg.federation.rounds,
         "num_clients": cfg.partition.num_clients,
-        "final_adapter": str(rd.path / "final"),
+        "final_adapter": str(rd.final),
         "shares_global_adapter": method.shares_adapter,
         "personal_adapters": personal,  # only those in this run folder; a real site keeps its own
         "train_loss_per_round": [m.get("train_loss") for m in trained],
@@ -453,7 +459,7 @@ def finish_run(
     t_start: float,
 ) -> dict:
     """The end of a run, for every runtime: final adapters, personal scores, ``summary.json``, status complete."""
-    save_adapter(cfg, engine, rd.path / "final", global_state)
+    save_adapter(cfg, engine, rd.final, global_state)
     personal, losses, extraction = finish_clients(cfg, rd, engine, prep, test_enc)
     result = summary(
         cfg,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .adapter_folder import SHARED, AdapterFolder, read_adapter_folder
 from .prompts import build_prompt
 
 
@@ -205,6 +206,18 @@ def generate(
     return (out, finished) if return_finished else out
 
 
+def peft_model(model, af: AdapterFolder):
+    """``model`` (a backbone) with the adapter of ``af`` loaded by peft (adapter ``default``); a stacked private
+    adapter with the shared one under it (adapter :data:`~fedpit.adapter_folder.SHARED`), both active."""
+    from peft import PeftModel
+
+    m = PeftModel.from_pretrained(model, str(af.path))
+    if af.shared is not None:
+        m.load_adapter(str(af.shared.path), adapter_name=SHARED)
+        m.base_model.set_adapter(["default", SHARED])
+    return m
+
+
 def load_for_inference(
     adapter: str | Path | None,
     *,
@@ -216,29 +229,16 @@ def load_for_inference(
     """Backbone (+ a trained adapter folder written by fedpit or peft; a stacked private adapter with the shared one
     it sits on). Returns (model, tokenizer, template)."""
     from .backbone import DEFAULT_MODEL, load_backbone
-    from .rundir import read_adapter_folder
 
-    template = "alpaca"
-    name = model
-    if adapter is not None:
-        peft_config, meta = read_adapter_folder(adapter)
-        template = meta.get("template", template)
-        name = name or meta.get("model") or peft_config.get("base_model_name_or_path")
+    af = read_adapter_folder(adapter) if adapter is not None else None  # verified; refuses half of a stack
+    meta = af.meta if af is not None else {}
+    name = model or meta.get("model") or (af.peft_config.get("base_model_name_or_path") if af is not None else None)
     bb = load_backbone(name or DEFAULT_MODEL, dtype=dtype, device=device, cache_dir=cache_dir)
     m = bb.model
-    if adapter is not None:
-        from peft import PeftModel
-
-        from .personal import read_personal, stacked_on
-
-        m = PeftModel.from_pretrained(m, str(adapter))
-        base = stacked_on(adapter)
-        if base is not None:  # a stacked private adapter: load the shared one it sits on and activate both
-            read_personal(adapter)  # refuses a missing or different shared adapter
-            m.load_adapter(str(base), adapter_name="shared")
-            m.base_model.set_adapter(["default", "shared"])
+    if af is not None:
+        m = peft_model(m, af)
         m.eval()
-    return m, bb.tokenizer, template
+    return m, bb.tokenizer, meta.get("template", "alpaca")
 
 
 def answer(model, tokenizer, instruction: str, input: str = "", *, template: str = "alpaca", **kw) -> str:

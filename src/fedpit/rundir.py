@@ -8,7 +8,8 @@ Layout::
     rounds/round_NNN/      the global adapter after round NNN (peft folder; round_000 is the initial adapter);
                            its manifest.json is the round's commit record: the sha256 of every file the round
                            wrote (adapter, clients' state, ...), its metrics rows and the config fingerprint
-    clients/client_K/      each simulated client's private state (never sent to the server)
+    clients/client_K/      each simulated client's private state (never sent to the server), its outputs of
+                           round NNN in round_NNN/, and its personalized adapter in final/ (peft folder)
     fingerprint.json       the settings that change the result, and their sha256 (resume refuses other settings)
     progress.json          last completed round and status (running / failed / complete)
     final/                 the final global adapter (peft folder + fedpit.json), only when complete
@@ -16,8 +17,9 @@ Layout::
 
 A run's life is four calls, the same for every runtime: :meth:`RunDir.start` (or :meth:`RunDir.resume`), then
 :meth:`RunDir.commit_round` after every round (round 0 is the initial adapter), then :meth:`RunDir.finish`.
-Adapter folders are written and read by :func:`save_adapter_folder` and :func:`read_adapter_folder` only; each
-carries a ``manifest.json`` (sha256 of its files), verified when it is read.
+Paths inside the folder come from :class:`RunDir` only. Adapter folders are written and read by
+:mod:`fedpit.adapter_folder` only; each carries a ``manifest.json`` (sha256 of its files, :mod:`fedpit.manifest`),
+verified when it is read.
 
 A round is committed when its ``manifest.json`` names it (written atomically, last but for progress.json); resume
 verifies every committed round's checksums, recovers progress.json and metrics.jsonl from the manifests, and never
@@ -30,33 +32,30 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
-from .adapters import StateDict, load_state, save_state
-from .errors import ConfigError, DataError, TrainingError
+from .adapter_folder import WEIGHTS, read_adapter_folder
+from .adapters import StateDict, check_finite
+from .errors import ConfigError, DataError
 from .fsutil import TMP_SUFFIX, write_atomic
+from .manifest import MANIFEST, finite_json, read_json, read_manifest, verify_manifest, write_json, write_manifest
 
 if TYPE_CHECKING:
     from .config import Config
 
 log = logging.getLogger("fedpit.rundir")
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-MANIFEST = "manifest.json"
 FINGERPRINT = "fingerprint.json"
 # settings that place or label a run but do not change what it computes: left out of the fingerprint
 NOT_FINGERPRINTED = frozenset(
     {"output_dir", "run_name", "model.cache_dir", "model.device", "flower.wait_for_nodes_s", "flower.round_timeout_s"}
 )
 FAULT_ENV = "FEDPIT_FAULT_KILL"  # test hook: SIGKILL this process at the named fault point (see fault_point)
-AdapterSaver = Callable[[Path, StateDict], None]  # writes one adapter folder (see save_adapter_folder)
+AdapterSaver = Callable[[Path, StateDict], None]  # writes one adapter folder (fedpit.adapter_folder)
 
 
 def fault_point(name: str) -> None:
@@ -65,45 +64,6 @@ def fault_point(name: str) -> None:
     ``commit_R_metrics`` and ``commit_R_manifest`` (after that step of round R's commit)."""
     if os.environ.get(FAULT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-# ---------------------------------------------------------------------------------------------------------- JSON
-def finite_json(data):
-    """``data`` with every non-finite float (nan, inf) replaced by None, so it is valid JSON."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: finite_json(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite_json(v) for v in data]
-    return data
-
-
-def write_json(path: Path, data) -> None:
-    """Atomically, and always valid JSON: a non-finite number is written as null, never as a bare NaN."""
-    write_atomic(path, json.dumps(finite_json(data), indent=2, default=str, allow_nan=False) + "\n")
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def read_json_file(path: Path, what: str):
-    """A JSON file the run wrote; a one-line error naming it when it is unreadable."""
-    try:
-        return read_json(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing ({what})") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: malformed {what} ({str(e).splitlines()[0][:80]})") from None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _warned: set[str] = set()
@@ -117,18 +77,16 @@ def warn_once(msg: str) -> None:
         log.warning("%s", msg)
 
 
+def _tag(r: int) -> str:
+    """``round_NNN``: round ``r``'s name in the run folder."""
+    return f"round_{r:03d}"
+
+
 def _row_line(row: dict) -> str:
     return json.dumps(row, allow_nan=False) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
-def check_finite(state: StateDict, what: str) -> None:
-    """Raise TrainingError naming ``what`` when a tensor of ``state`` holds nan or inf."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise TrainingError(f"{what}: non-finite values (nan/inf) in {len(bad)} tensor(s), e.g. {bad[0]}")
-
-
 def fingerprint(cfg: Config) -> dict:
     """The resolved settings that change a run's result (not where it is written or what it is called)."""
     flat: dict = {}
@@ -147,103 +105,6 @@ def fingerprint(cfg: Config) -> dict:
 
 def fingerprint_of(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------------- manifests
-def write_manifest(folder: Path, files: list[str], base: str = ".", **extra) -> None:
-    """``folder/manifest.json``: the sha256 of ``files`` (paths relative to ``folder/base``), written atomically."""
-    root = folder / base
-    body = finite_json({"base": base, **extra, "files": {f: sha256_file(root / f) for f in files}})
-    write_json(folder / MANIFEST, {**body, "sha256": _self_sha256(body)})
-
-
-def _self_sha256(body: dict) -> str:
-    """A manifest's checksum of itself (every key but ``sha256``), so a damaged manifest is found, not believed."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
-
-
-def read_manifest(folder: Path) -> dict | None:
-    """``folder/manifest.json`` (None when there is none); a one-line error when it is damaged."""
-    f = Path(folder) / MANIFEST
-    if not f.is_file():
-        return None
-    m = read_json_file(f, "manifest")
-    files = m.get("files") if isinstance(m, dict) else None
-    if (
-        not isinstance(files, dict)
-        or not isinstance(m.get("base"), str)
-        or not all(isinstance(v, str) for v in files.values())
-    ):
-        raise ConfigError(f"{f}: malformed manifest (needs 'base' and 'files' of sha256 digests)")
-    if _self_sha256({k: v for k, v in m.items() if k != "sha256"}) != m.get("sha256"):
-        raise ConfigError(f"{f}: damaged manifest (its own sha256 does not match its content); restore it")
-    return m
-
-
-def verify_manifest(folder: Path, m: dict, *, inside_only: bool = False) -> None:
-    """Every file ``m`` lists exists with its recorded sha256; a one-line error naming the first that does not."""
-    folder = Path(folder)
-    root = folder / m["base"]
-    for rel, digest in m["files"].items():
-        p = root / rel
-        if inside_only and p.resolve().parent != folder.resolve():
-            continue
-        if not p.is_file():
-            raise ConfigError(f"{p}: missing (listed in {folder / MANIFEST}); restore it")
-        if sha256_file(p) != digest:
-            raise ConfigError(
-                f"{p}: checksum mismatch: the file changed after it was written (sha256 in {folder / MANIFEST}); "
-                "restore it"
-            )
-
-
-# ---------------------------------------------------------------------------------------------------------- adapters
-def save_adapter_folder(folder: Path, state: StateDict, peft_config: dict, meta: dict) -> None:
-    """A folder ``peft.PeftModel.from_pretrained`` loads, plus ``fedpit.json`` (backbone name, template, ...) and
-    ``manifest.json`` (the sha256 of those files)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_state(state, folder / ADAPTER_FILES[0], metadata={"format": "pt"})
-    write_json(folder / ADAPTER_FILES[1], peft_config)
-    write_json(folder / "fedpit.json", meta)
-    write_manifest(folder, [*ADAPTER_FILES, "fedpit.json"])
-
-
-def load_adapter_state(folder: str | os.PathLike) -> StateDict:
-    """The tensors of an adapter folder: a one-line error naming the file when it is truncated, not safetensors, or
-    holds nan/inf."""
-    f = Path(folder) / ADAPTER_FILES[0]
-    try:
-        state = load_state(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{f}: missing") from None
-    except Exception as e:  # safetensors raises its own error types for a truncated or garbled file
-        raise ConfigError(f"{f}: not a readable safetensors file ({str(e).splitlines()[0][:80]})") from None
-    try:
-        check_finite(state, str(f))
-    except TrainingError as e:
-        raise ConfigError(str(e)) from None
-    return state
-
-
-def read_adapter_folder(folder: str | os.PathLike) -> tuple[dict, dict]:
-    """(adapter_config.json, fedpit.json or {}) of an adapter folder, its files checked against its manifest and its
-    tensors readable and finite; a one-line error naming the file for anything else."""
-    folder = Path(folder)
-    missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
-    if missing:
-        raise ConfigError(
-            f"{folder / missing[0]}: missing, so {folder} is not an adapter folder "
-            f"(needs {' and '.join(ADAPTER_FILES)})"
-        )
-    m = read_manifest(folder)
-    if m is not None:
-        verify_manifest(folder, m, inside_only=True)
-    pc = read_json_file(folder / ADAPTER_FILES[1], "adapter config")
-    meta = read_json_file(folder / "fedpit.json", "adapter metadata") if (folder / "fedpit.json").is_file() else {}
-    if not isinstance(pc, dict) or not isinstance(meta, dict):
-        raise ConfigError(f"{folder}: malformed adapter folder ({ADAPTER_FILES[1]} and fedpit.json hold JSON objects)")
-    load_adapter_state(folder)
-    return pc, meta
 
 
 def _claim(path: Path, unique: bool) -> Path:
@@ -322,7 +183,7 @@ class RunDir:
         manifests = self.committed_rounds()
         if (
             not manifests
-            and (self.round_dir(0) / ADAPTER_FILES[0]).is_file()
+            and (self.round_dir(0) / WEIGHTS).is_file()
             and isinstance(claimed := self.progress().get("completed_rounds"), int)
             and claimed > 0
         ):
@@ -374,14 +235,38 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def round_dir(self, r: int) -> Path:
-        return self.path / "rounds" / f"round_{r:03d}"
+        return self.path / "rounds" / _tag(r)
 
-    def client_state_file(self, client: int, r: int) -> Path:
-        return self.path / "clients" / f"client_{client}" / f"state.round_{r:03d}.safetensors"
+    @property
+    def final(self) -> Path:
+        """The final global adapter's folder."""
+        return self.path / "final"
+
+    def client_dir(self, client: int | str) -> Path:
+        """``clients/client_K/``: client K's own folder (``"*"``: a glob pattern for every client's)."""
+        return self.path / "clients" / f"client_{client}"
+
+    def client_final(self, client: int) -> Path:
+        """The client's personalized adapter folder (written when the run ends)."""
+        return self.client_dir(client) / "final"
+
+    def client_round_dir(self, client: int, r: int) -> Path:
+        """The client's local outputs of round ``r`` (synthetic data, ...), on its own disk."""
+        return self.client_dir(client) / _tag(r)
+
+    def client_outputs(self, client: int | None = None, r: int | None = None) -> list[Path]:
+        """The files in clients' round folders (``clients/client_K/round_NNN/**``): of every client unless
+        ``client`` is given, of every round unless ``r`` is."""
+        folder = self.client_dir("*" if client is None else client).relative_to(self.path)
+        tag = "round_*" if r is None else _tag(r)
+        return [p for p in self.path.glob(f"{folder}/{tag}/**/*") if p.is_file()]
+
+    def client_state_file(self, client: int | str, r: int) -> Path:
+        return self.client_dir(client) / f"state.{_tag(r)}.safetensors"
 
     def latest_client_state(self, client: int, at_most: int) -> Path | None:
         """The client's private state as of round ``at_most`` (it is written only in rounds the client trained)."""
-        folder = self.path / "clients" / f"client_{client}"
+        folder = self.client_dir(client)
         found = sorted((int(f.name.split("_")[1].split(".")[0]), f) for f in folder.glob("state.round_*.safetensors"))
         found = [f for r, f in found if r <= at_most]
         return found[-1] if found else None
@@ -389,10 +274,10 @@ class RunDir:
     def round_files(self, r: int) -> list[str]:
         """Every file round ``r`` wrote in this folder (relative paths): its global adapter, the clients' private
         state and local outputs, its extraction rows; round 0 also the partition."""
-        tag = f"round_{r:03d}"
+        tag = _tag(r)
         found = [p for p in self.round_dir(r).iterdir() if p.name != MANIFEST]
-        found += self.path.glob(f"clients/client_*/state.{tag}.safetensors")
-        found += (p for p in self.path.glob(f"clients/client_*/{tag}/**/*"))
+        found += self.path.glob(str(self.client_state_file("*", r).relative_to(self.path)))
+        found += self.client_outputs(r=r)
         found += self.path.glob(f"extraction/shared_{tag}.jsonl")
         if r == 0:
             found.append(self.path / "partition.json")
@@ -494,17 +379,17 @@ class RunDir:
         """A complete run's adapters: every committed round and ``final/`` against their checksums (a one-line error
         naming a damaged file)."""
         self.check_progress(len(self.committed_rounds()) - 1, warn=False)
-        final = self.path / "final"
-        if read_manifest(final) is None:
-            raise ConfigError(f"{final / MANIFEST}: missing (every adapter folder a run writes has one)")
-        read_adapter_folder(final)
+        if not (self.final / MANIFEST).is_file():
+            raise ConfigError(f"{self.final / MANIFEST}: missing (every adapter folder a run writes has one)")
+        read_adapter_folder(self.final)
 
     def is_complete(self) -> bool:
         return (self.path / "summary.json").is_file()
 
     # -------------------------------------------------------------------- adapters
     def load_global(self, r: int) -> StateDict:
-        return load_adapter_state(self.round_dir(r))
+        """Round ``r``'s global adapter (a committed round: its checksums were verified when the run was resumed)."""
+        return read_adapter_folder(self.round_dir(r), verify=False).state
 
     # -------------------------------------------------------------------- metrics
     def append_metrics(self, rows: list[dict]) -> None:

@@ -167,7 +167,7 @@ class Runner:
         seconds = time.perf_counter() - tc
         if result.state:
             result.state.save(rd.client_state_file(k, r))
-        write_artifacts(rd.path / "clients" / f"client_{k}" / f"round_{r:03d}", result.artifacts)
+        write_artifacts(rd.client_round_dir(k, r), result.artifacts)
         progress.remove_task(task)
         m = result.reply.metrics
         synth = f" + {m['synthetic']} synthetic" if "synthetic" in m else ""

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..rundir import RunDir
 from .canaries import Canary
 
 
@@ -33,8 +34,7 @@ def _strings(value, path: str = "") -> Iterator[tuple[str, str]]:
 def files_to_scan(run_dir: Path, client: int | None = None) -> list[Path]:
     """Client outputs (``clients/client_K/round_NNN/**``, JSON and JSONL) and ``metrics.jsonl``; with ``client``,
     that client's outputs only (and the metrics rows, when the folder has them)."""
-    pattern = f"clients/client_{client}/round_*/**/*" if client is not None else "clients/client_*/round_*/**/*"
-    found = [p for p in run_dir.glob(pattern) if p.is_file() and p.suffix in (".json", ".jsonl")]
+    found = [p for p in RunDir(run_dir).client_outputs(client) if p.suffix in (".json", ".jsonl")]
     if (run_dir / "metrics.jsonl").is_file():
         found.append(run_dir / "metrics.jsonl")
     return sorted(found)

@@ -57,15 +57,15 @@ def resolve_models(
 
     The backbone is ``model``, else the one the adapters were trained on, else the packaged SmolLM2.
     """
+    from ..adapter_folder import read_adapter_folder
     from ..backbone import DEFAULT_MODEL, resolve_model_path
-    from ..rundir import read_adapter_folder
 
     groups = [(label, [Path(a) for a in (a if isinstance(a, (list, tuple)) else [a])]) for label, a in adapters]
     names = set()
     for _, folders in groups:
         for a in folders:
-            pc, meta = read_adapter_folder(a)
-            names.add(model or meta.get("model") or pc.get("base_model_name_or_path"))
+            af = read_adapter_folder(a)
+            names.add(model or af.meta.get("model") or af.peft_config.get("base_model_name_or_path"))
     if len(names) > 1:
         raise ConfigError(
             f"--adapter: the adapters were trained on different backbones ({', '.join(map(str, names))}); "
