@@ -256,3 +256,20 @@ def test_the_backbones_losses_are_computed_once_per_example_and_data_file(engine
     f.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in pool))
     other = _cfg(tmp_path, f"model.cache_dir={tmp_path / 'cache'}", f"data.train={f}")
     assert backbone_cache_file(other, engine) != backbone_cache_file(cfg, engine)  # one cache per data file
+
+
+def test_the_backbones_attack_rows_are_cached_like_its_losses(engine, tmp_path, monkeypatch):
+    from fedpit.audit import run
+
+    cfg = _cfg(tmp_path, f"model.cache_dir={tmp_path / 'cache'}", "eval.extraction_max_new_tokens=4")
+    pool = load_train(cfg)[:5]
+    calls = []
+    real = run.attack_rows
+    monkeypatch.setattr(run, "attack_rows", lambda c, e, todo: calls.append(len(todo)) or real(c, e, todo))
+    first = run.backbone_attack_rows(cfg, engine, pool[:3])
+    assert calls == [3] and set(first) == {run._digest(e) for e in pool[:3]}
+    with engine.model.disable_adapter():
+        assert first == real(cfg, engine, pool[:3])  # what the attack gives, through JSON unchanged
+    assert run.backbone_attack_rows(cfg, engine, pool) == first | real(cfg, engine, pool[3:]) and calls == [3, 2]
+    longer = _cfg(tmp_path, f"model.cache_dir={tmp_path / 'cache'}", "eval.extraction_max_new_tokens=5")
+    assert run.backbone_cache_file(longer, engine, "extraction") != run.backbone_cache_file(cfg, engine, "extraction")

@@ -80,3 +80,20 @@ def test_a_memorized_example_scores_one_and_an_unrelated_one_near_zero(memorized
         "exact": 0.5,
         "prefix_exact": 0.5,
     }
+
+
+def test_the_token_prefix_attack_reaches_the_end_of_text_and_stops_a_row_where_it_leaves_its_suffix(memorized):
+    """A suffix running to the response's end (its EOS) is matched by a memorized example (the model must be free to
+    end the text), and a row stops at the first token that leaves its suffix: the answer is already known."""
+    from fedpit.privacy import _greedy_from_ids
+
+    model, tok = memorized
+    r = extraction_attack(model, tok, [SECRET, OTHER], max_new_tokens=24, suffix_tokens=1000)
+    assert [row["prefix_exact"] for row in r.per_example] == [True, False]
+    ids = [list(encode_example(tok, e, max_len=128).input_ids) for e in (SECRET, OTHER)]
+    prefixes, suffixes = [x[: len(x) // 2] for x in ids], [x[len(x) // 2 :] for x in ids]
+    assert suffixes[0][-1] == tok.eos_token_id
+    got = _greedy_from_ids(model, tok, prefixes, suffixes, batch_size=2)
+    assert got[0][: len(suffixes[0])] == suffixes[0]
+    first_miss = next(t for t, (a, b) in enumerate(zip(got[1], suffixes[1])) if a != b)
+    assert all(t == tok.pad_token_id for t in got[1][first_miss + 1 :])  # nothing decoded after it left

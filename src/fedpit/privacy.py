@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .generate import generate
+from .generate import generate, lora_merged
 from .metrics import exact_match, rouge_l
 from .prompts import build_prompt, encode_example
 
@@ -42,36 +42,62 @@ def sample_targets(examples: Sequence, n: int, seed: int) -> list:
     return [examples[i] for i in sorted(idx)]
 
 
+class _LeavesSuffix:
+    """A ``StoppingCriteria`` (HF's public interface) for the token-prefix attack: a row stops as soon as its greedy
+    continuation leaves the suffix it should reproduce, or has reproduced all of it. The attack only asks whether
+    the first ``len(suffix)`` tokens equal the suffix, so stopping a row that has left it changes no result; most
+    rows leave within a few tokens, so the attack costs a few decode steps instead of ``suffix_tokens``."""
+
+    def __init__(self, suffixes: list[list[int]], width: int):
+        longest = max(len(s) for s in suffixes)
+        self.want = torch.full((len(suffixes), longest), -1, dtype=torch.long)
+        for j, suf in enumerate(suffixes):
+            self.want[j, : len(suf)] = torch.tensor(suf)
+        self.lengths = torch.tensor([len(s) for s in suffixes])
+        self.width = width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        t = input_ids.shape[1] - self.width  # tokens generated so far (>= 1)
+        left = input_ids[:, -1].cpu() != self.want[:, t - 1]
+        return (left | (t >= self.lengths)).to(input_ids.device)
+
+
 @torch.no_grad()
 def _greedy_from_ids(
-    model, tokenizer, prefixes: list[list[int]], max_new_tokens: int, batch_size: int
+    model, tokenizer, prefixes: list[list[int]], suffixes: list[list[int]], batch_size: int
 ) -> list[list[int]]:
+    """Greedy continuations of token ``prefixes``, each stopped where it leaves its ``suffix`` (or ends it, or the
+    model ends the text); the LoRA adapter is folded in while decoding."""
+    from transformers import StoppingCriteriaList
+
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     out: list[list[int]] = [[] for _ in prefixes]
     order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
     model.eval()
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        width = max(len(prefixes[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for j, i in enumerate(idx):  # left padding
-            ids[j, width - len(prefixes[i]) :] = torch.tensor(prefixes[i])
-            mask[j, width - len(prefixes[i]) :] = 1
-        gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=pad,
-        )
-        for j, i in enumerate(idx):
-            out[i] = gen[j, width:].tolist()
+    with lora_merged(model):
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            width = max(len(prefixes[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for j, i in enumerate(idx):  # left padding
+                ids[j, width - len(prefixes[i]) :] = torch.tensor(prefixes[i])
+                mask[j, width - len(prefixes[i]) :] = 1
+            stop = _LeavesSuffix([suffixes[i] for i in idx], width)
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=int(stop.lengths.max()),
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=pad,
+                stopping_criteria=StoppingCriteriaList([stop]),
+            )
+            for j, i in enumerate(idx):
+                out[i] = gen[j, width:].tolist()
     return out
 
 
@@ -98,8 +124,7 @@ def extraction_attack(
         half = len(ids) // 2
         prefixes.append(ids[:half])
         suffixes.append(ids[half : half + suffix_tokens])
-    longest = max(len(s) for s in suffixes)
-    produced = _greedy_from_ids(model, tokenizer, prefixes, longest, batch_size)
+    produced = _greedy_from_ids(model, tokenizer, prefixes, suffixes, batch_size)
 
     rows = []
     for t, cont, suf, got in zip(targets, continuations, suffixes, produced):

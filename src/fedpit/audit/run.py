@@ -17,8 +17,9 @@ For each model:
   (``eval.extraction_n``), with bootstrap intervals, and its excess over the backbone paired per example.
 
 Then every canary secret found in the run's client outputs and metrics rows (:mod:`fedpit.audit.leaks`).
-Forward passes only, batched (``privacy.audit_batch_size``); the backbone's per-example losses are cached per data
-file and backbone in the cache folder (``model.cache_dir``), so audits of runs on the same data reuse them.
+Forward passes only, batched (``privacy.audit_batch_size``); the backbone's per-example losses and extraction rows
+are cached per data file and backbone in the cache folder (``model.cache_dir``), so audits of runs on the same data
+reuse them.
 Every input is checked before the model loads; an error is one line and writes nothing.
 """
 
@@ -36,19 +37,21 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..adapter_folder import SHARED, read_adapter_folder
 from ..adapters import StateDict
 from ..config import Config, load_config
 from ..data import Example, demo_path
 from ..errors import ConfigError, DataError
 from ..fsutil import write_private_text
+from ..manifest import read_json_file, sha256_file, write_json
 from ..partition import Partition
-from ..rundir import load_adapter_state, read_adapter_folder, read_json_file, sha256_file, write_json
+from ..rundir import RunDir
 from . import mia
 from .canaries import Canary, digit_token_ids, exposure, prefix_ids, secret_logprobs
 from .data import MIN_SPLIT, PrivateData, read_private, split_pool
 from .leaks import describe, scan
 
-SHARED, BACKBONE = "shared", "backbone"
+BACKBONE = "backbone"  # the bare backbone's model name (the shared adapter's is SHARED)
 AUDIT_FILE = "audit.json"
 
 
@@ -101,27 +104,26 @@ def find_models(cfg: Config, run_dir: Path, private: PrivateData, client: int | 
     """The models to audit (the backbone last); one-line errors for a folder without adapters, a client without a
     private model, or too few members or non-members for membership inference."""
     from ..algorithms import get_method
-    from ..personal import read_personal
 
     n = cfg.partition.num_clients
     if client is not None and not 0 <= client < n:
         raise ConfigError(f"--client: {client} is outside 0..{n - 1} (the run has {n} clients)")
     members = client_members(cfg, run_dir, private)
-    models = []
-    if client is None and get_method(cfg.algorithm).shares_adapter and (run_dir / "final").is_dir():
-        read_adapter_folder(run_dir / "final")  # checked against its manifest
+    models, rd = [], RunDir(run_dir)
+    if client is None and get_method(cfg.algorithm).shares_adapter and rd.final.is_dir():
+        final = read_adapter_folder(rd.final)  # checked against its manifest
         pooled = [e for k in sorted(members) for e in members[k]]
-        models.append(Model(SHARED, load_adapter_state(run_dir / "final"), None, pooled, private.canaries))
+        models.append(Model(SHARED, final.state, None, pooled, private.canaries))
     for k in [client] if client is not None else range(n):
-        folder = run_dir / "clients" / f"client_{k}" / "final"
+        folder = rd.client_final(k)
         if not folder.is_dir():
             if client is not None:
                 raise ConfigError(f"{folder}: missing (client {k}'s private model; is the run complete?)")
             continue
-        local, shared = read_personal(folder)
+        af = read_adapter_folder(folder)  # a stacked one with the shared adapter under it
         own = [c for c in private.canaries if c.client == k]
         controls = [c for c in private.canaries if c.client != k] if client is None else []
-        models.append(Model(f"client_{k}", local, shared, members[k], own, controls))
+        models.append(Model(f"client_{k}", af.state, af.shared_state, members[k], own, controls))
     if not models:
         raise ConfigError(
             f"{run_dir}: no adapters to audit (no final/ shared adapter, no clients/client_K/final/); audit a "
@@ -166,20 +168,24 @@ def _data_digest(cfg: Config) -> str:
     return sha256_file(path) if path.is_file() else hashlib.sha256(src.encode()).hexdigest()
 
 
-def backbone_cache_file(cfg: Config, engine) -> Path:
-    """Where the backbone's per-example losses on ``data.train`` are cached: one file per data file (sha256) and
-    backbone (resolved path, dtype, device, template, max_seq_len), in the cache folder."""
+def backbone_cache_file(cfg: Config, engine, kind: str = "losses") -> Path:
+    """Where the backbone's per-example results of one ``kind`` on ``data.train`` are cached: one file per data
+    file (sha256), backbone (resolved path, dtype, device, template, max_seq_len) and kind, in the cache folder.
+    ``losses``: the per-example losses; ``extraction``: the extraction attack's rows (its settings in the key)."""
     from ..backbone import cache_root
 
     bb = engine.backbone
     key = [_data_digest(cfg), bb.path, str(bb.dtype), engine.device.type, engine.template, engine.max_seq_len]
+    if kind != "losses":
+        key += [kind, cfg.eval.extraction_max_new_tokens]
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
-    return cache_root(cfg.model.cache_dir or None) / "audit" / f"backbone-losses-{digest}.json"
+    return cache_root(cfg.model.cache_dir or None) / "audit" / f"backbone-{kind}-{digest}.json"
 
 
-def backbone_losses(cfg: Config, engine, examples: list[Example]) -> dict[str, float]:
-    """The bare backbone's loss on each example, by example digest: from the cache, computing what it lacks."""
-    f = backbone_cache_file(cfg, engine)
+def _backbone_cached(cfg: Config, engine, kind: str, examples: list[Example], compute: Callable) -> dict:
+    """The bare backbone's result of ``kind`` for each example, by example digest: from the cache, computing (with
+    the adapter disabled) only what it lacks; ``compute(examples)`` returns one JSON value per example."""
+    f = backbone_cache_file(cfg, engine, kind)
     try:
         stored = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -187,10 +193,28 @@ def backbone_losses(cfg: Config, engine, examples: list[Example]) -> dict[str, f
     todo = list({_digest(e): e for e in examples if _digest(e) not in stored}.values())
     if todo:
         with engine.model.disable_adapter():
-            values = example_losses(engine, todo, cfg.privacy.audit_batch_size)
-        stored |= {_digest(e): (None if math.isnan(v) else float(v)) for e, v in zip(todo, values)}
+            stored |= dict(zip(map(_digest, todo), compute(todo)))
         write_private_text(f, json.dumps(stored) + "\n")
-    return {k: (math.nan if stored[k] is None else stored[k]) for k in {_digest(e) for e in examples}}
+    return {k: stored[k] for k in {_digest(e) for e in examples}}
+
+
+def backbone_losses(cfg: Config, engine, examples: list[Example]) -> dict[str, float]:
+    """The bare backbone's loss on each example, by example digest (cached per data file and backbone)."""
+
+    def compute(todo: list[Example]) -> list[float | None]:
+        values = example_losses(engine, todo, cfg.privacy.audit_batch_size)
+        return [None if math.isnan(v) else float(v) for v in values]
+
+    got = _backbone_cached(cfg, engine, "losses", examples, compute)
+    return {k: (math.nan if v is None else v) for k, v in got.items()}
+
+
+def backbone_attack_rows(cfg: Config, engine, targets: list[Example]) -> dict[str, dict]:
+    """The extraction attack's rows of the bare backbone on ``targets``, by example digest (cached like its
+    losses: every audit of a run on the same data attacks the backbone on examples earlier audits attacked)."""
+    return _backbone_cached(
+        cfg, engine, "extraction", targets, lambda todo: list(attack_rows(cfg, engine, todo).values())
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- measures
@@ -344,7 +368,10 @@ def _measure_all(cfg: Config, engine, models: list[Model], private: PrivateData,
                 out["mia"][m.name] = measure_mia(cfg, engine, m, holdout, base_loss)
             if private.canaries:
                 out["canaries"][m.name] = measure_canaries(cfg, engine, m, prefixes, digits)
-            rows = attack_rows(cfg, engine, union if m.adapter is None else targets[m.name])
+            if m.adapter is None:
+                rows = backbone_attack_rows(cfg, engine, union)
+            else:
+                rows = attack_rows(cfg, engine, targets[m.name])
         base_rows = rows if m.adapter is None else base_rows
         mine = [rows[_digest(e)] for e in targets[m.name]]
         base = None if m.adapter is None else [base_rows[_digest(e)] for e in targets[m.name]]
