@@ -41,7 +41,7 @@ def fixed_synthetic(monkeypatch):
     """Self-generation replaced by a fixed synthetic set, recording which adapter was loaded when it ran."""
     calls = []
 
-    def fake(model, tok, local, s, *, seed, template="alpaca", num=None):
+    def fake(model, tok, local, s, *, seed, template="alpaca", num=None, respond=None):
         calls.append({"n_local": len(local)})
         return list(SYNTH), SelfGenReport(kept=len(SYNTH))
 

@@ -110,9 +110,16 @@ class SelfGenSettings:
     task_text: str = "auto"  # what a Phase A demonstration shows: "instruction", "instruction+input" or "auto"
     template: str = "model"  # prompt format for generation: model (= model.template) | auto | alpaca | chat
     measure: bool = True  # synthetic-quality measures (MiniLM relevance, diversity, closeness, IFS) every round
+    responder: str = "shared"  # who writes the answers: shared (the shared model) | private (the client's own model)
+    public_pick: str = "random"  # which public_data examples: random | nearest (MiniLM, to the client's own)
+    accumulate: bool = False  # keep earlier rounds' kept examples in the shared adapter's training pool
 
 
 TASK_TEXTS = ("auto", "instruction", "instruction+input")
+RESPONDERS = ("shared", "private")
+PUBLIC_PICKS = ("random", "nearest")
+SHARED_TARGETS = ("text", "distill")
+PRIVATE_MODEL_METHODS = ("fedpit", "fedpit-mix")  # the methods whose clients hold a private model to teach with
 GEN_TEMPLATES = ("model", "auto", "alpaca", "chat")
 SELECT_BY = ("off", "ifs", "relevance", "first")  # off: no selection step; first: generation order
 PERSONAL = ("independent", "stacked")
@@ -128,6 +135,10 @@ class FedPITConfig:
     mix_select_by: str = "ifs"  # fedpit-mix's selection (the journal's: ifs); the same values
     shared_budget: str = "synthetic_epochs"  # synthetic_epochs | parity (FedIT's local step count)
     personal: str = "independent"  # fedpit: independent | stacked (private adapter on top of the frozen shared one)
+    shared_target: str = "text"  # what the shared adapter learns from the kept synthetic examples: text | distill
+    distill_weight: float = 0.5  # distill: weight of the cross-entropy on the text; 1 - it: of the teacher's KL
+    distill_temperature: float = 1.0  # distill: softmax temperature T of teacher and student (the KL is scaled by T^2)
+    teacher_mix: float = 1.0  # distill: teacher = teacher_mix x private model + (1 - teacher_mix) x global model
 
 
 @dataclass
@@ -178,9 +189,9 @@ class PrivacyConfig:
     holdout: float = 0.0  # share of data.train held out of training as MIA non-members (seeded split; 0 = no MIA)
     canaries: int = 0  # canaries put into the clients' data (canary i into client i mod partition.num_clients)
     canary_repeats: int = 1  # copies of each canary in its client's data
-    canary_digits: int = 5  # digits of each canary's secret: exposure ranks it among all 10^digits secrets (1-6)
+    canary_digits: int = 4  # digits of each secret: exposure ranks it among all 10^digits (1-6; 5 costs 10x the trie)
     bootstrap: int = 1000  # resamples behind each 95% interval the audit reports
-    audit_batch_size: int = 8  # examples per forward pass of the audit's losses and extraction attack
+    audit_batch_size: int = 32  # examples per forward pass of the audit's losses and extraction attack
     trie_batch_size: int = 128  # secrets per forward pass of the canary digit trie (bounds its KV-cache memory)
 
 
@@ -473,6 +484,14 @@ def _selfgen(cfg: Config) -> None:
     _check(g.task_text in TASK_TEXTS, "selfgen.task_text", f"must be one of {', '.join(TASK_TEXTS)}")
     _check(0 < g.temperature and 0 < g.top_p <= 1, "selfgen.temperature", "temperature > 0 and top_p in (0, 1]")
     _check(g.template in GEN_TEMPLATES, "selfgen.template", f"must be one of {', '.join(GEN_TEMPLATES)}")
+    _check(g.responder in RESPONDERS, "selfgen.responder", f"must be one of {', '.join(RESPONDERS)}")
+    _check(g.public_pick in PUBLIC_PICKS, "selfgen.public_pick", f"must be one of {', '.join(PUBLIC_PICKS)}")
+    _check(
+        g.responder == "shared" or cfg.algorithm in PRIVATE_MODEL_METHODS,
+        "selfgen.responder",
+        f"private needs a method whose clients keep a private model ({', '.join(PRIVATE_MODEL_METHODS)}); "
+        f"{cfg.algorithm} has none",
+    )
 
 
 def _methods(cfg: Config) -> None:
@@ -495,6 +514,19 @@ def _methods(cfg: Config) -> None:
         "fedpit.personal",
         f"stacked applies to fedpit only: {cfg.algorithm} keeps no private adapter on top of a shared one "
         "(leave fedpit.personal = independent)",
+    )
+    p = cfg.fedpit
+    _check(p.shared_target in SHARED_TARGETS, "fedpit.shared_target", f"must be one of {', '.join(SHARED_TARGETS)}")
+    _check(
+        p.shared_target == "text" or cfg.algorithm in PRIVATE_MODEL_METHODS,
+        "fedpit.shared_target",
+        f"distill needs a method whose clients keep a private model to teach with "
+        f"({', '.join(PRIVATE_MODEL_METHODS)}); {cfg.algorithm} has none",
+    )
+    for key in ("distill_weight", "teacher_mix"):
+        _check(0.0 <= getattr(p, key) <= 1.0, f"fedpit.{key}", "must be in [0, 1]")
+    _check(
+        math.isfinite(p.distill_temperature) and p.distill_temperature > 0, "fedpit.distill_temperature", "must be > 0"
     )
     _check(cfg.fedprox.mu >= 0, "fedprox.mu", "must be >= 0")
     _check(cfg.fewfedweight.energy_temperature > 0, "fewfedweight.energy_temperature", "must be > 0")

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adapter_folder import SHARED
 from .adapters import StateDict, clone_state
 from .backbone import Backbone
 from .config import LoraConfig
 from .prompts import IGNORE_INDEX, Encoded, encode_example
 
 log = logging.getLogger("fedpit.engine")
-SHARED_SLOT = "shared"  # peft adapter name of the frozen shared adapter under a stacked private one
 
 
 @dataclass
@@ -85,6 +85,38 @@ def _optimizer_step(
     opt.zero_grad(set_to_none=True)
 
 
+TEACHER_PRIVATE, TEACHER_BASE, TEACHER_GLOBAL = "teacher", "teacher_base", "teacher_global"  # distillation slots
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """Token-level teaching of the adapter :meth:`Engine.train` trains (the student): its loss per response token
+    becomes ``weight`` x cross-entropy + (1 - ``weight``) x T^2 x KL(p_teacher || p_student), both distributions
+    softmaxes at temperature T = ``temperature``, and p_teacher = ``mix`` x p_private + (1 - ``mix``) x p_global: a
+    mixture of the *probabilities* of two frozen models, the client's private model (``private``, stacked on
+    ``private_base`` where it is a stacked private adapter) and the global model the round started from
+    (``global_state``). The teacher's logits are computed per micro-batch from extra peft adapter slots of the one
+    model, never stored (a 49,152-word vocabulary costs ~197 KB per token)."""
+
+    private: StateDict
+    global_state: StateDict
+    mix: float = 1.0
+    weight: float = 0.5
+    temperature: float = 1.0
+    private_base: StateDict | None = None
+
+    @property
+    def private_slots(self) -> list[str]:
+        return [TEACHER_PRIVATE] + ([TEACHER_BASE] if self.private_base is not None else [])
+
+
+def distill_token_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 x KL(p_teacher || softmax(student / T)) per position (rows), in nats."""
+    log_q = torch.log_softmax(student_logits / temperature, dim=-1)
+    kl = (torch.xlogy(teacher_probs, teacher_probs) - teacher_probs * log_q).sum(dim=-1)
+    return temperature**2 * kl
+
+
 class Engine:
     def __init__(
         self, backbone: Backbone, lora: LoraConfig, *, template: str = "alpaca", max_seq_len: int = 512, seed: int = 0
@@ -139,30 +171,64 @@ class Engine:
         """Within: the model is backbone + ``shared`` (frozen) + the loaded adapter, the one :meth:`load_adapter`,
         :meth:`adapter_state` and :meth:`train` address (FedDPA's stack of a global and a private LoRA adapter).
 
-        peft's multi-adapter support does the stacking: ``shared`` goes into a second adapter slot (no dropout: it
-        is part of the frozen model), both are activated with ``set_adapter([...])`` and only the private one keeps
-        gradients. The slot is created on first use; outside this block only the loaded adapter is active and
-        trainable, exactly as before. ``None``: nothing is stacked (the block changes nothing).
+        peft's multi-adapter support does the stacking: ``shared`` goes into a second adapter slot, named
+        :data:`~fedpit.adapter_folder.SHARED` (no dropout: it is part of the frozen model), both are activated with
+        ``set_adapter([...])`` and only the private one keeps gradients. The slot is created on first use; outside
+        this block only the loaded adapter is active and trainable, exactly as before. ``None``: nothing is stacked
+        (the block changes nothing).
         """
         if shared is None:
             yield
             return
-        from peft import set_peft_model_state_dict
-
-        if SHARED_SLOT not in self.model.peft_config:
-            slot = copy.deepcopy(self.peft_config)
-            slot.lora_dropout = 0.0
-            with torch.random.fork_rng(devices=[]):  # the slot's random init must not move the run's RNG
-                self.model.add_adapter(SHARED_SLOT, slot)
-        res = set_peft_model_state_dict(self.model, shared, adapter_name=SHARED_SLOT)
-        if getattr(res, "unexpected_keys", None):
-            raise ValueError(f"shared adapter has keys this model lacks, e.g. {res.unexpected_keys[:2]}")
-        self.model.base_model.set_adapter(["default", SHARED_SLOT])
-        self.model.set_requires_grad(SHARED_SLOT, requires_grad=False)
+        self._frozen_slot(SHARED, shared)
+        self.model.base_model.set_adapter(["default", SHARED])
+        self.model.set_requires_grad(SHARED, requires_grad=False)
         try:
             yield
         finally:
             self.model.base_model.set_adapter("default")
+
+    def _frozen_slot(self, name: str, state: StateDict) -> None:
+        """Load ``state`` into the peft adapter slot ``name`` (created on first use, without dropout and without
+        moving the run's RNG); the slot is frozen and inactive until a caller activates it."""
+        from peft import set_peft_model_state_dict
+
+        if name not in self.model.peft_config:
+            slot = copy.deepcopy(self.peft_config)
+            slot.lora_dropout = 0.0
+            with torch.random.fork_rng(devices=[]):  # the slot's random init must not move the run's RNG
+                self.model.add_adapter(name, slot)
+        res = set_peft_model_state_dict(self.model, state, adapter_name=name)
+        if getattr(res, "unexpected_keys", None):
+            raise ValueError(f"{name} adapter has keys this model lacks, e.g. {res.unexpected_keys[:2]}")
+        self.model.set_requires_grad(name, requires_grad=False)
+
+    def _load_teacher(self, teacher: Teacher | None) -> None:
+        """Put a distillation teacher's frozen adapters into their slots (nothing for plain training)."""
+        if teacher is None or teacher.weight == 1.0:
+            return
+        self._frozen_slot(TEACHER_PRIVATE, teacher.private)
+        if teacher.private_base is not None:
+            self._frozen_slot(TEACHER_BASE, teacher.private_base)
+        self._frozen_slot(TEACHER_GLOBAL, teacher.global_state)
+        self.model.base_model.set_adapter("default")  # the student alone is active and trainable
+
+    @torch.no_grad()
+    def _teacher_probs(self, teacher: Teacher, ids, labels, mask) -> torch.Tensor:
+        """The teacher's next-token distribution at each response position (:class:`Teacher`), from its frozen
+        slots; the loaded (student) adapter is the active one again afterwards."""
+        t = teacher.temperature
+        probs = torch.zeros(())
+        parts = [(teacher.mix, teacher.private_slots), (1.0 - teacher.mix, [TEACHER_GLOBAL])]
+        try:
+            for share, slots in parts:
+                if share > 0:
+                    self.model.base_model.set_adapter(slots)
+                    logits, _, _ = self._target_logits(ids, labels, mask)
+                    probs = probs + share * torch.softmax(logits / t, dim=-1)
+        finally:
+            self.model.base_model.set_adapter("default")
+        return probs
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -317,15 +383,24 @@ class Engine:
         sample_w: torch.Tensor,
         n_target: int,
         stats: TrainStats,
+        teacher: Teacher | None = None,
     ) -> float:
         """Backward over one optimizer step's micro-batches (gradients accumulate); the step's summed token loss."""
         step_loss = 0.0
         for idx in group:
             mb = [encoded[i] for i in idx]
             ids, labels, mask = self._collate(mb)
-            tok_loss, rows = self._token_losses(ids, labels, mask)
+            if teacher is None or teacher.weight == 1.0:
+                tok_loss, rows = self._token_losses(ids, labels, mask)
+                objective = tok_loss
+            else:
+                probs = self._teacher_probs(teacher, ids, labels, mask)
+                logits, targets, rows = self._target_logits(ids, labels, mask)
+                tok_loss = F.cross_entropy(logits, targets, reduction="none")
+                kl = distill_token_loss(logits, probs, teacher.temperature)
+                objective = teacher.weight * tok_loss + (1.0 - teacher.weight) * kl
             w = sample_w[idx].to(tok_loss.device)[rows]
-            ((tok_loss * w).sum() / n_target).backward()
+            ((objective * w).sum() / n_target).backward()
             step_loss += float(tok_loss.detach().sum())
             stats.tokens += int(mask.sum())
             stats.examples_seen += len(mb)
@@ -347,18 +422,21 @@ class Engine:
         on_step: Callable[[int, int, float], None] | None = None,
         extra_loss: Callable[[], torch.Tensor] | None = None,
         weights: Sequence[float] | None = None,
+        teacher: Teacher | None = None,
     ) -> TrainStats:
         """Train the currently loaded adapter in place with AdamW at a constant ``lr``.
 
         ``steps`` > 0 fixes the number of optimizer steps (cycling over the data), else ``epochs`` passes are made.
         All randomness (order, LoRA dropout) comes from ``seed``, so the same call gives the same adapter.
         ``extra_loss`` (e.g. a FedProx proximal term) is added once per optimizer step. ``weights`` (one per example)
-        scale each example's token losses (FewFedWeight's pseudo-sample weights).
+        scale each example's token losses (FewFedWeight's pseudo-sample weights). ``teacher``: distillation from
+        frozen models (:class:`Teacher`; weight 1 is plain training, bit for bit); losses reported are cross-entropy.
         """
         encoded, sample_w = self._weighted(examples, weights)
         stats = TrainStats()
         if not encoded:
             return stats
+        self._load_teacher(teacher)
         t0 = time.perf_counter()
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
@@ -373,7 +451,7 @@ class Engine:
         for step in range(total_steps):
             group = [next(stream) for _ in range(grad_accum)]
             n_target = sum(encoded[i].num_target_tokens for mb in group for i in mb)
-            step_loss = self._accumulate(encoded, group, sample_w, n_target, stats)
+            step_loss = self._accumulate(encoded, group, sample_w, n_target, stats, teacher)
             _optimizer_step(opt, params, extra_loss, max_grad_norm)
             loss_sum += step_loss
             tok_sum += n_target

@@ -24,11 +24,13 @@ in the report (per-candidate rows for the client's ``selfgen.json``, a summary f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -296,12 +298,19 @@ def self_generate(
     seed: int,
     template: str = "alpaca",
     num: int | None = None,
+    respond: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> tuple[list[Example], SelfGenReport]:
     """Write up to ``num`` (default ``s.num_instructions``) new synthetic examples from ``local`` demonstrations.
 
-    ``model`` must carry the shared global adapter. Deterministic for a given seed (demonstrations are drawn from a
-    seeded generator; decoding is greedy unless ``s.do_sample``). With ``s.public_data`` set, the same number of
-    examples is drawn from that public file instead (the paper's synthetic-vs-public ablation).
+    ``model`` must carry the shared global adapter: it writes the instructions (Phase A). The responses (Phase B)
+    are written inside ``respond()`` when given (a context in which ``model`` is the responder, e.g. the client's
+    private model: ``selfgen.responder = private``), else by the shared model too. Deterministic for a given seed
+    (demonstrations are drawn from a seeded generator; decoding is greedy unless ``s.do_sample``).
+
+    With ``s.public_data`` set, the same number of public examples replaces the written instructions (the paper's
+    synthetic-vs-public ablation), picked at random or nearest the client's own (``s.public_pick``); a responder
+    (``respond``) answers them, otherwise their own answers are kept. Whoever wrote an answer, one too close to a
+    private answer (Rouge-L above ``s.rouge_threshold``) is dropped and counted (``response_copy``).
     """
     num = s.num_instructions if num is None else num
     rng = np.random.default_rng(seed)
@@ -309,18 +318,53 @@ def self_generate(
     if num <= 0 or not local:
         return [], report
     if s.public_data:
-        pool = public_pool(s.public_data)
-        picked = [
-            dataclasses.replace(pool[i], category="public")
-            for i in sorted(rng.choice(len(pool), size=min(num, len(pool)), replace=False))
-        ]
-        report.kept = len(picked)
-        return picked, report
+        picked = pick_public(public_pool(s.public_data), local, num, s.public_pick, rng)
+        if respond is None:
+            kept = _guard_copies(picked, local, s, report)
+            report.kept = len(kept)
+            return kept, report
+        tasks = [dataclasses.replace(e, output="") for e in picked]
+    else:
+        tasks = None
     report.template = generation_template(s.template, template, tokenizer)
-    accepted = _write_instructions(model, tokenizer, local, s, num, rng, seed, report)
-    kept = _write_responses(model, tokenizer, local, s, accepted, rng, seed, report)
+    if tasks is None:
+        tasks = [
+            Example(instruction=i, output="")
+            for i in _write_instructions(model, tokenizer, local, s, num, rng, seed, report)
+        ]
+    with respond() if respond is not None else contextlib.nullcontext():
+        kept = _write_responses(model, tokenizer, local, s, tasks, rng, seed, report)
     report.kept = len(kept)
     return kept, report
+
+
+def pick_public(pool: tuple[Example, ...], local: list[Example], num: int, how: str, rng) -> list[Example]:
+    """``num`` public examples (category ``public``): a seeded random draw, or (``nearest``) those nearest the
+    client's own examples by MiniLM cosine over instruction plus input (every ChatDoctor instruction is the same
+    sentence: the input carries the question), each public example scored by its best match among the client's."""
+    k = min(num, len(pool))
+    if how == "nearest":
+        from .embed import minilm_embed
+
+        text = lambda e: f"{e.instruction}\n{e.input}".strip()  # noqa: E731
+        pub, own = (_unit(minilm_embed([text(e) for e in xs])) for xs in (pool, local))
+        best = (pub @ own.T).max(axis=1)
+        idx = sorted(np.argsort(-best, kind="stable")[:k].tolist())
+    else:
+        idx = sorted(rng.choice(len(pool), size=k, replace=False).tolist())
+    return [dataclasses.replace(pool[i], category="public") for i in idx]
+
+
+def _guard_copies(picked: list[Example], local: list[Example], s: SelfGenSettings, report: SelfGenReport):
+    """The leak guard on answers fedpit did not write: drop (and count) those too close to a private answer."""
+    local_resp = [e.output for e in local]
+    kept = []
+    for e in picked:
+        if max_rouge_l(e.output, local_resp) > s.rouge_threshold + 1e-9:
+            report.dropped["response_copy"] += 1
+        else:
+            kept.append(e)
+    return kept
 
 
 def _write_instructions(
@@ -359,35 +403,36 @@ def _write_responses(
     tokenizer,
     local: list[Example],
     s: SelfGenSettings,
-    accepted: list[str],
+    tasks: list[Example],
     rng,
     seed: int,
     report: SelfGenReport,
 ) -> list[Example]:
-    """Phase B: a response to each accepted instruction from worked local examples; a filtered one is retried
-    with fresh demonstrations, up to ``max_attempts`` tries per instruction."""
+    """Phase B: a response to each task (an accepted instruction, or a public example's instruction and input)
+    from worked local examples; a filtered one is retried with fresh demonstrations, up to ``max_attempts`` tries
+    per task."""
     fmt = report.template
     local_resp = [e.output for e in local]
     kept: list[Example] = []
     r_demos = min(s.response_demos, len(local))
-    todo = [(instr, 0) for instr in accepted]
+    todo = [(task, 0) for task in tasks]
     r_stop = ["###"] if fmt != "chat" else ["<|im_start|>"]
     while todo:
         prompts = [
             response_prompt(
                 [local[i] for i in rng.choice(len(local), r_demos, replace=False)],
-                instr,
+                f"{task.instruction}\n\n{task.input}" if task.input else task.instruction,
                 template=fmt,
                 tokenizer=tokenizer,
             )
-            for instr, _ in todo
+            for task, _ in todo
         ]
         outs, finished = _gen(
             model, tokenizer, prompts, s, s.max_response_tokens, r_stop, seed + 7 + len(kept), return_finished=True
         )
         report.generated_responses += len(outs)
         retry = []
-        for (instr, tries), out, done in zip(todo, outs, finished):
+        for (task, tries), out, done in zip(todo, outs, finished):
             resp = clean_response(out)
             cut = not done and resp == out.strip()  # clean_response cutting at a new section also ends the text
             if cut:
@@ -395,11 +440,11 @@ def _write_responses(
                 report.trimmed += 1
             why = response_filter(resp, local_resp, s, cut_off=cut)
             if why is None:
-                kept.append(Example(instruction=instr, output=resp, category=SYNTHETIC))
+                kept.append(dataclasses.replace(task, output=resp, category=task.category or SYNTHETIC))
             else:
                 report.dropped[why] += 1
                 if tries + 1 < s.max_attempts:
-                    retry.append((instr, tries + 1))
+                    retry.append((task, tries + 1))
         todo = retry
     return kept
 

@@ -7,6 +7,7 @@ same functions. Anything a client keeps private (a local adapter, synthetic data
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from ..adapter_folder import SHARED
 from ..adapters import StateDict, load_state, mix, save_state
 from ..config import Config, TrainConfig
 
@@ -25,8 +27,9 @@ if TYPE_CHECKING:
     from ..partition import Partition
 
 LOCAL_PREFIX = "local."  # key prefix of the private adapter's tensors in a client's state file
-SHARED_PREFIX = "shared."  # key prefix of the shared adapter a stacked private adapter sits on (fedpit.personal)
+SHARED_PREFIX = f"{SHARED}."  # key prefix of the shared adapter a stacked private adapter sits on
 ACCOUNTANT_KEY = "accountant.history"  # DP-SGD's privacy history in a client's state file (fedit-dp)
+POOL_KEY = "synthetic.pool"  # the accumulated synthetic examples in a client's state file (selfgen.accumulate)
 
 
 @dataclass
@@ -39,32 +42,45 @@ class ClientState:
 
     ``accountant``: DP-SGD's privacy history (fedit-dp), Opacus' ``(noise multiplier, sample rate, steps)`` entries
     over every round the client trained, so that a resumed run or a Flower site reports the same epsilon; on disk the
-    float64 tensor ``accountant.history`` (one row per entry)."""
+    float64 tensor ``accountant.history`` (one row per entry).
+
+    ``pool``: the synthetic examples kept in earlier rounds (``selfgen.accumulate``), which the shared adapter trains
+    on again with each round's new ones; on disk a JSON list in the file's metadata (key ``synthetic.pool``)."""
 
     local: StateDict = field(default_factory=dict)
     shared: StateDict = field(default_factory=dict)
     accountant: list[tuple[float, float, int]] = field(default_factory=list)
+    pool: list[Example] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        """Something to keep (a private adapter or a privacy history); a personalized model only where ``local``."""
-        return bool(self.local) or bool(self.accountant)
+        """Something to keep (a private adapter, a privacy history, a synthetic pool); a personalized model only
+        where ``local``."""
+        return bool(self.local) or bool(self.accountant) or bool(self.pool)
 
     def save(self, path: str | os.PathLike) -> None:
         tensors = {LOCAL_PREFIX + k: v for k, v in self.local.items()}
         if self.accountant:
             tensors[ACCOUNTANT_KEY] = torch.tensor(self.accountant, dtype=torch.float64).reshape(-1, 3)
-        save_state(tensors | {SHARED_PREFIX + k: v for k, v in self.shared.items()}, path)
+        meta = {POOL_KEY: json.dumps([e.to_dict() for e in self.pool])} if self.pool else None
+        save_state(tensors | {SHARED_PREFIX + k: v for k, v in self.shared.items()}, path, metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None) -> ClientState:
         """The state saved at ``path`` (an empty state for None: the client has not trained yet)."""
         if path is None:
             return cls()
+        from safetensors import safe_open
+
+        from ..data import Example
+
         saved = load_state(path)
         part = lambda prefix: {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}  # noqa: E731
         history = saved.get(ACCOUNTANT_KEY)
         history = [] if history is None else [(float(s), float(q), int(n)) for s, q, n in history.tolist()]
-        return cls(part(LOCAL_PREFIX), part(SHARED_PREFIX), history)
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        pool = [Example.from_dict(d) for d in json.loads(meta.get(POOL_KEY, "[]"))]
+        return cls(part(LOCAL_PREFIX), part(SHARED_PREFIX), history, pool)
 
 
 @dataclass(frozen=True)

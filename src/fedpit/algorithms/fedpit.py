@@ -25,11 +25,28 @@ support), so the personalized model is backbone + shared + private. It starts as
 B = 0: the stack starts as the shared model), keeps training across rounds on each new shared adapter, and the client
 state records the shared adapter it sits on. IFS (selection, measures) is then scored by the stack. The upload is
 computed the same way in both modes (step 2 never involves the private adapter).
+
+The private model as a teacher (off by default; every setting is judged by ``fedpit audit``): the private text and
+the private parameters stay on the client, and the private model teaches the shared one on text the client exposes.
+With either role on, the private adapter first trains on this round's real data only (as fedpit-mix's does; it
+does not train on synthetic text it wrote itself), and that trained private model is the one that teaches. The
+private model at the start of the round cannot: in round 1 it is the received global adapter itself (independent)
+or an untrained one (stacked).
+- ``selfgen.responder = private``: the shared model writes the instructions (from the client's demonstrations, as
+  before) and the private model writes the answers; with ``selfgen.public_data`` it answers the public instructions.
+- ``fedpit.shared_target = distill``: the shared adapter trains on the kept examples with
+  ``distill_weight`` x cross-entropy + (1 - ``distill_weight``) x T^2 x KL(p_teacher || p_shared), p_teacher =
+  ``teacher_mix`` x p_private + (1 - ``teacher_mix``) x p_global (:class:`fedpit.engine.Teacher`).
+- ``selfgen.accumulate``: the shared adapter trains on every example kept so far (kept in the client state), not
+  only this round's.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from ..adapters import StateDict
+from ..engine import Teacher
 from ..selfgen import assess_and_select, ifs_terms, selection_size, self_generate
 from .base import (
     ClientReply,
@@ -51,7 +68,13 @@ def client_update(
     p, s = ctx.cfg.fedpit, ctx.cfg.selfgen
     select_by = p.select_by
     num, keep = selection_size(select_by, s, p)
-    engine.load_adapter(global_adapter)  # generation uses the shared model, never a private adapter
+    stack = global_adapter if p.personal == "stacked" else None  # the frozen shared adapter under the private one
+    private_start = split_state(state) or (global_adapter if stack is None else engine.initial_adapter)
+    teaches = s.responder == "private" or p.shared_target == "distill"
+    local = None
+    if teaches:  # the private model learns this round's real data first, then answers and/or teaches
+        private_start, local = _train_private(engine, private_start, stack, examples, ctx, on_step)
+    engine.load_adapter(global_adapter)  # the shared model writes the instructions, never a private adapter
     candidates, report = self_generate(
         engine.model,
         engine.tokenizer,
@@ -60,24 +83,28 @@ def client_update(
         seed=ctx.seed,
         template=engine.template,
         num=num,
+        respond=private_model(engine, private_start, stack, global_adapter) if s.responder == "private" else None,
     )
-    stack = global_adapter if p.personal == "stacked" else None  # the frozen shared adapter under the private one
-    private_start = split_state(state) or (global_adapter if stack is None else engine.initial_adapter)
     ifs = None
     if candidates and (s.measure or select_by == "ifs"):
         engine.load_adapter(private_start)  # the private adapter scores; nothing it computes is uploaded but the choice
         with engine.stacked(stack):
             ifs = ifs_terms(engine, candidates)
     synthetic = assess_and_select(candidates, examples, s, report, select_by=select_by, keep=keep, ifs=ifs)
+    pool = (state.pool if isinstance(state, ClientState) else []) + synthetic if s.accumulate else synthetic
 
     engine.load_adapter(global_adapter)
-    shared = engine.train(synthetic, on_step=on_step, **ctx.train_kwargs(synthetic=True, local_examples=len(examples)))
+    teacher = None
+    if p.shared_target == "distill":
+        teacher = Teacher(private_start, global_adapter, p.teacher_mix, p.distill_weight, p.distill_temperature, stack)
+    kw = ctx.train_kwargs(synthetic=True, local_examples=len(examples))
+    shared = engine.train(pool, on_step=on_step, teacher=teacher, **kw)
     upload = engine.adapter_state()
 
-    engine.load_adapter(private_start)
-    with engine.stacked(stack):
-        local = engine.train(examples + synthetic, on_step=on_step, **ctx.train_kwargs(seed_offset=1))
-    new_state = join_state(engine.adapter_state(), stack)
+    if not teaches:  # v1: the private adapter trains on local + synthetic data after the upload is made
+        private_start, local = _train_private(engine, private_start, stack, examples + synthetic, ctx, on_step)
+    new_state = join_state(private_start, stack)
+    new_state.pool = pool if s.accumulate else []
 
     metrics = {
         **shared.as_dict(),
@@ -85,6 +112,7 @@ def client_update(
         "synthetic": len(synthetic),
         "candidates": len(candidates),
         "kept": len(synthetic),
+        **({"shared_pool": len(pool)} if s.accumulate else {}),
         "selfgen": report.as_dict(),
     }
     return ClientResult(
@@ -92,6 +120,30 @@ def client_update(
         new_state,
         {"synthetic": synthetic, "selfgen": report.as_dict(rows=True)},
     )
+
+
+def _train_private(engine, start: StateDict, stack: StateDict | None, data: list, ctx: RoundContext, on_step):
+    """The private adapter trained from ``start`` (on top of ``stack`` where stacked): its new state and stats."""
+    engine.load_adapter(start)
+    with engine.stacked(stack):
+        stats = engine.train(data, on_step=on_step, **ctx.train_kwargs(seed_offset=1))
+    return engine.adapter_state(), stats
+
+
+def private_model(engine, private: StateDict, stack: StateDict | None, shared: StateDict):
+    """A context factory: within, the engine's model is the client's private model (stacked on ``stack`` where it
+    is a stacked private adapter); on leaving, the shared adapter is loaded again."""
+
+    @contextlib.contextmanager
+    def within():
+        engine.load_adapter(private)
+        try:
+            with engine.stacked(stack):
+                yield
+        finally:
+            engine.load_adapter(shared)
+
+    return within
 
 
 METHOD = register(

@@ -19,8 +19,10 @@ with ``fedpit`` when it selects.
 from __future__ import annotations
 
 from ..adapters import StateDict, mix
+from ..engine import Teacher
 from ..selfgen import assess_and_select, ifs_ratio, ifs_terms, selection_size, self_generate, top_k
 from .base import ClientReply, ClientResult, ClientState, Method, RoundContext, fedavg, register, train_stats
+from .fedpit import private_model
 
 
 def ifs_scores(engine, examples: list) -> list[float]:
@@ -38,22 +40,38 @@ def client_update(
     p, s = ctx.cfg.fedpit, ctx.cfg.selfgen
     select_by = p.mix_select_by
     num, keep = selection_size(select_by, s, p)
+    answers = s.responder == "private"
+    if answers:  # the private model trains first, then writes the answers
+        engine.load_adapter(global_adapter)
+        private_stats = engine.train(examples, on_step=on_step, **ctx.train_kwargs())
+        private = engine.adapter_state()
     engine.load_adapter(global_adapter)
     candidates, report = self_generate(
-        engine.model, engine.tokenizer, examples, s, seed=ctx.seed, template=engine.template, num=num
+        engine.model,
+        engine.tokenizer,
+        examples,
+        s,
+        seed=ctx.seed,
+        template=engine.template,
+        num=num,
+        respond=private_model(engine, private, None, global_adapter) if answers else None,
     )
 
-    engine.load_adapter(global_adapter)
-    private_stats = engine.train(examples, on_step=on_step, **ctx.train_kwargs())
-    private = engine.adapter_state()
-
+    if not answers:
+        engine.load_adapter(global_adapter)
+        private_stats = engine.train(examples, on_step=on_step, **ctx.train_kwargs())
+        private = engine.adapter_state()
+    engine.load_adapter(private)
     ifs = ifs_terms(engine, candidates) if candidates and (s.measure or select_by == "ifs") else None
     kept = assess_and_select(candidates, examples, s, report, keep=keep, select_by=select_by, ifs=ifs)
+    pool = state.pool + kept if s.accumulate else kept
 
     engine.load_adapter(global_adapter)
-    public_stats = engine.train(
-        kept, on_step=on_step, **ctx.train_kwargs(seed_offset=1, synthetic=True, local_examples=len(examples))
-    )
+    teacher = None
+    if p.shared_target == "distill":
+        teacher = Teacher(private, global_adapter, p.teacher_mix, p.distill_weight, p.distill_temperature)
+    kw = ctx.train_kwargs(seed_offset=1, synthetic=True, local_examples=len(examples))
+    public_stats = engine.train(pool, on_step=on_step, teacher=teacher, **kw)
     public = engine.adapter_state()
 
     metrics = {
@@ -62,11 +80,12 @@ def client_update(
         "synthetic": len(kept),
         "candidates": len(candidates),
         "kept": len(kept),
+        **({"shared_pool": len(pool)} if s.accumulate else {}),
         "selfgen": report.as_dict(),
     }
     return ClientResult(
         ClientReply(mix(private, public, p.beta), len(examples), metrics),
-        state,
+        ClientState(pool=pool) if s.accumulate else state,
         {"synthetic": kept, "selfgen": report.as_dict(rows=True)},
     )
 
