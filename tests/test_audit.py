@@ -268,8 +268,15 @@ def test_the_backbones_attack_rows_are_cached_like_its_losses(engine, tmp_path, 
     monkeypatch.setattr(run, "attack_rows", lambda c, e, todo: calls.append(len(todo)) or real(c, e, todo))
     first = run.backbone_attack_rows(cfg, engine, pool[:3])
     assert calls == [3] and set(first) == {run._digest(e) for e in pool[:3]}
+
+    def scores(rows):
+        return {d: {k: r[k] for k in run.ATTACK_SCORES} for d, r in rows.items()}
+
     with engine.model.disable_adapter():
-        assert first == real(cfg, engine, pool[:3])  # what the attack gives, through JSON unchanged
-    assert run.backbone_attack_rows(cfg, engine, pool) == first | real(cfg, engine, pool[3:]) and calls == [3, 2]
+        direct = real(cfg, engine, pool)
+    assert first == {d: v for d, v in scores(direct).items() if d in first}  # the attack's numbers, through JSON
+    stored = run.backbone_cache_file(cfg, engine, "extraction").read_text()
+    assert pool[0].instruction not in stored and "continuation" not in stored  # no private text in the cache
+    assert run.backbone_attack_rows(cfg, engine, pool) == scores(direct) and calls == [3, 2]
     longer = _cfg(tmp_path, f"model.cache_dir={tmp_path / 'cache'}", "eval.extraction_max_new_tokens=5")
     assert run.backbone_cache_file(longer, engine, "extraction") != run.backbone_cache_file(cfg, engine, "extraction")

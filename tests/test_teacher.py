@@ -299,3 +299,14 @@ def test_a_teacher_run_killed_mid_round_resumes_bit_identically(tiny_model_path,
     for rel in ("final", "clients/client_0/final", "clients/client_1/final"):
         a, b = (load_state(Path(d) / rel / "adapter_model.safetensors") for d in (ref, tmp_path / "k"))
         assert max_abs_diff(a, b) == 0.0, rel
+
+
+def test_a_comparison_gives_the_teacher_settings_to_the_methods_with_a_private_model_only():
+    from fedpit.compare import grid
+
+    base = load_config(overrides=["selfgen.responder=private", "fedpit.shared_target=distill"])
+    cells = {c.algorithm: c for _, c in grid(base, ["fedit", "fedpit", "fedpit-mix", "locit"], [1])}
+    for algo in ("fedpit", "fedpit-mix"):
+        assert (cells[algo].selfgen.responder, cells[algo].fedpit.shared_target) == ("private", "distill")
+    for algo in ("fedit", "locit"):  # they have no private model to teach with: the settings do not apply
+        assert (cells[algo].selfgen.responder, cells[algo].fedpit.shared_target) == ("shared", "text")

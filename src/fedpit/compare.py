@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .adapter_folder import read_adapter_folder
 from .algorithms import get_method
-from .config import Config, load_config, set_value
+from .config import PRIVATE_MODEL_METHODS, Config, load_config, set_value
 from .errors import ConfigError
 from .evaluate import engine_for, evaluate
 from .federation import load_split, load_train
@@ -96,6 +96,8 @@ def _cell(base: Config, algo: str, seed: int, label: str = "", sets: list[tuple[
     cfg = copy.deepcopy(replace(base, algorithm=algo, seed=seed))
     for k, v in sets:
         set_value(cfg, k, v)
+    if algo not in PRIVATE_MODEL_METHODS:  # the teacher settings belong to the methods that keep a private model
+        cfg.selfgen.responder, cfg.fedpit.shared_target = "shared", "text"
     cfg.validate()
     tag = label.replace("=", "-").replace("/", "_").replace(".", "_")
     return replace(cfg, run_name="-".join(x for x in (algo, f"s{seed}", tag) if x))

@@ -220,6 +220,8 @@ class Engine:
         t = teacher.temperature
         probs = torch.zeros(())
         parts = [(teacher.mix, teacher.private_slots), (1.0 - teacher.mix, [TEACHER_GLOBAL])]
+        training = self.model.training
+        self.model.eval()  # a frozen model: no dropout of the backbone's (the teacher slots have none)
         try:
             for share, slots in parts:
                 if share > 0:
@@ -228,6 +230,7 @@ class Engine:
                     probs = probs + share * torch.softmax(logits / t, dim=-1)
         finally:
             self.model.base_model.set_adapter("default")
+            self.model.train(training)
         return probs
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

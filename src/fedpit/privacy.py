@@ -43,10 +43,11 @@ def sample_targets(examples: Sequence, n: int, seed: int) -> list:
 
 
 class _LeavesSuffix:
-    """A ``StoppingCriteria`` (HF's public interface) for the token-prefix attack: a row stops as soon as its greedy
-    continuation leaves the suffix it should reproduce, or has reproduced all of it. The attack only asks whether
-    the first ``len(suffix)`` tokens equal the suffix, so stopping a row that has left it changes no result; most
-    rows leave within a few tokens, so the attack costs a few decode steps instead of ``suffix_tokens``."""
+    """A stopping criterion for HF's ``StoppingCriteriaList`` (per-row booleans) for the token-prefix attack: a row
+    stops as soon as its greedy continuation leaves the suffix it should reproduce, or has reproduced all of it.
+    The attack only asks whether the first ``len(suffix)`` tokens equal the suffix, so stopping a row that has left
+    it changes no result; most rows leave within a few tokens, so the attack costs a few decode steps instead of
+    ``suffix_tokens``."""
 
     def __init__(self, suffixes: list[list[int]], width: int):
         longest = max(len(s) for s in suffixes)

@@ -346,13 +346,24 @@ def pick_public(pool: tuple[Example, ...], local: list[Example], num: int, how: 
     if how == "nearest":
         from .embed import minilm_embed
 
-        text = lambda e: f"{e.instruction}\n{e.input}".strip()  # noqa: E731
-        pub, own = (_unit(minilm_embed([text(e) for e in xs])) for xs in (pool, local))
-        best = (pub @ own.T).max(axis=1)
+        own = _unit(minilm_embed([_task_text(e) for e in local]))
+        best = (_pool_vectors(pool) @ own.T).max(axis=1)
         idx = sorted(np.argsort(-best, kind="stable")[:k].tolist())
     else:
         idx = sorted(rng.choice(len(pool), size=k, replace=False).tolist())
     return [dataclasses.replace(pool[i], category="public") for i in idx]
+
+
+def _task_text(e: Example) -> str:
+    return f"{e.instruction}\n{e.input}".strip()
+
+
+@functools.lru_cache(maxsize=2)
+def _pool_vectors(pool: tuple[Example, ...]) -> np.ndarray:
+    """The public pool's MiniLM vectors, embedded once per pool (every client and round reuses them)."""
+    from .embed import minilm_embed
+
+    return _unit(minilm_embed([_task_text(e) for e in pool]))
 
 
 def _guard_copies(picked: list[Example], local: list[Example], s: SelfGenSettings, report: SelfGenReport):

@@ -64,7 +64,7 @@ def client_update(
     engine.load_adapter(private)
     ifs = ifs_terms(engine, candidates) if candidates and (s.measure or select_by == "ifs") else None
     kept = assess_and_select(candidates, examples, s, report, keep=keep, select_by=select_by, ifs=ifs)
-    pool = state.pool + kept if s.accumulate else kept
+    pool = (state.pool if isinstance(state, ClientState) else []) + kept if s.accumulate else kept
 
     engine.load_adapter(global_adapter)
     teacher = None

@@ -53,6 +53,8 @@ from .leaks import describe, scan
 
 BACKBONE = "backbone"  # the bare backbone's model name (the shared adapter's is SHARED)
 AUDIT_FILE = "audit.json"
+ATTACK_SCORES = ("rouge_l", "exact", "prefix_exact")  # what the audit reads of an extraction row
+ATTACK_VERSION = 2  # in the backbone cache's key: a change to the attack must not reuse older rows
 
 
 @dataclass
@@ -177,7 +179,7 @@ def backbone_cache_file(cfg: Config, engine, kind: str = "losses") -> Path:
     bb = engine.backbone
     key = [_data_digest(cfg), bb.path, str(bb.dtype), engine.device.type, engine.template, engine.max_seq_len]
     if kind != "losses":
-        key += [kind, cfg.eval.extraction_max_new_tokens]
+        key += [kind, ATTACK_VERSION, cfg.eval.extraction_max_new_tokens, cfg.privacy.audit_batch_size]
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
     return cache_root(cfg.model.cache_dir or None) / "audit" / f"backbone-{kind}-{digest}.json"
 
@@ -210,11 +212,14 @@ def backbone_losses(cfg: Config, engine, examples: list[Example]) -> dict[str, f
 
 
 def backbone_attack_rows(cfg: Config, engine, targets: list[Example]) -> dict[str, dict]:
-    """The extraction attack's rows of the bare backbone on ``targets``, by example digest (cached like its
-    losses: every audit of a run on the same data attacks the backbone on examples earlier audits attacked)."""
-    return _backbone_cached(
-        cfg, engine, "extraction", targets, lambda todo: list(attack_rows(cfg, engine, todo).values())
-    )
+    """The extraction attack's scores of the bare backbone on ``targets``, by example digest (cached like its
+    losses: every audit of a run on the same data attacks the backbone on examples earlier audits attacked). Only
+    the numbers are kept (:data:`ATTACK_SCORES`), never the private instruction or the continuation."""
+
+    def compute(todo: list[Example]) -> list[dict]:
+        return [{k: row[k] for k in ATTACK_SCORES} for row in attack_rows(cfg, engine, todo).values()]
+
+    return _backbone_cached(cfg, engine, "extraction", targets, compute)
 
 
 # ---------------------------------------------------------------------------------------------------------- measures
