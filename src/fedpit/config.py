@@ -486,11 +486,16 @@ def _selfgen(cfg: Config) -> None:
     _check(g.template in GEN_TEMPLATES, "selfgen.template", f"must be one of {', '.join(GEN_TEMPLATES)}")
     _check(g.responder in RESPONDERS, "selfgen.responder", f"must be one of {', '.join(RESPONDERS)}")
     _check(g.public_pick in PUBLIC_PICKS, "selfgen.public_pick", f"must be one of {', '.join(PUBLIC_PICKS)}")
+    _needs_private_model(cfg, "selfgen.responder", g.responder, "shared")
+
+
+def _needs_private_model(cfg: Config, key: str, value: str, off: str) -> None:
+    """A teacher setting other than ``off`` needs a method whose clients keep a private model to teach with."""
     _check(
-        g.responder == "shared" or cfg.algorithm in PRIVATE_MODEL_METHODS,
-        "selfgen.responder",
-        f"private needs a method whose clients keep a private model ({', '.join(PRIVATE_MODEL_METHODS)}); "
-        f"{cfg.algorithm} has none",
+        value == off or cfg.algorithm in PRIVATE_MODEL_METHODS,
+        key,
+        f"{value} needs a method whose clients keep a private model to teach with "
+        f"({', '.join(PRIVATE_MODEL_METHODS)}); {cfg.algorithm} has none",
     )
 
 
@@ -517,12 +522,7 @@ def _methods(cfg: Config) -> None:
     )
     p = cfg.fedpit
     _check(p.shared_target in SHARED_TARGETS, "fedpit.shared_target", f"must be one of {', '.join(SHARED_TARGETS)}")
-    _check(
-        p.shared_target == "text" or cfg.algorithm in PRIVATE_MODEL_METHODS,
-        "fedpit.shared_target",
-        f"distill needs a method whose clients keep a private model to teach with "
-        f"({', '.join(PRIVATE_MODEL_METHODS)}); {cfg.algorithm} has none",
-    )
+    _needs_private_model(cfg, "fedpit.shared_target", p.shared_target, "text")
     for key in ("distill_weight", "teacher_mix"):
         _check(0.0 <= getattr(p, key) <= 1.0, f"fedpit.{key}", "must be in [0, 1]")
     _check(

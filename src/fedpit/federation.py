@@ -340,20 +340,13 @@ def attack(
 ) -> dict:
     """Extraction attack on one adapter (None: the bare backbone; with ``shared``: the stack of both); per-example
     rows go to extraction/NAME.jsonl."""
-    from .privacy import extraction_attack, sample_targets
+    from .privacy import attack_engine, sample_targets
 
     targets = sample_targets(train, cfg.eval.extraction_n, cfg.seed)
     if adapter is not None:
         engine.load_adapter(adapter)
     with engine.model.disable_adapter() if adapter is None else engine.stacked(shared or None):
-        res = extraction_attack(
-            engine.model,
-            engine.tokenizer,
-            targets,
-            template=engine.template,
-            max_new_tokens=cfg.eval.extraction_max_new_tokens,
-            max_len=engine.max_seq_len,
-        )
+        res = attack_engine(engine, targets, cfg.eval.extraction_max_new_tokens)
     # the rows quote private training instructions: owner-only (600), like the clients' synthetic data
     write_private_text(rd.path / "extraction" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in res.per_example))
     return res.summary()

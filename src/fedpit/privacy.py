@@ -145,3 +145,16 @@ def extraction_attack(
         prefix_exact=float(np.mean([r["prefix_exact"] for r in rows])),
         per_example=rows,
     )
+
+
+def attack_engine(engine, targets: Sequence, max_new_tokens: int, batch_size: int = 8) -> ExtractionResult:
+    """:func:`extraction_attack` on a fedpit engine's model as loaded, with its tokenizer, template and length."""
+    return extraction_attack(
+        engine.model,
+        engine.tokenizer,
+        targets,
+        template=engine.template,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_len=engine.max_seq_len,
+    )

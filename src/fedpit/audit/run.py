@@ -297,17 +297,9 @@ def measure_canaries(cfg: Config, engine, m: Model, prefixes: dict[int, list[int
 def attack_rows(cfg: Config, engine, targets: list[Example]) -> dict[str, dict]:
     """The prompt (and token-prefix) attack of :mod:`fedpit.privacy` on each target, model as loaded: its
     per-example rows by example digest."""
-    from ..privacy import extraction_attack
+    from ..privacy import attack_engine
 
-    res = extraction_attack(
-        engine.model,
-        engine.tokenizer,
-        targets,
-        template=engine.template,
-        max_new_tokens=cfg.eval.extraction_max_new_tokens,
-        batch_size=cfg.privacy.audit_batch_size,
-        max_len=engine.max_seq_len,
-    )
+    res = attack_engine(engine, targets, cfg.eval.extraction_max_new_tokens, cfg.privacy.audit_batch_size)
     return {_digest(e): row for e, row in zip(targets, res.per_example)}
 
 
