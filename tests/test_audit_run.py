@@ -93,6 +93,8 @@ def test_audit_writes_audit_json_with_the_documented_keys(audited_run, capsys):
     assert a["canaries"]["client_0"]["control_k"] == 2
     assert any(h["canary"] == 1 and h["file"].endswith("synthetic.jsonl") for h in a["leaks"])
     assert [line.split(":")[0] for line in out[:5]] == models
+    phases = a["phase_seconds"]
+    assert list(phases) == ["backbone_losses", *models] and set(phases["backbone"]) == {"mia", "canaries", "extraction"}
     assert any(line.startswith("leak: canary 1's secret") for line in out)
     assert out[-1].startswith("audit written to")
 
@@ -107,6 +109,22 @@ def test_a_site_audits_its_own_model_alone(audited_run, capsys):
     assert a["mia"]["backbone"]["loss"]["n_members"] == a["mia"]["client_1"]["loss"]["n_members"]
     assert {h["file"].split("/")[1] for h in a["leaks"] if h["file"].startswith("clients/")} == {"client_1"}
     assert len(capsys.readouterr().out.splitlines()) == 2 + len(a["leaks"]) + 2
+
+
+def test_a_second_audit_computes_only_the_adapters_losses(audited_run, monkeypatch, capsys):
+    """The backbone's losses and attack rows come from the cache; its MIA scores are those cached losses, not a
+    second forward pass."""
+    from fedpit.audit import run
+
+    rd, cfg = audited_run
+    assert main(["audit", str(rd)]) == 0
+    first = json.loads((rd / "audit.json").read_text())
+    calls, real = [], run.example_losses
+    monkeypatch.setattr(run, "example_losses", lambda engine, xs, bs: calls.append(len(xs)) or real(engine, xs, bs))
+    assert main(["audit", str(rd)]) == 0
+    again = json.loads((rd / "audit.json").read_text())
+    assert len(calls) == 2 * 4  # members, non-members: shared + 3 private models, not the backbone
+    assert again["mia"]["backbone"] == first["mia"]["backbone"]
 
 
 def _err(capsys, *argv):

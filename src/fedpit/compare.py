@@ -320,10 +320,10 @@ RUN_MINUTES = {
 }
 PRIVATE_ADAPTERS = ("fedpit", "locit", "locit-sa")  # methods whose clients keep their own adapters
 EVAL_MINUTES = 1.0  # answering 24 test items with one adapter
-# The audit's two terms are calibrated on one audit of a FedIT run (benchmarks/results/privacy_audit.json: 2 models,
-# 80 extraction targets each, 160 MIA examples, 6 canaries) taken on a loaded machine: rough, and on the high side.
-ATTACK_MINUTES = 4.5  # the extraction attack on 100 targets at 128 new tokens
-AUDIT_MINUTES = 2.5  # an audited model's MIA losses and canary trie, beside its extraction attack
+# The audit's two terms come from one audit of a FedIT run timed on the idle machine (benchmarks/audit_cost.py:
+# 2 models, 80 extraction targets each, 160 MIA examples, 6 canaries; audit.json's phase_seconds).
+ATTACK_MINUTES = 1.4  # the extraction attack on 100 targets at 128 new tokens
+AUDIT_MINUTES = 1.5  # an audited model's MIA losses and canary trie, beside its extraction attack
 
 
 def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int) -> float:

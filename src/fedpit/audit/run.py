@@ -238,8 +238,11 @@ def loaded(engine, m: Model) -> Iterator[None]:
 def measure_mia(cfg: Config, engine, m: Model, nonmembers: list[Example], base: dict[str, float]) -> dict:
     """``mia.<model>``: each score's AUC, interval, TPR at low FPR and counts (the model must be loaded)."""
     bs = cfg.privacy.audit_batch_size
-    lm, ln = example_losses(engine, m.members, bs), example_losses(engine, nonmembers, bs)
     bm, bn = (np.array([base[_digest(e)] for e in xs]) for xs in (m.members, nonmembers))
+    if m.adapter is None:  # the bare backbone: its losses are the (cached) reference itself
+        lm, ln = bm, bn
+    else:
+        lm, ln = example_losses(engine, m.members, bs), example_losses(engine, nonmembers, bs)
     zm, zn = (np.array([mia.zlib_bytes(e.output) for e in xs]) for xs in (m.members, nonmembers))
     scores = {"loss": (-lm, -ln)}
     if m.adapter is not None:
@@ -353,27 +356,37 @@ def _measure_all(cfg: Config, engine, models: list[Model], private: PrivateData,
     others' reference (it is attacked on the union of every model's extraction targets)."""
     from ..privacy import sample_targets
 
-    out = {"mia": {}, "canaries": {}, "extraction": {}}
+    out = {"mia": {}, "canaries": {}, "extraction": {}, "phase_seconds": {}}
+    clock = time.perf_counter
     holdout = private.holdout if cfg.privacy.holdout > 0 else []
     targets = {m.name: sample_targets(m.members, cfg.eval.extraction_n, cfg.seed) for m in models}
     union = list({_digest(e): e for m in models for e in targets[m.name]}.values())
+    t = clock()
     base_loss = backbone_losses(cfg, engine, [e for m in models for e in m.members] + holdout) if holdout else {}
+    out["phase_seconds"]["backbone_losses"] = round(clock() - t, 2)
     base_rows = {}
     for i, m in enumerate([models[-1], *models[:-1]]):
+        spent = out["phase_seconds"][m.name] = {}
         with loaded(engine, m):
             if holdout:
+                t = clock()
                 out["mia"][m.name] = measure_mia(cfg, engine, m, holdout, base_loss)
+                spent["mia"] = round(clock() - t, 2)
             if private.canaries:
+                t = clock()
                 out["canaries"][m.name] = measure_canaries(cfg, engine, m, prefixes, digits)
+                spent["canaries"] = round(clock() - t, 2)
+            t = clock()
             if m.adapter is None:
                 rows = backbone_attack_rows(cfg, engine, union)
             else:
                 rows = attack_rows(cfg, engine, targets[m.name])
+            spent["extraction"] = round(clock() - t, 2)
         base_rows = rows if m.adapter is None else base_rows
         mine = [rows[_digest(e)] for e in targets[m.name]]
         base = None if m.adapter is None else [base_rows[_digest(e)] for e in targets[m.name]]
         out["extraction"][m.name] = measure_extraction(cfg, mine, base, _seed(cfg, 2, i))
-    order = [m.name for m in models]
+    order = ["backbone_losses"] + [m.name for m in models]
     return {k: {name: v[name] for name in order if name in v} for k, v in out.items()}
 
 
