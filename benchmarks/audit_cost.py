@@ -99,6 +99,11 @@ def readings(a: dict, case: str, seed: int) -> dict:
         if "excess_rouge_l" in ex:
             row[f"{model}_excess"] = {"mean": ex["excess_rouge_l"], "lo": ex["excess_ci"][0], "hi": ex["excess_ci"][1]}
     row["leaks"] = len(a["leaks"])
+    phases = a.get("phase_seconds", {})
+    for phase in ("mia", "canaries", "extraction"):
+        spent = [v[phase] for v in phases.values() if isinstance(v, dict) and phase in v]
+        if spent:
+            row[f"{phase}_s"] = round(sum(spent) + (phases.get("backbone_losses", 0) if phase == "mia" else 0))
     return row
 
 
@@ -123,6 +128,9 @@ COST = [
     {"key": "audit_cpu_s", "header": "audit (CPU)", "format": "duration"},
     {"key": "wall_ratio", "header": "audit / run (wall)", "format": "{:.2f}"},
     {"key": "cpu_ratio", "header": "audit / run (CPU)", "format": "{:.2f}"},
+    {"key": "mia_s", "header": "of which MIA losses", "format": "duration"},
+    {"key": "canaries_s", "header": "canary tries", "format": "duration"},
+    {"key": "extraction_s", "header": "extraction attacks", "format": "duration"},
 ]
 CASE_NOTES = {
     "separation": "separation: FedIT at the defaults (3 clients, 3 rounds, 5 local steps) on the demo with "

@@ -4,6 +4,7 @@
 import json
 import struct
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -153,6 +154,15 @@ def test_audited_frontier_judges_each_privacy_measure(tmp_path):
     assert width > 3 * height  # three panels: one per privacy measure, against the held-out loss
     html = files["html"].read_text()
     assert "<h3>canary exposure (mean): which methods are dominated</h3>" in html
+
+
+def test_a_one_seed_frontier_says_its_verdicts_have_no_noise_allowance(tmp_path):
+    one = [r for r in json.loads(_audited_results(tmp_path).read_text())["records"] if r["seed"] == 1]
+    md = write_report(_write(tmp_path, one, "one seed"))["md"].read_text()
+    mia = _section(md, "membership inference AUC (reference-calibrated loss): which methods are dominated")
+    assert "| fedpit-mix β=0.5 shared | 1 |" in mia and "Every point on this measure is a single run" in mia
+    three = write_report(_audited_results(tmp_path))["md"].read_text()
+    assert "Every point on this measure is a single run" not in three  # FedIT and the methods have 3 seeds
 
 
 def test_baseline_curves_are_ordered_by_their_knob_and_closed_by_fedit_and_the_backbone(tmp_path):
@@ -668,3 +678,29 @@ def test_report_benchmarks_missing_or_unknown(tmp_path, capsys):
     assert "medmcqa not evaluated here (saved: pubmedqa, medqa)" in capsys.readouterr().err
     assert main(["report", str(exp), "--benchmarks", "careqa"]) == 2
     assert "careqa" in capsys.readouterr().err
+
+
+def test_the_frontier_results_file_carries_the_reports_verdicts(tmp_path):
+    """benchmarks/frontier_results.py writes what the report judged, per privacy measure, for the docs to quote."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier_results.py"
+    spec = importlib.util.spec_from_file_location("frontier_results", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    src = _audited_results(tmp_path)
+    assert mod.main([str(src), "--out-dir", str(tmp_path / "out"), "--note", "constructed"]) == 0
+    doc = json.loads((tmp_path / "out" / "frontier.json").read_text())
+    rows = frontier_rows(json.loads(src.read_text())["records"])
+    for pkey, short in (("mia_ref_auc", "mia"), ("canary_exposure_mean", "exposure")):
+        judged = {
+            r["label"]: overall(list(v.values())) for r, v in frontier_verdicts(rows, pkey, "reference_loss", False)
+        }
+        table = {r["point"]: r["overall"] for r in doc["tables"][f"verdicts_{short}"]["rows"]}
+        assert table == judged
+    assert doc["values"]["exposure_fedpit_mix_beta_0_5_shared"]["value"] == "dominated"
+    assert doc["values"]["status"]["value"] == "measured over seed(s) 1,2,3" and "constructed" in doc["notes"]
+    fedit = next(r for r in doc["tables"]["points"]["rows"] if r["point"] == "fedit shared")
+    assert (
+        fedit["seeds"] == "1,2,3" and fedit["mia_ref_auc"]["format"].format(**fedit["mia_ref_auc"]) == "0.700 ± 0.010"
+    )

@@ -665,7 +665,17 @@ def _verdict_blocks(rows: list[dict], pkey: str, title: str) -> list[tuple]:
         return blocks + [("p", "No baseline curve has points on this measure: nothing to judge the methods against.")]
     head = ["point", "seeds", title, utitle] + [f"vs {n}" for n in names]
     head += ["verdict", "verdict on Rouge-L / cosine", "on the front of"]
-    return blocks + [("table", head, _verdict_rows(rows, pkey, names)), ("p", _verdict_summary(rows, pkey))]
+    blocks += [("table", head, _verdict_rows(rows, pkey, names)), ("p", _verdict_summary(rows, pkey))]
+    if all(len(r["seeds"]) < 2 for r in rows if pkey in r):
+        blocks.append(("p", ONE_SEED_NOTE))
+    return blocks
+
+
+ONE_SEED_NOTE = (
+    "Every point on this measure is a single run (one seed): there is no seed-to-seed spread, so no verdict can be "
+    "a tie within noise, and one that rests on a small difference may reverse with more seeds. Read these verdicts "
+    "as a first reading; the ones that decide need the points run over several seeds."
+)
 
 
 FRONTIER_NOTE = (
