@@ -163,6 +163,9 @@ def write(rows: list[dict], notes: list[str], append: bool, command: str | None 
             "backbone_exposure_mean": fig(sep["backbone_exposure"]["mean"], "{:.1f}"),
             "wall_ratio": fig(sep["wall_ratio"], "{:.1f}x"),
         }
+    default = next((r for r in rows if r["case"] == "default"), None)
+    if default is not None:
+        values["default_ratio"] = {"value": default["wall_ratio"], "format": "{:.2f}x"}
     write_result(
         "privacy_audit",
         title="The privacy audit: trained shared models against the bare backbone, and what the audit costs",

@@ -1,7 +1,8 @@
 """The privacy-utility frontier's results file, from an experiment's ``results.json``: each point (method, setting,
 model) with its three privacy measures and its utility, and each method's verdict against each baseline curve per
 privacy measure, as ``fedpit frontier``'s report computes them (:func:`fedpit.report.frontier_rows` and
-:func:`fedpit.report.frontier_verdicts`; nothing is recomputed here).
+:func:`fedpit.report.frontier_verdicts`; nothing is recomputed here), and FedIT's audit seed by seed (does the
+instrument tell its shared model from the bare backbone on every seed?).
 
     .venv/bin/python benchmarks/frontier_results.py experiments/frontier-audit/results.json \
         [--command "the commands that made it"] [--note TEXT ...]
@@ -19,12 +20,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from audit_cost import COLUMNS, readings  # noqa: E402
 from results import write_result  # noqa: E402
 
 from fedpit.dominance import overall  # noqa: E402
-from fedpit.report import FRONTIER_UTILITY, PRIVACY, baseline_curves, frontier_rows, frontier_verdicts  # noqa: E402
+from fedpit.report import (  # noqa: E402
+    FRONTIER_UTILITY,
+    PRIVACY,
+    _point_label,
+    baseline_curves,
+    frontier_rows,
+    frontier_verdicts,
+)
 
 SHORT_MEASURE = {"mia_ref_auc": "mia", "canary_exposure_mean": "exposure", "extraction_excess": "extraction"}
+TIMES = [  # one process ran the runs and their audits one at a time, alone on the machine
+    {"key": "wall_s", "header": "run (wall)", "format": "duration"},
+    {"key": "audit_s", "header": "audit (wall, backbone cached)", "format": "duration"},
+]
+VALUE_PREFIX = {"mia_ref_auc": "auc", "canary_exposure_mean": "exposure", "extraction_excess": "excess"}
+VALUE_PREFIX["reference_loss"] = "loss"
 FORMATS = {"mia_ref_auc": "{:.3f}", "canary_exposure_mean": "{:.2f}", "extraction_excess": "{:.3f}"}
 
 
@@ -84,6 +99,42 @@ def verdict_table(rows: list[dict], pkey: str) -> tuple[dict, dict]:
     return {"columns": cols, "rows": out}, overall_by_point
 
 
+def fedit_by_seed(records: list[dict]) -> tuple[dict | None, dict]:
+    """FedIT's audits seed by seed (its shared model against the bare backbone, each with its own interval): does
+    the instrument separate? Read from each FedIT run's ``audit.json``."""
+    fedit = [r for r in records if (r["algorithm"], r["setting"], r["model"]) == ("fedit", "", "shared")]
+    by_seed = {r["seed"]: r for r in fedit if r.get("run_dir")}
+    rows = []
+    for seed, rec in sorted(by_seed.items()):
+        f = Path(rec["run_dir"]) / "audit.json"
+        if f.is_file():
+            row = readings(json.loads(f.read_text(encoding="utf-8")), "fedit", seed)
+            rows.append(row | {k: round(rec[k]) for k in ("wall_s", "audit_s") if rec.get(k) is not None})
+    if not rows:
+        return None, {}
+    fig = lambda v, f: {"value": v, "format": f}  # noqa: E731
+    ref = [r["shared_ref_auc"] for r in rows if "shared_ref_auc" in r]
+    bb = [r["backbone_loss_auc"] for r in rows if "backbone_loss_auc" in r]
+    exp = [r["shared_exposure"]["max"] for r in rows if "shared_exposure" in r]
+    bexp = [r["backbone_exposure"]["mean"] for r in rows if "backbone_exposure" in r]
+    values = {"fedit_seeds": fig(len(rows), "{}")}
+    if ref:
+        values |= {"fedit_ref_auc_min": fig(min(x["mean"] for x in ref), "{:.2f}")}
+        values |= {"fedit_ref_auc_max": fig(max(x["mean"] for x in ref), "{:.2f}")}
+        values |= {"fedit_ref_lo_min": fig(min(x["lo"] for x in ref), "{:.2f}")}
+        values |= {"fedit_ref_excludes_chance": fig(sum(x["lo"] > 0.5 for x in ref), "{}")}
+    if bb:
+        values |= {"backbone_covers_chance": fig(sum(x["lo"] <= 0.5 <= x["hi"] for x in bb), "{}")}
+    if exp:
+        values |= {"fedit_exposure_max": fig(max(exp), "{:.1f}")}
+    if bexp:
+        values |= {"backbone_exposure_mean_max": fig(max(bexp), "{:.1f}")}
+    cols = [c for c in COLUMNS if c["key"] != "case" and any(c["key"] in r for r in rows)]
+    cols += [c for c in TIMES if any(c["key"] in r for r in rows)]
+    caption = "FedIT's shared model and the bare backbone, one audit per seed; 95% bootstrap intervals."
+    return {"columns": cols, "rows": rows, "caption": caption}, values
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, help="an experiment's results.json (fedpit frontier --audit)")
@@ -100,10 +151,31 @@ def main(argv: list[str] | None = None) -> int:
         table["caption"] = f"On {title} against the held-out loss: each method against each baseline curve."
         tables[f"verdicts_{SHORT_MEASURE[pkey]}"] = table
         for label, v in verdicts.items():
-            values[f"{SHORT_MEASURE[pkey]}_{slug(label)}"] = {"value": v, "format": "{}"}
+            if v is None:
+                continue  # judged against no curve (FedIT is the end of the curves it could be judged on)
+            values[f"verdict_{SHORT_MEASURE[pkey]}_{slug(label)}"] = {"value": v, "format": "{}"}
+    table, more = fedit_by_seed(records)
+    if table is not None:
+        tables["fedit_by_seed"] = table
+        values |= more
+    for r in rows:  # each point's figures, for the prose to quote (one place: this file)
+        for key, fmt in (*FORMATS.items(), ("reference_loss", "{:.3f}")):
+            if key in r:
+                values[f"{VALUE_PREFIX[key]}_{slug(r['label'])}"] = {"value": r[key], "format": fmt}
+                if len(r["seeds"]) > 1:
+                    values[f"{VALUE_PREFIX[key]}_sd_{slug(r['label'])}"] = {"value": r[key + "_std"], "format": fmt}
+    for rec in records:  # each run's shared-model membership interval
+        f = Path(rec.get("run_dir") or "/nonexistent") / "audit.json"
+        if rec["model"] == "shared" and f.is_file():
+            ci = json.loads(f.read_text(encoding="utf-8"))["mia"].get("shared", {}).get("ref", {}).get("auc_ci")
+            label = slug(_point_label(rec["algorithm"], rec["setting"], "shared"))
+            if ci:
+                values[f"auc_ci_{label}_s{rec['seed']}"] = {"value": f"[{ci[0]:.3f}, {ci[1]:.3f}]", "format": "{}"}
+    multi = [r["label"] for r in rows if len(r["seeds"]) > 1]
     seeds = sorted({s for r in rows for s in r["seeds"]})
-    values["status"] = {"value": f"measured over seed(s) {','.join(map(str, seeds))}", "format": "{}"}
-    values["runs"] = {"value": len({(r["run_dir"]) for r in records if "run_dir" in r}), "format": "{}"}
+    status = f"{', '.join(multi)} over seeds {','.join(map(str, seeds))}; every other point one run" if multi else ""
+    values["status"] = {"value": status or "every point one run", "format": "{}"}
+    values["runs"] = {"value": len({r["run_dir"] for r in records if r.get("run_dir")}), "format": "{}"}
     write_result(
         "frontier",
         title="The privacy-utility frontier: every method against FedIT turned down and DP-SGD, each run audited",

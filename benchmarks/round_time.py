@@ -262,6 +262,12 @@ def whole_run(args, argv: list[str]) -> int:
         out = Path(tempfile.mkdtemp(prefix="round_time-"))
     try:
         cfgs = _side_configs(args, out)
+        rounds = {side: cfg.federation.rounds for side, cfg in cfgs.items()}
+        if rounds["baseline"] != rounds["candidate"]:
+            raise FedpitError(
+                f"federation.rounds: the sides run {rounds['baseline']} and {rounds['candidate']} rounds; a side by "
+                "side comparison needs the same number (set it with --set)"
+            )
         parts = {side: prepare(cfg).partition.to_dict() for side, cfg in cfgs.items()}  # data errors: before any run
         same_partition = parts["baseline"] == parts["candidate"]
         diff = {

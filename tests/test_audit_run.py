@@ -118,13 +118,10 @@ def test_a_second_audit_computes_only_the_adapters_losses(audited_run, monkeypat
 
     rd, cfg = audited_run
     assert main(["audit", str(rd)]) == 0
-    first = json.loads((rd / "audit.json").read_text())
     calls, real = [], run.example_losses
     monkeypatch.setattr(run, "example_losses", lambda engine, xs, bs: calls.append(len(xs)) or real(engine, xs, bs))
     assert main(["audit", str(rd)]) == 0
-    again = json.loads((rd / "audit.json").read_text())
     assert len(calls) == 2 * 4  # members, non-members: shared + 3 private models, not the backbone
-    assert again["mia"]["backbone"] == first["mia"]["backbone"]
 
 
 def _err(capsys, *argv):

@@ -160,9 +160,20 @@ def test_a_one_seed_frontier_says_its_verdicts_have_no_noise_allowance(tmp_path)
     one = [r for r in json.loads(_audited_results(tmp_path).read_text())["records"] if r["seed"] == 1]
     md = write_report(_write(tmp_path, one, "one seed"))["md"].read_text()
     mia = _section(md, "membership inference AUC (reference-calibrated loss): which methods are dominated")
-    assert "| fedpit-mix β=0.5 shared | 1 |" in mia and "Every point on this measure is a single run" in mia
+    assert "| fedpit-mix β=0.5 shared | 1 |" in mia and "Single runs (one seed) among the judged points: fedit" in mia
     three = write_report(_audited_results(tmp_path))["md"].read_text()
-    assert "Every point on this measure is a single run" not in three  # FedIT and the methods have 3 seeds
+    assert "Single runs (one seed)" not in three  # every judged point has 3 seeds
+
+
+def test_a_one_run_point_borrows_the_spread_of_trained_points_not_the_backbones(tmp_path):
+    from fedpit.report import _spread
+
+    recs = [_rec("backbone", s, "bare", reference_loss=3.1, mia_ref_auc=0.5) for s in (1, 2, 3)]
+    recs += [_rec("fedit", s, reference_loss=2.70 + 0.01 * (s - 2), mia_ref_auc=0.7) for s in (1, 2, 3)]
+    recs += [_rec("fedpit-mix", 1, setting="fedpit.beta=0.5", reference_loss=2.8, mia_ref_auc=0.65)]
+    rows = frontier_rows(recs)
+    mix = next(r for r in rows if r["algorithm"] == "fedpit-mix")
+    assert _spread(rows, "reference_loss")(mix) == pytest.approx(0.01)  # FedIT's sd, not pooled with the backbone's 0
 
 
 def test_baseline_curves_are_ordered_by_their_knob_and_closed_by_fedit_and_the_backbone(tmp_path):
@@ -698,9 +709,40 @@ def test_the_frontier_results_file_carries_the_reports_verdicts(tmp_path):
         }
         table = {r["point"]: r["overall"] for r in doc["tables"][f"verdicts_{short}"]["rows"]}
         assert table == judged
-    assert doc["values"]["exposure_fedpit_mix_beta_0_5_shared"]["value"] == "dominated"
-    assert doc["values"]["status"]["value"] == "measured over seed(s) 1,2,3" and "constructed" in doc["notes"]
+    assert doc["values"]["verdict_exposure_fedpit_mix_beta_0_5_shared"]["value"] == "dominated"
+    assert doc["values"]["loss_fedit_shared"]["value"] == pytest.approx(2.70)
+    assert doc["values"]["status"]["value"].startswith("fedit shared, ") and "constructed" in doc["notes"]
     fedit = next(r for r in doc["tables"]["points"]["rows"] if r["point"] == "fedit shared")
     assert (
         fedit["seeds"] == "1,2,3" and fedit["mia_ref_auc"]["format"].format(**fedit["mia_ref_auc"]) == "0.700 ± 0.010"
     )
+
+
+def test_the_frontier_results_file_reads_fedits_audits_seed_by_seed(tmp_path):
+    """FedIT's audit.json per seed: the separation figures the privacy docs quote (intervals, not means)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier_results.py"
+    spec = importlib.util.spec_from_file_location("frontier_results", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    recs = []
+    for seed, (lo, bb_lo) in enumerate(((0.61, 0.39), (0.45, 0.52)), 1):
+        run = tmp_path / f"fedit-s{seed}"
+        run.mkdir()
+        auc = lambda a, lo_, hi: {"auc": a, "auc_ci": [lo_, hi], "tpr_at_10pct_fpr": 0.1}  # noqa: E731
+        audit = {
+            "mia": {"shared": {"ref": auc(0.7, lo, 0.8)}, "backbone": {"loss": auc(0.5, bb_lo, 0.6)}},
+            "canaries": {"shared": {"k": 6, "exposure_mean": 2.0, "exposure_max": 4.0}},
+            "extraction": {},
+            "leaks": [],
+        }
+        (run / "audit.json").write_text(json.dumps(audit))
+        recs.append(_rec("fedit", seed, reference_loss=2.7, mia_ref_auc=0.7, run_dir=str(run), wall_s=100, audit_s=90))
+    assert mod.main([str(_write(tmp_path, recs)), "--out-dir", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "frontier.json").read_text())
+    v = {k: x["value"] for k, x in doc["values"].items()}
+    assert v["fedit_seeds"] == 2 and v["fedit_ref_excludes_chance"] == 1 and v["backbone_covers_chance"] == 1
+    assert v["auc_ci_fedit_shared_s2"] == "[0.450, 0.800]" and v["fedit_exposure_max"] == 4.0
+    rows = doc["tables"]["fedit_by_seed"]["rows"]
+    assert [r["seed"] for r in rows] == [1, 2] and rows[0]["wall_s"] == 100 and rows[0]["audit_s"] == 90

@@ -93,6 +93,7 @@ def test_whole_run_times_both_settings_of_one_method_side_by_side(round_time, ti
         (["--baseline-set", "train.local_steps=many"], "baseline: "),
         (["--candidate-set", "algorithm=fedpit"], "--candidate-set algorithm: set by this script"),
         (["--set", "data.train=/no/such/file.jsonl"], "/no/such/file.jsonl"),
+        (["--candidate-set", "federation.rounds=3"], "federation.rounds: the sides run 2 and 3 rounds"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_before_anything_runs(

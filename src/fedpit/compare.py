@@ -305,7 +305,8 @@ def frontier_cells(base: Config, methods: list[str], seeds: list[int], args) -> 
 # The plan: runs x estimated minutes, printed before the CPU hours.
 
 # Wall minutes of one run at the demo's defaults (3 rounds, 5 local steps, 3 clients) on the 2-core machine
-# (docs/results.md, one run at a time); fedit-dp: FedIT plus per-example gradients, a guess until it is measured.
+# (docs/results.md, one run at a time); fedit-dp: measured on the frontier (2026-12-06: 355 s a round, each step a
+# Poisson batch of dp.batch_size = 32 examples with per-example gradients, against FedIT's 4).
 RUN_MINUTES = {
     "fedit": 3.8,
     "fedprox": 3.7,
@@ -316,12 +317,13 @@ RUN_MINUTES = {
     "locit": 4.3,
     "locit-sa": 7.5,
     "cenit": 3.4,
-    "fedit-dp": 6.0,
+    "fedit-dp": 18.0,
 }
 PRIVATE_ADAPTERS = ("fedpit", "locit", "locit-sa")  # methods whose clients keep their own adapters
 EVAL_MINUTES = 1.0  # answering 24 test items with one adapter
-# The audit's two terms come from one audit of a FedIT run timed on the idle machine (benchmarks/audit_cost.py:
-# 2 models, 80 extraction targets each, 160 MIA examples, 6 canaries; audit.json's phase_seconds).
+# The audit's two terms come from audits of FedIT runs timed on the idle machine (2 models, 80 extraction targets
+# each, 160 MIA examples, 6 canaries; audit.json's phase_seconds: extraction 60-65 s, MIA 50-60 s and canaries
+# 20-26 s per model; benchmarks/results/frontier.json, table fedit_by_seed, has each whole audit).
 ATTACK_MINUTES = 1.4  # the extraction attack on 100 targets at 128 new tokens
 AUDIT_MINUTES = 1.5  # an audited model's MIA losses and canary trie, beside its extraction attack
 

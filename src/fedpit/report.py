@@ -526,8 +526,13 @@ def baseline_curves(rows: list[dict]) -> list[tuple[str, list[dict]]]:
 
 def _spread(rows: list[dict], key: str):
     """A row's spread on ``key``: its own standard deviation over seeds, or for a one-seed row the pooled
-    standard deviation of the rows with several seeds (0 when there are none)."""
-    multi = [(len(r["seeds"]) - 1, r[key + "_std"]) for r in rows if len(r["seeds"]) > 1 and key + "_std" in r]
+    standard deviation of the trained rows with several seeds (0 when there are none). The bare backbone is left
+    out of the pool: its rows repeat one evaluation of one model, whose spread says nothing about training noise."""
+    multi = [
+        (len(r["seeds"]) - 1, r[key + "_std"])
+        for r in rows
+        if len(r["seeds"]) > 1 and key + "_std" in r and r["algorithm"] != "backbone"
+    ]
     dof = sum(d for d, _ in multi)
     pooled = math.sqrt(sum(d * s * s for d, s in multi) / dof) if dof else 0.0
     return lambda r: r.get(key + "_std", 0.0) if len(r["seeds"]) > 1 else pooled
@@ -666,15 +671,16 @@ def _verdict_blocks(rows: list[dict], pkey: str, title: str) -> list[tuple]:
     head = ["point", "seeds", title, utitle] + [f"vs {n}" for n in names]
     head += ["verdict", "verdict on Rouge-L / cosine", "on the front of"]
     blocks += [("table", head, _verdict_rows(rows, pkey, names)), ("p", _verdict_summary(rows, pkey))]
-    if all(len(r["seeds"]) < 2 for r in rows if pkey in r):
-        blocks.append(("p", ONE_SEED_NOTE))
+    single = [r["label"] for r, _ in frontier_verdicts(rows, pkey, ukey, FRONTIER_UTILITY[0][2]) if len(r["seeds"]) < 2]
+    if single:
+        blocks.append(("p", ONE_SEED_NOTE.format(points=", ".join(single))))
     return blocks
 
 
 ONE_SEED_NOTE = (
-    "Every point on this measure is a single run (one seed): there is no seed-to-seed spread, so no verdict can be "
-    "a tie within noise, and one that rests on a small difference may reverse with more seeds. Read these verdicts "
-    "as a first reading; the ones that decide need the points run over several seeds."
+    "Single runs (one seed) among the judged points: {points}. Their spread is borrowed, pooled from the trained "
+    "points with several seeds (with none, there is no noise allowance at all), so a verdict on them that rests on "
+    "a small difference may reverse with more seeds: read it as a first reading."
 )
 
 
