@@ -351,37 +351,41 @@ def audit(run_dir: str | Path, client: int | None = None, echo: Callable[[str], 
     return result
 
 
+@contextlib.contextmanager
+def _timed(into: dict, phase: str) -> Iterator[None]:
+    """Record the seconds the block takes as ``into[phase]``."""
+    t = time.perf_counter()
+    yield
+    into[phase] = round(time.perf_counter() - t, 2)
+
+
 def _measure_all(cfg: Config, engine, models: list[Model], private: PrivateData, prefixes, digits) -> dict:
     """mia, canaries and extraction for every model. The backbone goes first: its losses and attack rows are the
     others' reference (it is attacked on the union of every model's extraction targets)."""
     from ..privacy import sample_targets
 
     out = {"mia": {}, "canaries": {}, "extraction": {}, "phase_seconds": {}}
-    clock = time.perf_counter
     holdout = private.holdout if cfg.privacy.holdout > 0 else []
     targets = {m.name: sample_targets(m.members, cfg.eval.extraction_n, cfg.seed) for m in models}
     union = list({_digest(e): e for m in models for e in targets[m.name]}.values())
-    t = clock()
-    base_loss = backbone_losses(cfg, engine, [e for m in models for e in m.members] + holdout) if holdout else {}
-    out["phase_seconds"]["backbone_losses"] = round(clock() - t, 2)
+    with _timed(out["phase_seconds"], "backbone_losses"):
+        base_loss = backbone_losses(cfg, engine, [e for m in models for e in m.members] + holdout) if holdout else {}
     base_rows = {}
     for i, m in enumerate([models[-1], *models[:-1]]):
         spent = out["phase_seconds"][m.name] = {}
         with loaded(engine, m):
             if holdout:
-                t = clock()
-                out["mia"][m.name] = measure_mia(cfg, engine, m, holdout, base_loss)
-                spent["mia"] = round(clock() - t, 2)
+                with _timed(spent, "mia"):
+                    out["mia"][m.name] = measure_mia(cfg, engine, m, holdout, base_loss)
             if private.canaries:
-                t = clock()
-                out["canaries"][m.name] = measure_canaries(cfg, engine, m, prefixes, digits)
-                spent["canaries"] = round(clock() - t, 2)
-            t = clock()
-            if m.adapter is None:
-                rows = backbone_attack_rows(cfg, engine, union)
-            else:
-                rows = attack_rows(cfg, engine, targets[m.name])
-            spent["extraction"] = round(clock() - t, 2)
+                with _timed(spent, "canaries"):
+                    out["canaries"][m.name] = measure_canaries(cfg, engine, m, prefixes, digits)
+            with _timed(spent, "extraction"):
+                rows = (
+                    backbone_attack_rows(cfg, engine, union)
+                    if m.adapter is None
+                    else attack_rows(cfg, engine, targets[m.name])
+                )
         base_rows = rows if m.adapter is None else base_rows
         mine = [rows[_digest(e)] for e in targets[m.name]]
         base = None if m.adapter is None else [base_rows[_digest(e)] for e in targets[m.name]]
