@@ -315,6 +315,31 @@ def test_frontier_grid_adds_the_baseline_curves_with_seeds_per_cell(tiny_cfg, fe
         frontier_grid(cfg, ["fedit"], [1], server_lrs="0.5", deciding="federation.server_lr=0.3")
 
 
+def test_frontier_grid_adds_the_teacher_points_as_a_method(tiny_cfg):
+    cfg = _attack_on(tiny_cfg)
+    cells = frontier_grid(cfg, ["fedit", "fedpit"], [1, 2], "", teacher_mixes="0.5,1", sweep_seeds=[1])
+    names = [(c.algorithm, label, c.seed) for label, c in cells]
+    # a method like fedpit-mix's betas: every --seeds by default, not the curves' --sweep-seeds
+    assert names == [
+        ("fedit", "", 1),
+        ("fedpit", "", 1),
+        ("fedpit", "fedpit.teacher_mix=0.5", 1),
+        ("fedpit", "fedpit.teacher_mix=1", 1),
+        ("fedit", "", 2),
+        ("fedpit", "", 2),
+        ("fedpit", "fedpit.teacher_mix=0.5", 2),
+        ("fedpit", "fedpit.teacher_mix=1", 2),
+    ]
+    teach = [c for label, c in cells if label.startswith("fedpit.teacher_mix")]
+    assert {(c.selfgen.responder, c.fedpit.shared_target) for c in teach} == {("private", "distill")}
+    assert [c.fedpit.teacher_mix for c in teach[:2]] == [0.5, 1.0]
+    plain = next(c for label, c in cells if c.algorithm == "fedpit" and not label)
+    assert (plain.selfgen.responder, plain.fedpit.shared_target) == ("shared", "text")  # plain fedpit untouched
+    assert len({c.run_name for _, c in cells}) == len(cells)
+    one = frontier_grid(cfg, ["fedpit"], [1, 2], "", teacher_mixes="1", sweep_seeds=[1], deciding="fedpit")
+    assert [(label, c.seed) for label, c in one] == [("", 1), ("fedpit.teacher_mix=1", 1), ("", 2)]
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "words"),
     [
@@ -429,6 +454,7 @@ def test_frontier_cli_defaults_and_the_plan_option(tmp_path, monkeypatch, capsys
         (["--sweep-seeds", "1,1"], "--sweep-seeds lists 1 more than once"),
         (["--deciding", "fedpit.beta=0.9"], "--deciding: 'fedpit.beta=0.9' is not a cell of this frontier"),
         (["--betas", "abc"], "--betas 'abc'"),
+        (["--teacher-mixes", "0.5,1.2"], "--teacher-mixes '0.5,1.2': 1.2 is not in [0, 1]"),
     ],
 )
 def test_frontier_cli_bad_values_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, fedit_dp, argv, words):

@@ -476,6 +476,13 @@ def _add_frontier_parser(sub) -> None:
         ("--epsilons", c.FRONTIER_EPSILONS, "DP-SGD (fedit-dp): dp.target_epsilon values"),
     ):
         p.add_argument(flag, default=default, metavar="V1,V2,...", help=f"{what} ('' = no such curve)")
+    p.add_argument(
+        "--teacher-mixes",
+        default="",
+        metavar="M1,M2,...",
+        help="fedpit with its private model as teacher (selfgen.responder=private, fedpit.shared_target=distill) "
+        "at each fedpit.teacher_mix in [0, 1], points like fedpit-mix's betas (default '': none)",
+    )
     p.add_argument("--seeds", default="1,2,3", help="seeds of the deciding cells (see --deciding)")
     p.add_argument("--sweep-seeds", metavar="S1,...", help="seeds of the other cells (default: --seeds)")
     p.add_argument(

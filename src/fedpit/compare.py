@@ -127,6 +127,8 @@ FRONTIER_BETAS = "0.25,0.5,0.6,0.75"
 FRONTIER_SERVER_LRS = "0.25,0.5,0.75"
 FRONTIER_LOCAL_STEPS = "1,2,3"
 FRONTIER_EPSILONS = "1,10,100,1000"
+# FedPIT with its private model as teacher (it answers and its probabilities teach): a method, like fedpit-mix's beta
+TEACHER = (("selfgen.responder", "private"), ("fedpit.shared_target", "distill"))
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,9 @@ KNOBS = (
     Knob("--local-steps", "fedit", "train.local_steps", "FedIT with fewer local steps"),
     # the target epsilon picks the noise multiplier itself, which must be 0 beside it
     Knob("--epsilons", "fedit-dp", "dp.target_epsilon", "DP-SGD", (("dp.noise_multiplier", "0"),)),
+    Knob("--teacher-mixes", "fedpit", "fedpit.teacher_mix", "FedPIT with its private model as teacher", TEACHER),
 )
+METHOD_KNOBS = ("fedpit.beta", "fedpit.teacher_mix")  # knobs of methods (points judged), not baseline curves
 
 
 def _check_knob_value(base: Config, knob: Knob, value: str) -> float:
@@ -162,6 +166,8 @@ def _check_knob_value(base: Config, knob: Knob, value: str) -> float:
         raise ConfigError(f"{value} is {why}")
     if knob.key == "dp.target_epsilon" and not (0 < x < math.inf):
         raise ConfigError(f"{value} is not a positive epsilon")
+    if knob.key == "fedpit.teacher_mix" and not 0 <= x <= 1:
+        raise ConfigError(f"{value} is not in [0, 1]")
     return x
 
 
@@ -183,7 +189,7 @@ def knob_values(base: Config, knob: Knob, spec: str) -> list[str]:
 
                 prepare(cell)  # DP-SGD's preflight: each client's noise for this epsilon (one that cannot be reached)
     except ConfigError as e:
-        skip = " ('' skips this curve)" if knob.flag != "--betas" else ""
+        skip = " ('' skips this curve)" if knob.key not in METHOD_KNOBS else ""
         raise ConfigError(f"{knob.flag} {spec!r}: {e}{skip}") from None
     return vals
 
@@ -230,7 +236,7 @@ def deciding_units(spec: str | None, units: list[Unit]) -> set[str]:
     """The names of the units that get every --seeds (the others get --sweep-seeds): by default every method
     (fedpit-mix at each beta included); else the listed methods and curve points (``fedpit.beta=0.6``)."""
     if spec is None:
-        return {u.name for u in units if not u.label or u.algorithm == "fedpit-mix"}
+        return {u.name for u in units if not u.label or u.label.split("=", 1)[0] in METHOD_KNOBS}
     items = [x.strip() for x in spec.split(",") if x.strip()]
     chosen = set()
     for item in items:
@@ -251,6 +257,7 @@ def frontier_grid(
     server_lrs: str = "",
     local_steps: str = "",
     epsilons: str = "",
+    teacher_mixes: str = "",
     sweep_seeds: list[int] | None = None,
     deciding: str | None = None,
     audit: bool = False,
@@ -267,7 +274,13 @@ def frontier_grid(
     units = _units(
         base,
         methods,
-        {"--betas": betas, "--server-lrs": server_lrs, "--local-steps": local_steps, "--epsilons": epsilons},
+        {
+            "--betas": betas,
+            "--server-lrs": server_lrs,
+            "--local-steps": local_steps,
+            "--epsilons": epsilons,
+            "--teacher-mixes": teacher_mixes,
+        },
     )
     full = deciding_units(deciding, units)
     if not audit and not base.eval.extraction_every_round:
@@ -295,6 +308,7 @@ def frontier_cells(base: Config, methods: list[str], seeds: list[int], args) -> 
         server_lrs=args.server_lrs,
         local_steps=args.local_steps,
         epsilons=args.epsilons,
+        teacher_mixes=args.teacher_mixes,
         sweep_seeds=sweep,
         deciding=args.deciding,
         audit=args.audit,

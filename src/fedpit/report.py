@@ -431,6 +431,8 @@ def _point_label(algo: str, setting: str, model: str) -> str:
         return "bare backbone"
     if setting.startswith("fedpit.beta="):
         return f"{algo} β={setting.split('=', 1)[1]} {model}"
+    if setting.startswith("fedpit.teacher_mix="):  # the private model as teacher (fedpit frontier --teacher-mixes)
+        return f"{algo} teacher_mix={setting.split('=', 1)[1]} {model}"
     if _knob_name(setting):
         return f"{algo} {_knob_name(setting)} {model}"
     return f"{algo} {model}" + (f" [{setting}]" if setting else "")
