@@ -1,0 +1,71 @@
+"""benchmarks/teacher_screen.py: its rows from finished runs (no run is started when every summary exists)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_screen.py"
+
+
+@pytest.fixture(scope="module")
+def screen():
+    spec = importlib.util.spec_from_file_location("teacher_screen_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(folder: Path, losses, personal=None, shared=True, seconds=100.0) -> None:
+    folder.mkdir(parents=True)
+    doc = {
+        "test_loss_per_round": losses,
+        "personal_test_loss": personal,
+        "shares_global_adapter": shared,
+        "seconds_this_process": seconds,
+    }
+    (folder / "summary.json").write_text(json.dumps(doc))
+
+
+def test_rows_measure_the_share_of_fedits_gap_from_finished_runs(screen, tmp_path, monkeypatch):
+    monkeypatch.setattr(screen.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was started again"))
+    _summary(tmp_path / "fedit", [3.0, 2.8])
+    _summary(tmp_path / "locit", [3.0, 2.9], personal=[2.9, 2.95, 3.0], shared=False)
+    _summary(tmp_path / "base", [3.0, 2.99], personal=[2.9, 2.9, 2.9])
+    _summary(tmp_path / "responder-private", [3.0, 2.95], personal=[2.8, 2.9, 3.0])
+    _summary(tmp_path / "distill", [3.0, 2.9], personal=[2.8, 2.9, 3.0])
+    _summary(tmp_path / "both", [3.0, 2.85], personal=[2.8, 2.9, 3.0], seconds=120.0)
+    rows, ends = screen.rows_of(tmp_path, "screen")
+    assert ends == {"backbone": 3.0, "fedit": 2.8, "rounds": 1}
+    by = {r["setting"]: r for r in rows}
+    assert [r["gap"] for r in rows if r["gap"] is not None] == pytest.approx([1.0, 0.05, 0.25, 0.5, 0.75])
+    assert by["LocIT"]["gap"] is None and by["LocIT"]["loss"] is None  # no shared model
+    assert by["LocIT"]["private"] == pytest.approx(2.95)
+    assert by["FedIT"]["private"] is None
+    both = by["private model answers and teaches (both)"]
+    assert both["sets"] == "selfgen.responder=private fedpit.shared_target=distill" and both["seconds"] == 120.0
+
+
+def test_a_missing_run_is_run_with_its_settings(screen, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(argv, check):
+        calls.append(argv)
+        name = next(a for a in argv if a.startswith("run_name=")).split("=", 1)[1]
+        _summary(tmp_path / name, [3.0, 2.9, 2.8, 2.7])
+
+    monkeypatch.setattr(screen.subprocess, "run", fake_run)
+    _summary(tmp_path / "fedit-3r", [3.0, 2.9, 2.8, 2.7])
+    rows, ends = screen.rows_of(tmp_path, "accumulate")
+    assert len(calls) == 2 and ends["rounds"] == 3
+    last = calls[-1]
+    assert "federation.rounds=3" in last and "selfgen.accumulate=true" in last and "algorithm=fedpit" in last
+    assert [r["gap"] for r in rows] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_an_unknown_stage_is_one_line_and_exit_2(screen, capsys):
+    assert screen.main(["--stages", "screen,nope"]) == 2
+    assert capsys.readouterr().out.count("\n") == 1
