@@ -4,7 +4,8 @@ Stage ``screen`` (one round from the backbone, seed 42): FedPIT as it is, with t
 (``selfgen.responder = private``), with the shared adapter distilled from the private model
 (``fedpit.shared_target = distill``), and with both; FedIT and LocIT after one round are the ends of the scale.
 Stage ``accumulate`` (three rounds, which a one-round screen cannot show): the teacher with and without
-``selfgen.accumulate``. Each run is a plain ``fedpit run`` in its own folder under ``--out``; a run whose
+``selfgen.accumulate``, beside FedIT, LocIT (are the private models as good as a site training alone?) and FedPIT as
+it is (the cost of a whole run, side by side). Each run is a plain ``fedpit run`` in its own folder under ``--out``; a run whose
 ``summary.json`` exists is reused (delete its folder to run it again). The runs go one at a time.
 
     .venv/bin/python benchmarks/teacher_screen.py --out experiments/teacher-screen [--stages screen,accumulate]
@@ -44,6 +45,8 @@ STAGES = {
         3,
         [
             ("fedit-3r", "fedit", [], "FedIT"),
+            ("locit-3r", "locit", [], "LocIT"),
+            ("fedpit-3r", "fedpit", [], "FedPIT (shared model answers, text target)"),
             ("teacher-3r", "fedpit", TEACHER, "teacher (both), this round's examples"),
             ("teacher-accumulate-3r", "fedpit", [*TEACHER, "selfgen.accumulate=true"], "teacher (both), accumulated"),
         ],

@@ -60,10 +60,10 @@ def test_a_missing_run_is_run_with_its_settings(screen, tmp_path, monkeypatch):
     monkeypatch.setattr(screen.subprocess, "run", fake_run)
     _summary(tmp_path / "fedit-3r", [3.0, 2.9, 2.8, 2.7])
     rows, ends = screen.rows_of(tmp_path, "accumulate")
-    assert len(calls) == 2 and ends["rounds"] == 3
+    assert len(calls) == 4 and ends["rounds"] == 3
     last = calls[-1]
     assert "federation.rounds=3" in last and "selfgen.accumulate=true" in last and "algorithm=fedpit" in last
-    assert [r["gap"] for r in rows] == pytest.approx([1.0, 1.0, 1.0])
+    assert [r["gap"] for r in rows] == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.0])
 
 
 def test_an_unknown_stage_is_one_line_and_exit_2(screen, capsys):
