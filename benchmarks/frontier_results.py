@@ -24,6 +24,7 @@ from audit_cost import COLUMNS, readings  # noqa: E402
 from results import write_result  # noqa: E402
 
 from fedpit.dominance import overall  # noqa: E402
+from fedpit.errors import FedpitError  # noqa: E402
 from fedpit.report import (  # noqa: E402
     FRONTIER_UTILITY,
     PRIVACY,
@@ -31,6 +32,7 @@ from fedpit.report import (  # noqa: E402
     baseline_curves,
     frontier_rows,
     frontier_verdicts,
+    load_results,
 )
 
 SHORT_MEASURE = {"mia_ref_auc": "mia", "canary_exposure_mean": "exposure", "extraction_excess": "extraction"}
@@ -142,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", action="append", default=[], help="a note kept in the results file (repeatable)")
     ap.add_argument("--out-dir", type=Path, help="where frontier.json goes (default: benchmarks/results)")
     args = ap.parse_args(argv)
-    records = json.loads(args.results.read_text(encoding="utf-8"))["records"]
+    try:  # a missing or malformed results file: one line naming it, exit 2, nothing written
+        records = load_results(args.results)[1]["records"]
+    except FedpitError as e:
+        print(f"frontier_results.py: error: {e}", file=sys.stderr)
+        return 2
     rows = frontier_rows(records)
     tables = {"points": points_table(rows)}
     values = {}

@@ -5,8 +5,8 @@ Stage ``screen`` (one round from the backbone, seed 42): FedPIT as it is, with t
 (``fedpit.shared_target = distill``), and with both; FedIT and LocIT after one round are the ends of the scale.
 Stage ``accumulate`` (three rounds, which a one-round screen cannot show): the teacher with and without
 ``selfgen.accumulate``, beside FedIT, LocIT (are the private models as good as a site training alone?) and FedPIT as
-it is (the cost of a whole run, side by side). Each run is a plain ``fedpit run`` in its own folder under ``--out``; a run whose
-``summary.json`` exists is reused (delete its folder to run it again). The runs go one at a time.
+it is (the cost of a whole run, side by side). Each run is a plain ``fedpit run`` in its own folder under ``--out``;
+a run whose ``summary.json`` exists is reused (delete its folder to run it again). The runs go one at a time.
 
     .venv/bin/python benchmarks/teacher_screen.py --out experiments/teacher-screen [--stages screen,accumulate]
 

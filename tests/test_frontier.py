@@ -13,7 +13,7 @@ from fedpit.cli import main
 from fedpit.compare import audit_fields, check_audit, frontier_grid, plan
 from fedpit.dominance import Point, overall, verdict
 from fedpit.errors import ConfigError
-from fedpit.report import baseline_curves, frontier_rows, frontier_verdicts, noise_points, write_report
+from fedpit.report import _point_label, baseline_curves, frontier_rows, frontier_verdicts, noise_points, write_report
 
 
 def _rec(algo, seed, model="shared", setting="", **metrics):
@@ -772,3 +772,24 @@ def test_the_frontier_results_file_reads_fedits_audits_seed_by_seed(tmp_path):
     assert v["auc_ci_fedit_shared_s2"] == "[0.450, 0.800]" and v["fedit_exposure_max"] == 4.0
     rows = doc["tables"]["fedit_by_seed"]["rows"]
     assert [r["seed"] for r in rows] == [1, 2] and rows[0]["wall_s"] == 100 and rows[0]["audit_s"] == 90
+
+
+def test_the_frontier_results_file_refuses_a_bad_results_file_in_one_line(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier_results.py"
+    spec = importlib.util.spec_from_file_location("frontier_results", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    bad = tmp_path / "results.json"
+    for text, words in (("{not json", "results.json"), ('{"records": [{"algorithm": 3}]}', "record 1")):
+        bad.write_text(text)
+        assert mod.main([str(bad), "--out-dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err
+    assert mod.main([str(tmp_path / "missing.json"), "--out-dir", str(tmp_path / "out")]) == 2
+    assert "file not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written
+    # the teacher's points are named by their teacher_mix, as fedpit-mix's by beta
+    label = _point_label("fedpit", "fedpit.teacher_mix=0.5", "shared")
+    assert label == "fedpit teacher_mix=0.5 shared" and mod.slug(label) == "fedpit_teacher_mix_0_5_shared"
