@@ -74,43 +74,40 @@ def test_config_travels_in_messages_unchanged(tiny_cfg):
     assert r == 3 and to_toml(cfg) == to_toml(tiny_cfg)
 
 
-@pytest.fixture
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
+def test_private_guard_blocks_a_private_tensor_and_passes_the_upload():
+    """The client mod on the reply's content (real Flower records; the reply itself stands in for a Message, which
+    only a running Flower runtime can make)."""
+    from types import SimpleNamespace
 
-    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # what a runtime sets for messages
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-def test_private_guard_blocks_a_private_tensor_and_passes_the_upload(task_identity):
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.app import ArrayRecord, RecordDict
 
     from fedpit.flower import client_app
+    from fedpit.flower.common import from_record, to_record
 
     private = {"a.lora_A.weight": torch.randn(4, 8), "a.lora_B.weight": torch.zeros(8, 4)}
     upload = {"a.lora_A.weight": torch.randn(4, 8), "a.lora_B.weight": torch.zeros(8, 4)}
     client_app._register_private(private)
-    incoming = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=0, message_type="train")
-    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
 
-    def replying(state):
-        return lambda msg, c: Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=state)}), reply_to=msg)
+    def replying(content: RecordDict):
+        reply = SimpleNamespace(content=content, has_content=lambda: True)
+        return lambda msg, ctx: reply
 
-    assert client_app.private_guard(incoming, ctx, replying(upload)).has_content()  # zeros leak nothing
+    def arrays(state):
+        return RecordDict({"arrays": ArrayRecord(torch_state_dict=state)})
+
+    assert client_app.private_guard(None, None, replying(arrays(upload))).content is not None  # zeros leak nothing
     with pytest.raises(RuntimeError, match="a.lora_A.weight"):
         client_app.private_guard(
-            incoming, ctx, replying({**upload, "a.lora_A.weight": private["a.lora_A.weight"].clone()})
+            None, None, replying(arrays({**upload, "a.lora_A.weight": private["a.lora_A.weight"]}))
         )
     with pytest.raises(RuntimeError, match="private key"):
-        client_app.private_guard(incoming, ctx, replying({"local.a": torch.randn(2, 2)}))
-    from fedpit.flower.common import from_record, to_record
-
+        client_app.private_guard(None, None, replying(arrays({"local.a": torch.randn(2, 2)})))
     packed = to_record({**upload, "a.lora_A.weight": private["a.lora_A.weight"].clone()})  # one flat array on the wire
     assert len(packed) == 1 and torch.equal(from_record(packed)["a.lora_A.weight"], private["a.lora_A.weight"])
     with pytest.raises(RuntimeError, match="a.lora_A.weight"):
-        client_app.private_guard(incoming, ctx, lambda msg, c: Message(RecordDict({"arrays": packed}), reply_to=msg))
+        client_app.private_guard(None, None, replying(RecordDict({"arrays": packed})))
+    empty = SimpleNamespace(has_content=lambda: False)  # an error reply has no content to check
+    assert client_app.private_guard(None, None, lambda msg, ctx: empty) is empty
 
 
 def test_site_command_and_engine_key(tiny_cfg, tmp_path):

@@ -152,3 +152,11 @@ def test_the_check_finds_internals_and_patches(source):
 )
 def test_the_check_passes_the_public_api(source):
     assert not violations(source), violations(source)
+
+
+def test_tests_use_flowers_public_api_only():
+    """The tests drive Flower as users do: no internal module, no patched Flower attribute."""
+    tests = Path(__file__).resolve().parent
+    files = sorted(tests.rglob("*.py"))
+    found = [v for f in files for v in violations(f.read_text(encoding="utf-8"), str(f.relative_to(tests.parent)))]
+    assert not found, "\n".join(found)

@@ -54,13 +54,18 @@ def private_guard(msg: Message, context: Context, call_next) -> Message:
     after this round's training) or a private state key. Fitted to every fedpit ClientApp."""
     reply = call_next(msg, context)
     if reply.has_content():
-        for name, record in reply.content.array_records.items():
-            for key, a in record_arrays(record).items():
-                if key.startswith(LOCAL_PREFIX):
-                    raise RuntimeError(f"private_guard: outgoing record '{name}' carries private key '{key}'")
-                if informative(a) and fingerprint(a) in _PRIVATE:
-                    raise RuntimeError(f"private_guard: outgoing tensor '{key}' equals a private adapter tensor")
+        check_outgoing(reply.content)
     return reply
+
+
+def check_outgoing(content: RecordDict) -> None:
+    """Raise if an outgoing message's content carries a private state key or a tensor equal to a private one."""
+    for name, record in content.array_records.items():
+        for key, a in record_arrays(record).items():
+            if key.startswith(LOCAL_PREFIX):
+                raise RuntimeError(f"private_guard: outgoing record '{name}' carries private key '{key}'")
+            if informative(a) and fingerprint(a) in _PRIVATE:
+                raise RuntimeError(f"private_guard: outgoing tensor '{key}' equals a private adapter tensor")
 
 
 app = ClientApp(mods=[private_guard])
