@@ -435,7 +435,7 @@ def check_audit(cells: list[tuple[str, Config]], out: str | Path) -> None:
         split_pool(c, load_train(c))  # too few members or non-members, no room for the canaries
     _check_client_members(cells)
     for _, cfg in cells:
-        saved = Path(out) / "runs" / cfg.run_name / "config.toml"
+        saved = RunDir(Path(out) / "runs" / cfg.run_name).config_file
         if saved.is_file() and load_config(saved).privacy != cfg.privacy:
             diff = _first_difference(cfg.privacy, load_config(saved).privacy)
             raise ConfigError(
@@ -540,7 +540,7 @@ def audit_fields(found: dict, kind: str) -> dict:
 def _run_or_resume(cfg: Config) -> dict:
     rd = RunDir(Path(cfg.output_dir) / cfg.run_name)
     if rd.is_complete():
-        return read_json(rd.path / "summary.json")
+        return read_json(rd.summary_file)
     if rd.config_file.is_file():
         return Runner(cfg, show_progress=False).run(resume=rd.path)
     return Runner(cfg, show_progress=False).run()

@@ -138,7 +138,7 @@ def client_share(cfg: Config, k: int) -> list[Example]:
             f"node config: partition-id {k} is outside 0..{cfg.partition.num_clients - 1} "
             f"(partition.num_clients = {cfg.partition.num_clients})"
         )
-    saved = Path(cfg.output_dir) / cfg.run_name / "partition.json" if cfg.run_name else None
+    saved = RunDir(Path(cfg.output_dir) / cfg.run_name).partition_file if cfg.run_name else None
     if saved is not None and saved.is_file():
         return Partition.from_dict(read_json(saved)).subset(training_set(cfg, load_train(cfg)), k)
     return prepare(cfg).client_examples(k)
@@ -210,7 +210,7 @@ def open_run(
     saver = lambda folder, state: save_adapter(cfg, engine, folder, state)  # noqa: E731
     if resume is not None:
         rd, start = RunDir.resume(resume, saver, cfg)
-        prep.partition = Partition.from_dict(read_json(rd.path / "partition.json"))  # verified by round 0's manifest
+        prep.partition = Partition.from_dict(read_json(rd.partition_file))  # verified by round 0's manifest
         return rd, start, rd.load_global(start - 1)
     path = Path(cfg.output_dir) / cfg.run_name
     rd = RunDir.start(path, cfg, prep.partition.to_dict(), saver, unique=unique, transport=transport)
@@ -472,8 +472,9 @@ def resume_config(run_dir: str | Path) -> Config:
     """The saved config of a run folder that can be resumed (one-line errors otherwise)."""
     from .config import load_config
 
-    if not (Path(run_dir) / "config.toml").is_file():
-        raise ConfigError(f"{run_dir}: not a fedpit run folder (no config.toml)")
-    cfg = load_config(Path(run_dir) / "config.toml")
+    saved = RunDir(run_dir).config_file
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir}: not a fedpit run folder (no {saved.name})")
+    cfg = load_config(saved)
     RunDir.check_resumable(run_dir, cfg)  # checksums and fingerprint, before the model loads
     return cfg

@@ -50,6 +50,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedpit.rundir")
 
 FINGERPRINT = "fingerprint.json"
+# the run folder's files, named here only (other modules take these names or RunDir's properties)
+CONFIG_FILE = "config.toml"
+PARTITION_FILE = "partition.json"
+PROGRESS_FILE = "progress.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
 # settings that place or label a run but do not change what it computes: left out of the fingerprint
 NOT_FINGERPRINTED = frozenset(
     {"output_dir", "run_name", "model.cache_dir", "model.device", "flower.wait_for_nodes_s", "flower.round_timeout_s"}
@@ -121,7 +127,7 @@ def _claim(path: Path, unique: bool) -> Path:
                 continue
         try:  # an explicit, existing empty folder: claimed by creating its config.toml exclusively
             if p.is_dir() and not any(p.iterdir()):
-                os.close(os.open(p / "config.toml", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                os.close(os.open(p / CONFIG_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
                 return p
         except FileExistsError:
             pass
@@ -148,7 +154,7 @@ class RunDir:
             cfg = dataclasses.replace(cfg, run_name=path.name)
         rd = cls(path, saver)
         write_atomic(rd.config_file, to_toml(cfg))
-        write_json(path / "partition.json", partition)
+        write_json(path / PARTITION_FILE, partition)
         fp = fingerprint(cfg)
         write_json(path / FINGERPRINT, fp)
         rd.config_sha256 = fp["sha256"]
@@ -222,17 +228,25 @@ class RunDir:
         self.set_progress(completed_rounds=r, status="running")
 
     def finish(self, summary: dict, rounds: int) -> None:
-        write_json(self.path / "summary.json", summary)
+        write_json(self.summary_file, summary)
         self.set_progress(status="complete", completed_rounds=rounds)
 
     # -------------------------------------------------------------------- layout
     @property
     def config_file(self) -> Path:
-        return self.path / "config.toml"
+        return self.path / CONFIG_FILE
 
     @property
     def metrics_file(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS_FILE
+
+    @property
+    def partition_file(self) -> Path:
+        return self.path / PARTITION_FILE
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / SUMMARY_FILE
 
     def round_dir(self, r: int) -> Path:
         return self.path / "rounds" / _tag(r)
@@ -280,7 +294,7 @@ class RunDir:
         found += self.client_outputs(r=r)
         found += self.path.glob(f"extraction/shared_{tag}.jsonl")
         if r == 0:
-            found.append(self.path / "partition.json")
+            found.append(self.partition_file)
         return sorted(str(p.relative_to(self.path)) for p in found if p.is_file() and not p.name.endswith(TMP_SUFFIX))
 
     # -------------------------------------------------------------------- committed rounds
@@ -312,7 +326,7 @@ class RunDir:
     # -------------------------------------------------------------------- progress
     def progress(self) -> dict:
         """progress.json, or a stand-in when it is missing or unreadable (resume recovers it from the manifests)."""
-        f = self.path / "progress.json"
+        f = self.path / PROGRESS_FILE
         try:
             p = read_json(f)
         except (OSError, ValueError, UnicodeDecodeError):
@@ -321,13 +335,13 @@ class RunDir:
 
     def set_progress(self, **kw) -> None:
         data = self.progress() | kw
-        write_json(self.path / "progress.json", data)
+        write_json(self.path / PROGRESS_FILE, data)
 
     def check_progress(self, done: int, *, warn: bool = True) -> None:
         """Cross-check progress.json with the committed rounds (``done`` is the last one): it may lag behind them
         (a crash after the commit record) or be missing or damaged (recovered, with a warning), but it may not
         claim a round whose commit record is gone."""
-        f = self.path / "progress.json"
+        f = self.path / PROGRESS_FILE
         try:
             p = read_json(f)
             claimed = p["completed_rounds"]
@@ -384,7 +398,7 @@ class RunDir:
         read_adapter_folder(self.final)
 
     def is_complete(self) -> bool:
-        return (self.path / "summary.json").is_file()
+        return self.summary_file.is_file()
 
     # -------------------------------------------------------------------- adapters
     def load_global(self, r: int) -> StateDict:

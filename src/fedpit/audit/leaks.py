@@ -34,9 +34,10 @@ def _strings(value, path: str = "") -> Iterator[tuple[str, str]]:
 def files_to_scan(run_dir: Path, client: int | None = None) -> list[Path]:
     """Client outputs (``clients/client_K/round_NNN/**``, JSON and JSONL) and ``metrics.jsonl``; with ``client``,
     that client's outputs only (and the metrics rows, when the folder has them)."""
-    found = [p for p in RunDir(run_dir).client_outputs(client) if p.suffix in (".json", ".jsonl")]
-    if (run_dir / "metrics.jsonl").is_file():
-        found.append(run_dir / "metrics.jsonl")
+    rd = RunDir(run_dir)
+    found = [p for p in rd.client_outputs(client) if p.suffix in (".json", ".jsonl")]
+    if rd.metrics_file.is_file():
+        found.append(rd.metrics_file)
     return sorted(found)
 
 

@@ -78,9 +78,10 @@ def run_config(run_dir: Path) -> Config:
     """The run's own config (its ``config.toml``); a one-line error for a folder that is not a run."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder")
-    if not (run_dir / "config.toml").is_file():
-        raise ConfigError(f"{run_dir}: not a fedpit run folder (no config.toml)")
-    return load_config(run_dir / "config.toml")
+    saved = RunDir(run_dir).config_file
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir}: not a fedpit run folder (no {saved.name})")
+    return load_config(saved)
 
 
 def client_members(cfg: Config, run_dir: Path, private: PrivateData) -> dict[int, list[Example]]:
@@ -93,7 +94,7 @@ def client_members(cfg: Config, run_dir: Path, private: PrivateData) -> dict[int
         raise DataError(
             cfg.data.train, f"not the data this run was made with (its held-out split differs from {run_dir}/privacy)"
         )
-    part = Partition.from_dict(read_json_file(run_dir / "partition.json", "partition"))
+    part = Partition.from_dict(read_json_file(RunDir(run_dir).partition_file, "partition"))
     if len(part.labels) != len(members) + len(made.copies(cfg)):
         raise DataError(
             cfg.data.train,

@@ -70,7 +70,7 @@ def simulate(
             f"Flower simulation did not complete: {rd.path} status {p.get('status')}"
             + (f" ({p['error']})" if p.get("error") else "")
         )
-    return read_json(rd.path / "summary.json")
+    return read_json(rd.summary_file)
 
 
 __all__ = ["simulate"]

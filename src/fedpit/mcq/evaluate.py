@@ -395,7 +395,7 @@ def write_results(out: Path, results: dict, samples: dict) -> None:
 def experiment_adapters(results_json: str | Path) -> list[tuple[str, list[str]]]:
     """[(label, adapter folders)] of a compare/sweep experiment: each method's shared adapter and its clients'
     private adapters (one group per method, seed and setting; a group of private adapters is scored as their mean)."""
-    from ..rundir import read_json
+    from ..rundir import RunDir, read_json
 
     data = read_json(Path(results_json))
     recs = data.get("records", [])
@@ -404,7 +404,7 @@ def experiment_adapters(results_json: str | Path) -> list[tuple[str, list[str]]]
     for r in recs:
         if not r.get("run_dir"):  # the bare backbone's row of a frontier experiment: scored as the backbone
             continue
-        summary = read_json(Path(r["run_dir"]) / "summary.json")
+        summary = read_json(RunDir(r["run_dir"]).summary_file)
         folders = [summary["final_adapter"]] if r["model"] == "shared" else list(summary.get("personal_adapters") or [])
         if not folders:
             continue
