@@ -6,13 +6,15 @@ Stage ``screen`` (one round from the backbone, seed 42): FedPIT as it is, with t
 Stage ``accumulate`` (three rounds, which a one-round screen cannot show): the teacher with and without
 ``selfgen.accumulate``, beside FedIT, LocIT (are the private models as good as a site training alone?) and FedPIT as
 it is (the cost of a whole run, side by side). Each run is a plain ``fedpit run`` in its own folder under ``--out``;
-a run whose ``summary.json`` exists is reused (delete its folder to run it again). The runs go one at a time.
+a finished run is reused when its settings are the ones asked for (else: an error naming it), an interrupted one is
+resumed. The runs go one at a time.
 
     .venv/bin/python benchmarks/teacher_screen.py --out experiments/teacher-screen [--stages screen,accumulate]
 
-It rewrites ``benchmarks/results/teacher_screen.json``: per setting, the shared model's held-out loss, the share of
-the backbone -> FedIT gap it closes, the private models' held-out loss and the run's seconds. No privacy figure is
-made here: the teacher's privacy comes from the audited frontier (``fedpit frontier --teacher-mixes``).
+It writes ``benchmarks/results/teacher_screen.json`` (a stage not run keeps its tables and figures): per
+setting, the shared model's held-out loss, the share of the backbone -> FedIT gap it closes, the private models'
+held-out loss and the run's seconds. No privacy figure is made here: the teacher's privacy comes from the audited
+frontier (``fedpit frontier --teacher-mixes``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results import write_result  # noqa: E402
+from results import RESULTS_DIR, write_result  # noqa: E402
 
-TEACHER = ["selfgen.responder=private", "fedpit.shared_target=distill"]
+from fedpit.compare import TEACHER as TEACHER_SETTINGS  # noqa: E402
+from fedpit.config import load_config, set_value  # noqa: E402
+from fedpit.rundir import RunDir, fingerprint  # noqa: E402
+
+TEACHER = [f"{k}={v}" for k, v in TEACHER_SETTINGS]  # the frontier's teacher points, the same settings
 STAGES = {
     "screen": (
         1,
@@ -59,17 +65,27 @@ def fedpit_cli() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "fedpit"]
 
 
+class ScreenError(Exception):
+    """A run folder that holds another setting than the one asked for."""
+
+
 def run_one(out: Path, name: str, method: str, sets: list[str], rounds: int) -> dict:
-    """The run's summary.json, running it first when it has none."""
-    summary = out / name / "summary.json"
-    if not summary.is_file():
-        argv = [*fedpit_cli(), "run", "-q", "--set", f"output_dir={out}", "--set", f"run_name={name}"]
-        argv += ["--set", f"algorithm={method}", "--set", f"federation.rounds={rounds}"]
-        for s in sets:
-            argv += ["--set", s]
+    """The run's summary.json: a finished run with these settings is reused, an interrupted one resumed, a missing
+    one run."""
+    rd = RunDir(out / name)
+    overrides = [f"output_dir={out}", f"run_name={name}", f"algorithm={method}", f"federation.rounds={rounds}", *sets]
+    if rd.config_file.is_file():
+        want = load_config()
+        for item in overrides:
+            set_value(want, *item.split("=", 1))
+        if fingerprint(load_config(rd.config_file)) != fingerprint(want):
+            raise ScreenError(f"{rd.path}: a run with other settings (delete the folder to run {name} again)")
+    if not rd.is_complete():
+        argv = [*fedpit_cli(), "run", "-q"]
+        argv += ["--resume", str(rd.path)] if rd.config_file.is_file() else [a for o in overrides for a in ("--set", o)]
         print("$", shlex.join(argv), flush=True)
         subprocess.run(argv, check=True)
-    return json.loads(summary.read_text(encoding="utf-8"))
+    return json.loads(rd.summary_file.read_text(encoding="utf-8"))
 
 
 def rows_of(out: Path, stage: str) -> tuple[list[dict], dict]:
@@ -115,11 +131,19 @@ def main(argv=None) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
-        print(f"teacher_screen.py: error: --stages: {', '.join(unknown) or 'none'} (known: screen, accumulate)")
+        known = ", ".join(STAGES)
+        print(f"teacher_screen.py: error: --stages: {', '.join(unknown) or 'none'} (known: {known})", file=sys.stderr)
         return 2
-    tables, values = {}, {}
+    old = RESULTS_DIR / "teacher_screen.json"
+    kept = json.loads(old.read_text(encoding="utf-8")) if old.is_file() else {}
+    tables = {k: t for k, t in kept.get("tables", {}).items() if k not in stages}  # the stages not run this time
+    values = {k: v for k, v in kept.get("values", {}).items() if k.split("_", 1)[0] not in stages}
     for stage in stages:
-        rows, ends = rows_of(args.out, stage)
+        try:
+            rows, ends = rows_of(args.out, stage)
+        except ScreenError as e:
+            print(f"teacher_screen.py: error: {e}", file=sys.stderr)
+            return 2
         r = ends["rounds"]
         tables[stage] = {
             "caption": f"The demo at seed 42, {r} round{'s' if r > 1 else ''} from the backbone (held-out loss "

@@ -55,7 +55,7 @@ def test_a_missing_run_is_run_with_its_settings(screen, tmp_path, monkeypatch):
     def fake_run(argv, check):
         calls.append(argv)
         name = next(a for a in argv if a.startswith("run_name=")).split("=", 1)[1]
-        _summary(tmp_path / name, [3.0, 2.9, 2.8, 2.7])
+        _summary(tmp_path / name, [3.0, 2.9, 2.8, 2.7], shared=name != "locit-3r")
 
     monkeypatch.setattr(screen.subprocess, "run", fake_run)
     _summary(tmp_path / "fedit-3r", [3.0, 2.9, 2.8, 2.7])
@@ -63,9 +63,27 @@ def test_a_missing_run_is_run_with_its_settings(screen, tmp_path, monkeypatch):
     assert len(calls) == 4 and ends["rounds"] == 3
     last = calls[-1]
     assert "federation.rounds=3" in last and "selfgen.accumulate=true" in last and "algorithm=fedpit" in last
-    assert [r["gap"] for r in rows] == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.0])
+    assert "selfgen.responder=private" in last and "fedpit.shared_target=distill" in last
+    assert [r["gap"] for r in rows] == pytest.approx([1.0, None, 1.0, 1.0, 1.0])
+
+
+def test_a_run_folder_with_other_settings_is_refused_and_an_interrupted_one_resumed(screen, tmp_path, monkeypatch):
+    from fedpit.config import load_config, to_toml
+
+    calls = []
+    monkeypatch.setattr(screen.subprocess, "run", lambda argv, check: calls.append(argv))
+    folder = tmp_path / "both"
+    folder.mkdir()
+    cfg = load_config(overrides=[f"output_dir={tmp_path}", "run_name=both", "algorithm=fedpit", "federation.rounds=1"])
+    (folder / "config.toml").write_text(to_toml(cfg))  # FedPIT as it is, where the teacher is asked for
+    with pytest.raises(screen.ScreenError, match="other settings"):
+        screen.run_one(tmp_path, "both", "fedpit", screen.TEACHER, 1)
+    assert not calls
+    with pytest.raises(FileNotFoundError):  # the settings match: resumed (the fake run writes no summary)
+        screen.run_one(tmp_path, "both", "fedpit", [], 1)
+    assert calls and calls[0][-2:] == ["--resume", str(folder)]
 
 
 def test_an_unknown_stage_is_one_line_and_exit_2(screen, capsys):
     assert screen.main(["--stages", "screen,nope"]) == 2
-    assert capsys.readouterr().out.count("\n") == 1
+    assert capsys.readouterr().err.count("\n") == 1

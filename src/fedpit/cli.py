@@ -481,7 +481,8 @@ def _add_frontier_parser(sub) -> None:
         default="",
         metavar="M1,M2,...",
         help="fedpit with its private model as teacher (selfgen.responder=private, fedpit.shared_target=distill) "
-        "at each fedpit.teacher_mix in [0, 1], points like fedpit-mix's betas (default '': none)",
+        "at each fedpit.teacher_mix in [0, 1]: method points judged against the curves, run whether or not "
+        "--algorithms lists fedpit (default '': none)",
     )
     p.add_argument("--seeds", default="1,2,3", help="seeds of the deciding cells (see --deciding)")
     p.add_argument("--sweep-seeds", metavar="S1,...", help="seeds of the other cells (default: --seeds)")
@@ -489,7 +490,8 @@ def _add_frontier_parser(sub) -> None:
         "--deciding",
         metavar="CELLS",
         help="the cells run with every --seeds: methods and curve points, e.g. fedit,fedpit,fedpit.beta=0.6,"
-        "federation.server_lr=0.5,dp.target_epsilon=100 (default: every method, fedpit-mix at each beta)",
+        "federation.server_lr=0.5,dp.target_epsilon=100 (default: every method, fedpit-mix at each beta, the "
+        "teacher at each teacher_mix)",
     )
     p.add_argument("--out", help="experiment folder (default: experiments/<time>-frontier)")
     _add_experiment_args(p)
