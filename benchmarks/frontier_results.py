@@ -101,6 +101,20 @@ def verdict_table(rows: list[dict], pkey: str) -> tuple[dict, dict]:
     return {"columns": cols, "rows": out}, overall_by_point
 
 
+def margins(rows: list[dict], pkey: str) -> dict:
+    """Per judged point and curve: how much utility the point has over the curve point it is read against (held-out
+    loss, positive = the point is better), for the prose to quote."""
+    ukey, _, higher = FRONTIER_UTILITY[0]
+    values = {}
+    for r, v in frontier_verdicts(rows, pkey, ukey, higher):
+        for name, verdict in v.items():
+            if verdict.against is not None:
+                gain = r[ukey] - verdict.against.y if higher else verdict.against.y - r[ukey]
+                key = f"margin_{SHORT_MEASURE[pkey]}_{slug(r['label'])}_vs_{slug(name)}"
+                values[key] = {"value": gain, "format": "{:.3f}"}
+    return values
+
+
 def fedit_by_seed(records: list[dict]) -> tuple[dict | None, dict]:
     """FedIT's audits seed by seed (its shared model against the bare backbone, each with its own interval): does
     the instrument separate? Read from each FedIT run's ``audit.json``."""
@@ -156,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         table, verdicts = verdict_table(rows, pkey)
         table["caption"] = f"On {title} against the held-out loss: each method against each baseline curve."
         tables[f"verdicts_{SHORT_MEASURE[pkey]}"] = table
+        values |= margins(rows, pkey)
         for label, v in verdicts.items():
             if v is None:
                 continue  # judged against no curve (FedIT is the end of the curves it could be judged on)
@@ -170,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                 values[f"{VALUE_PREFIX[key]}_{slug(r['label'])}"] = {"value": r[key], "format": fmt}
                 if len(r["seeds"]) > 1:
                     values[f"{VALUE_PREFIX[key]}_sd_{slug(r['label'])}"] = {"value": r[key + "_std"], "format": fmt}
+    ends = {r["label"]: r.get("reference_loss") for r in rows if r["label"] in ("bare backbone", "fedit shared")}
+    if None not in ends.values() and len(ends) == 2:  # the share of the backbone -> FedIT gap each point closes
+        span = ends["bare backbone"] - ends["fedit shared"]
+        for r in rows:
+            if "reference_loss" in r and r["label"] not in ends and span > 0:
+                gap = (ends["bare backbone"] - r["reference_loss"]) / span
+                values[f"gap_{slug(r['label'])}"] = {"value": gap, "format": "{:.0%}"}
     for rec in records:  # each run's shared-model membership interval
         f = Path(rec.get("run_dir") or "/nonexistent") / "audit.json"
         if rec["model"] == "shared" and f.is_file():

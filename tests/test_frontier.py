@@ -736,6 +736,17 @@ def test_the_frontier_results_file_carries_the_reports_verdicts(tmp_path):
         table = {r["point"]: r["overall"] for r in doc["tables"][f"verdicts_{short}"]["rows"]}
         assert table == judged
     assert doc["values"]["verdict_exposure_fedpit_mix_beta_0_5_shared"]["value"] == "dominated"
+    margins = 0  # each judged point's held-out loss against the curve point it is read against (positive: better)
+    for r, v in frontier_verdicts(rows, "mia_ref_auc", "reference_loss", False):
+        for name, verdict in v.items():
+            if verdict.against is not None:
+                key = f"margin_mia_{mod.slug(r['label'])}_vs_{mod.slug(name)}"
+                assert doc["values"][key]["value"] == pytest.approx(verdict.against.y - r["reference_loss"])
+                margins += 1
+    assert margins > 0
+    by = {r["label"]: r["reference_loss"] for r in rows}
+    share = (by["bare backbone"] - by["fedpit shared"]) / (by["bare backbone"] - by["fedit shared"])
+    assert doc["values"]["gap_fedpit_shared"]["value"] == pytest.approx(share)
     assert doc["values"]["loss_fedit_shared"]["value"] == pytest.approx(2.70)
     assert doc["values"]["status"]["value"].startswith("fedit shared, ") and "constructed" in doc["notes"]
     fedit = next(r for r in doc["tables"]["points"]["rows"] if r["point"] == "fedit shared")
