@@ -160,6 +160,11 @@ def main(argv=None) -> int:
             if row["private"] is not None:
                 values[f"{stage}_private_{key}"] = {"value": row["private"], "format": "{:.3f}"}
             values[f"{stage}_seconds_{key}"] = {"value": row["seconds"], "format": "{:.0f} s"}
+        seconds = {name: row["seconds"] for row, (name, *_) in zip(rows, STAGES[stage][1], strict=True)}
+        if "fedpit-3r" in seconds:  # each teacher setting's whole run against FedPIT's, run in turn
+            for name in ("teacher-3r", "teacher-accumulate-3r"):
+                ratio = seconds[name] / seconds["fedpit-3r"]
+                values[f"{stage}_cost_ratio_{name.replace('-', '_')}"] = {"value": ratio, "format": "{:.2f}x"}
         for row in rows:
             gap = "-" if row["gap"] is None else f"{row['gap']:.0%}"
             private = "-" if row["private"] is None else f"{row['private']:.3f}"
