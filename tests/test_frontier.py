@@ -738,10 +738,10 @@ def test_the_frontier_results_file_carries_the_reports_verdicts(tmp_path):
     assert doc["values"]["verdict_exposure_fedpit_mix_beta_0_5_shared"]["value"] == "dominated"
     margins = 0  # each judged point's held-out loss against the curve point it is read against (positive: better)
     for r, v in frontier_verdicts(rows, "mia_ref_auc", "reference_loss", False):
-        for name, verdict in v.items():
-            if verdict.against is not None:
+        for name, judged in v.items():
+            if judged.against is not None:
                 key = f"margin_mia_{mod.slug(r['label'])}_vs_{mod.slug(name)}"
-                assert doc["values"][key]["value"] == pytest.approx(verdict.against.y - r["reference_loss"])
+                assert doc["values"][key]["value"] == pytest.approx(judged.against.y - r["reference_loss"])
                 margins += 1
     assert margins > 0
     by = {r["label"]: r["reference_loss"] for r in rows}
