@@ -74,6 +74,18 @@ def test_config_travels_in_messages_unchanged(tiny_cfg):
     assert r == 3 and to_toml(cfg) == to_toml(tiny_cfg)
 
 
+@pytest.fixture
+def task_identity():
+    """The run, node and task a Flower runtime sets before messages are made: the strategy tests make reply messages
+    outside a runtime (Flower has no public way to, so this one fixture touches its internal identity)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # what a runtime sets for messages
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
 def test_private_guard_blocks_a_private_tensor_and_passes_the_upload():
     """The client mod on the reply's content (real Flower records; the reply itself stands in for a Message, which
     only a running Flower runtime can make)."""

