@@ -340,6 +340,24 @@ def test_frontier_grid_adds_the_teacher_points_as_a_method(tiny_cfg):
     assert [(label, c.seed) for label, c in one] == [("", 1), ("fedpit.teacher_mix=1", 1), ("", 2)]
 
 
+def test_frontier_grid_adds_the_accumulating_teacher_beside_the_plain_one(tiny_cfg):
+    cfg = _attack_on(tiny_cfg)
+    cells = frontier_grid(cfg, ["fedpit"], [1], "", teacher_mixes="1", teacher_accumulate="true")
+    by_label = {label: c for label, c in cells}
+    assert list(by_label) == ["", "fedpit.teacher_mix=1", "selfgen.accumulate=true"]
+    acc, plain_teacher = by_label["selfgen.accumulate=true"], by_label["fedpit.teacher_mix=1"]
+    assert (acc.selfgen.responder, acc.fedpit.shared_target, acc.selfgen.accumulate) == ("private", "distill", True)
+    assert not plain_teacher.selfgen.accumulate and not by_label[""].selfgen.accumulate  # only its own point
+    assert acc.fedpit.teacher_mix == cfg.fedpit.teacher_mix and acc.run_name != plain_teacher.run_name
+    # a method point: run with every --seeds unless --deciding says otherwise, and named there by its switch
+    two = frontier_grid(cfg, ["fedpit"], [1, 2], "", teacher_accumulate="true", sweep_seeds=[1], deciding="fedpit")
+    assert [(label, c.seed) for label, c in two] == [("", 1), ("selfgen.accumulate=true", 1), ("", 2)]
+    two = frontier_grid(
+        cfg, ["fedit"], [1, 2], "", teacher_accumulate="true", sweep_seeds=[1], deciding="selfgen.accumulate=true"
+    )
+    assert [(c.algorithm, c.seed) for _, c in two] == [("fedit", 1), ("fedpit", 1), ("fedpit", 2)]
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "words"),
     [
@@ -455,6 +473,7 @@ def test_frontier_cli_defaults_and_the_plan_option(tmp_path, monkeypatch, capsys
         (["--deciding", "fedpit.beta=0.9"], "--deciding: 'fedpit.beta=0.9' is not a cell of this frontier"),
         (["--betas", "abc"], "--betas 'abc'"),
         (["--teacher-mixes", "0.5,1.2"], "--teacher-mixes '0.5,1.2': fedpit.teacher_mix"),
+        (["--teacher-accumulate", "false"], "--teacher-accumulate 'false': 'false' is not 'true'"),
     ],
 )
 def test_frontier_cli_bad_values_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, fedit_dp, argv, words):
@@ -804,3 +823,5 @@ def test_the_frontier_results_file_refuses_a_bad_results_file_in_one_line(tmp_pa
     # the teacher's points are named by their teacher_mix, as fedpit-mix's by beta
     label = _point_label("fedpit", "fedpit.teacher_mix=0.5", "shared")
     assert label == "fedpit teacher_mix=0.5 shared" and mod.slug(label) == "fedpit_teacher_mix_0_5_shared"
+    label = _point_label("fedpit", "selfgen.accumulate=true", "private")
+    assert label == "fedpit teacher accumulating private" and mod.slug(label) == "fedpit_teacher_accumulating_private"

@@ -484,6 +484,13 @@ def _add_frontier_parser(sub) -> None:
         "at each fedpit.teacher_mix in [0, 1]: method points judged against the curves, run whether or not "
         "--algorithms lists fedpit (default '': none)",
     )
+    p.add_argument(
+        "--teacher-accumulate",
+        default="",
+        metavar="true",
+        help="'true' adds the same teacher keeping every round's kept examples (selfgen.accumulate=true) at the "
+        "config's fedpit.teacher_mix: one more method point (default '': none)",
+    )
     p.add_argument("--seeds", default="1,2,3", help="seeds of the deciding cells (see --deciding)")
     p.add_argument("--sweep-seeds", metavar="S1,...", help="seeds of the other cells (default: --seeds)")
     p.add_argument(

@@ -149,12 +149,18 @@ KNOBS = (
     # the target epsilon picks the noise multiplier itself, which must be 0 beside it
     Knob("--epsilons", "fedit-dp", "dp.target_epsilon", "DP-SGD", (("dp.noise_multiplier", "0"),)),
     Knob("--teacher-mixes", "fedpit", "fedpit.teacher_mix", "FedPIT with its private model as teacher", TEACHER),
+    # the same teacher keeping every round's kept examples in the shared training pool (its teacher_mix: the config's)
+    Knob("--teacher-accumulate", "fedpit", "selfgen.accumulate", "the teacher, accumulating", TEACHER),
 )
-METHOD_KNOBS = ("fedpit.beta", "fedpit.teacher_mix")  # knobs of methods (points judged), not baseline curves
+METHOD_KNOBS = ("fedpit.beta", "fedpit.teacher_mix", "selfgen.accumulate")  # method points judged, not curves
 
 
 def _check_knob_value(base: Config, knob: Knob, value: str) -> float:
     """A knob's value as a number, refused where it is no point of its curve or repeats one of its ends."""
+    if knob.key == "selfgen.accumulate":  # a switch: its one point is the accumulating teacher
+        if value != "true":
+            raise ConfigError(f"{value!r} is not 'true' (the teacher without accumulation is --teacher-mixes)")
+        return 1.0
     try:
         x = float(value)
     except ValueError:
@@ -257,6 +263,7 @@ def frontier_grid(
     local_steps: str = "",
     epsilons: str = "",
     teacher_mixes: str = "",
+    teacher_accumulate: str = "",
     sweep_seeds: list[int] | None = None,
     deciding: str | None = None,
     audit: bool = False,
@@ -279,6 +286,7 @@ def frontier_grid(
             "--local-steps": local_steps,
             "--epsilons": epsilons,
             "--teacher-mixes": teacher_mixes,
+            "--teacher-accumulate": teacher_accumulate,
         },
     )
     full = deciding_units(deciding, units)
@@ -308,6 +316,7 @@ def frontier_cells(base: Config, methods: list[str], seeds: list[int], args) -> 
         local_steps=args.local_steps,
         epsilons=args.epsilons,
         teacher_mixes=args.teacher_mixes,
+        teacher_accumulate=args.teacher_accumulate,
         sweep_seeds=sweep,
         deciding=args.deciding,
         audit=args.audit,

@@ -433,6 +433,8 @@ def _point_label(algo: str, setting: str, model: str) -> str:
         return f"{algo} β={setting.split('=', 1)[1]} {model}"
     if setting.startswith("fedpit.teacher_mix="):  # the private model as teacher (fedpit frontier --teacher-mixes)
         return f"{algo} teacher_mix={setting.split('=', 1)[1]} {model}"
+    if setting == "selfgen.accumulate=true":  # the teacher keeping every round's examples (--teacher-accumulate)
+        return f"{algo} teacher accumulating {model}"
     if _knob_name(setting):
         return f"{algo} {_knob_name(setting)} {model}"
     return f"{algo} {model}" + (f" [{setting}]" if setting else "")
