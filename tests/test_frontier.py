@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from fedpit.algorithms import REGISTRY, Method, fedit, load_all
+from fedpit.audit.run import AUDIT_FILE
 from fedpit.cli import main
 from fedpit.compare import audit_fields, check_audit, frontier_grid, plan
 from fedpit.dominance import Point, overall, verdict
 from fedpit.errors import ConfigError
 from fedpit.report import _point_label, baseline_curves, frontier_rows, frontier_verdicts, noise_points, write_report
+from fedpit.rundir import RunDir, write_json
 
 
 def _rec(algo, seed, model="shared", setting="", **metrics):
@@ -406,6 +408,25 @@ def test_plan_counts_runs_minutes_and_what_gets_fewer_seeds(tiny_cfg, fedit_dp):
     assert unit in ("min", "h")
     minutes = lambda t: float(t.split("about ")[1].split(" ")[0]) * (60 if " h of CPU" in t else 1)  # noqa: E731
     assert minutes(plan(cells, audit=False, limit=24)) < minutes(text)  # the audit costs CPU
+
+
+def test_plan_counts_the_runs_already_finished_in_the_experiment_folder_apart(tiny_cfg, tmp_path):
+    cells = frontier_grid(_attack_on(tiny_cfg), ["fedit"], [1, 2], "")
+    out = tmp_path / "exp"
+    before = plan(cells, audit=True, out=out)
+    assert before.startswith("fedpit experiment: 2 runs, about ") and "finished" not in before
+    rd = RunDir(out / "runs" / cells[0][1].run_name)  # seed 1 finished: its summary, then its audit
+    rd.path.mkdir(parents=True)
+    write_json(rd.summary_file, {"algorithm": "fedit"})
+    assert "finished" not in plan(cells, audit=True, out=out)  # not audited yet: the audit still runs
+    assert "(1 finished in" in plan(cells, audit=False, out=out)
+    (rd.path / AUDIT_FILE).write_text("{}")
+    after = plan(cells, audit=True, out=out)
+    assert f"2 runs (1 finished in {out}, reused; 1 to run)" in after
+    fedit = next(line for line in after.splitlines() if line.split()[:1] == ["fedit"])
+    assert fedit.split()[:4] == ["fedit", "seeds", "1,2", "1"] and fedit.endswith("(seed 1 finished)")
+    minutes = lambda t: float(t.split("about ")[1].split(" ")[0])  # noqa: E731
+    assert minutes(after) == pytest.approx(minutes(before) / 2, abs=1)  # whole minutes
 
 
 # ---------------------------------------------------------------------------------------------------------------

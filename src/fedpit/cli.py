@@ -231,7 +231,7 @@ def cmd_compare(args) -> int:
     check_writable_dir(out, "--out")  # before any training
     if args.audit:
         check_audit(cells, out)  # one [privacy] for every run, enough members and non-members
-    print(plan(cells, audit=args.audit, limit=args.limit, command=args.command), flush=True)
+    print(plan(cells, audit=args.audit, limit=args.limit, command=args.command, out=out), flush=True)
     if args.plan:
         return 0
     command = " ".join(shlex.quote(a) for a in ["fedpit", *args.argv])

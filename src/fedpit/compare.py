@@ -376,25 +376,51 @@ def _fmt_minutes(m: float) -> str:
     return f"{m / 60:.1f} h" if m >= 90 else f"{m:.0f} min"
 
 
-def plan(cells: list[tuple[str, Config]], *, audit: bool, limit: int = 0, command: str = "experiment") -> str:
-    """The planned runs, grouped by cell, with their seeds and estimated CPU minutes; what gets fewer seeds."""
+def _finished(cfg: Config, out: Path | None, audit: bool) -> bool:
+    """Whether ``out`` already holds this cell's finished run (and its audit): the experiment reuses it."""
+    if out is None:
+        return False
+    from .audit.run import AUDIT_FILE
+
+    rd = RunDir(Path(out) / "runs" / cfg.run_name)
+    return rd.is_complete() and (not audit or (rd.path / AUDIT_FILE).is_file())
+
+
+def plan(
+    cells: list[tuple[str, Config]],
+    *,
+    audit: bool,
+    limit: int = 0,
+    command: str = "experiment",
+    out: str | Path | None = None,
+) -> str:
+    """The planned runs, grouped by cell, with their seeds and estimated CPU minutes; what gets fewer seeds. Runs
+    already finished in ``out`` are counted apart: the minutes are those of the runs still to do."""
     groups: dict[tuple[str, str], list[Config]] = defaultdict(list)
     for label, cfg in cells:
         groups[(cfg.algorithm, label)].append(cfg)
     first = cells[0][1]
     n_train = max(1, len(load_train(first)))
     n_test = min(limit, len(load_split(first, "test"))) if limit else len(load_split(first, "test"))
-    lines, total = [], 0.0
+    lines, total, n_done = [], 0.0, 0
     for (algo, label), cfgs in groups.items():
         each = estimate_minutes(cfgs[0], audit=audit, n_test=n_test, n_train=n_train)
-        total += each * len(cfgs)
+        done = [c.seed for c in cfgs if _finished(c, out, audit)]
+        todo = len(cfgs) - len(done)
+        n_done += len(done)
+        total += each * todo
         seeds = ",".join(str(c.seed) for c in cfgs)
         name = algo + (f" {label}" if label else "")
-        lines.append(f"  {name:<40} seeds {seeds:<10} {len(cfgs)} x {each:4.1f} min = {_fmt_minutes(each * len(cfgs))}")
+        line = f"  {name:<40} seeds {seeds:<10} {todo} x {each:4.1f} min = {_fmt_minutes(each * todo)}"
+        finished = f" (seed{'s' * (len(done) > 1)} {','.join(map(str, done))} finished)"
+        lines.append(line + (finished if done else ""))
     most = max(len(v) for v in groups.values())
     fewer = [f"{a} {lab}".strip() for (a, lab), v in groups.items() if len(v) < most]
+    runs = f"{len(cells)} runs" + (
+        f" ({n_done} finished in {out}, reused; {len(cells) - n_done} to run)" if n_done else ""
+    )
     head = (
-        f"fedpit {command}: {len(cells)} runs, about {_fmt_minutes(total)} of CPU on a 2-core machine like the demo's "
+        f"fedpit {command}: {runs}, about {_fmt_minutes(total)} of CPU on a 2-core machine like the demo's "
         f"(estimated from the demo's per-run wall times{', with the audit' if audit else ''}; other data or settings "
         "scale differently)"
     )
