@@ -4,28 +4,19 @@ commands CI runs. Nothing here loads a model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _load("render_docs")
-results = _load("results")
+render = load("render_docs")
+results = load("results")
 PAGES = render.documents()
 RESULT_FILES = sorted(RESULTS.glob("*.json"))
 

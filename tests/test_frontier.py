@@ -4,9 +4,9 @@
 import json
 import struct
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load
 
 from fedpit.algorithms import REGISTRY, Method, fedit, load_all
 from fedpit.audit.run import AUDIT_FILE
@@ -759,12 +759,7 @@ def test_report_benchmarks_missing_or_unknown(tmp_path, capsys):
 
 def test_the_frontier_results_file_carries_the_reports_verdicts(tmp_path):
     """benchmarks/frontier_results.py writes what the report judged, per privacy measure, for the docs to quote."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier_results.py"
-    spec = importlib.util.spec_from_file_location("frontier_results", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load("frontier_results")
     src = _audited_results(tmp_path)
     assert mod.main([str(src), "--out-dir", str(tmp_path / "out"), "--note", "constructed"]) == 0
     doc = json.loads((tmp_path / "out" / "frontier.json").read_text())
@@ -797,12 +792,7 @@ def test_the_frontier_results_file_carries_the_reports_verdicts(tmp_path):
 
 def test_the_frontier_results_file_reads_fedits_audits_seed_by_seed(tmp_path):
     """FedIT's audit.json per seed: the separation figures the privacy docs quote (intervals, not means)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier_results.py"
-    spec = importlib.util.spec_from_file_location("frontier_results", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load("frontier_results")
     recs = []
     for seed, (lo, bb_lo) in enumerate(((0.61, 0.39), (0.45, 0.52)), 1):
         run = tmp_path / f"fedit-s{seed}"
@@ -826,12 +816,7 @@ def test_the_frontier_results_file_reads_fedits_audits_seed_by_seed(tmp_path):
 
 
 def test_the_frontier_results_file_refuses_a_bad_results_file_in_one_line(tmp_path, capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier_results.py"
-    spec = importlib.util.spec_from_file_location("frontier_results", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load("frontier_results")
     bad = tmp_path / "results.json"
     for text, words in (("{not json", "results.json"), ('{"records": [{"algorithm": 3}]}', "record 1")):
         bad.write_text(text)

@@ -3,25 +3,20 @@ tiny model; and bad input (one line, exit code 2, nothing run or written)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import tempfile
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load
 
 from fedpit.config import load_config
 from fedpit.rundir import RunDir
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "round_time.py"
-
 
 @pytest.fixture(scope="module")
 def round_time():
-    spec = importlib.util.spec_from_file_location("round_time_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("round_time")
 
 
 def _common(tiny_model_path) -> list[str]:

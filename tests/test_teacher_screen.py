@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_screen.py"
+from benchmark_scripts import load
 
 
 @pytest.fixture(scope="module")
 def screen():
-    spec = importlib.util.spec_from_file_location("teacher_screen_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("teacher_screen")
 
 
 def _summary(folder: Path, losses, personal=None, shared=True, seconds=100.0) -> None:
