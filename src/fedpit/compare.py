@@ -346,6 +346,10 @@ EVAL_MINUTES = 1.0  # answering 24 test items with one adapter
 # The audit's two terms come from audits of FedIT runs timed on the idle machine (2 models, 80 extraction targets
 # each, 160 MIA examples, 6 canaries; audit.json's phase_seconds: extraction 60-65 s, MIA 50-60 s and canaries
 # 20-26 s per model; benchmarks/results/frontier.json, table fedit_by_seed, has each whole audit).
+# The private model as teacher costs more than plain FedPIT: a whole 3-round run of the demo took 1.13x FedPIT's with
+# selfgen.responder=private and fedpit.shared_target=distill, 1.23x with selfgen.accumulate=true beside them
+# (benchmarks/results/teacher_screen.json, accumulate_cost_ratio_*).
+TEACHER_COST, ACCUMULATING_TEACHER_COST = 1.13, 1.23
 ATTACK_MINUTES = 1.4  # the extraction attack on 100 targets at 128 new tokens
 AUDIT_MINUTES = 1.5  # an audited model's MIA losses and canary trie, beside its extraction attack
 
@@ -354,6 +358,8 @@ def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int) -> 
     """A rough CPU estimate of one cell: training, evaluation of its adapters, the run's extraction attacks and
     the audit."""
     minutes = RUN_MINUTES.get(cfg.algorithm, 7.0) * cfg.federation.rounds / 3
+    if cfg.selfgen.responder == "private" or cfg.fedpit.shared_target == "distill":
+        minutes *= ACCUMULATING_TEACHER_COST if cfg.selfgen.accumulate else TEACHER_COST
     if cfg.train.local_steps:
         minutes *= 0.4 + 0.6 * cfg.train.local_steps / 5  # about 60% of a FedIT round is its 5 local steps
     n = cfg.partition.num_clients
