@@ -16,6 +16,15 @@ cosine, reference loss). Everything goes through `fedpit compare`, so results.js
     .venv/bin/python benchmarks/medical_fewshot.py [--source medinstruct-split|medalpaca|chatdoctor]
         [--algorithms fedpit,fedit,locit,cenit]
         [--seeds 1] [--limit 60] [--out experiments/medical-fewshot] [--set KEY=VALUE ...]
+
+``--command frontier`` runs ``fedpit frontier`` on the same data instead of ``fedpit compare``; every option the
+script does not know goes to that command as it is (``--audit``, ``--betas``, ``--deciding``, ``--plan``...). The
+audit's membership pool is ``data.train`` split by ``privacy.holdout``, so more non-members come from drawing more
+examples and holding more of them out, with the training set the same size. Medical Meadow has over 1,000 to draw:
+1,150 drawn with 87% held out train on 150 and keep 1,000 non-members::
+
+    .venv/bin/python benchmarks/medical_fewshot.py --source medalpaca --n-train 1150 --command frontier \
+        --algorithms fedit,fedpit --seeds 1 --audit --set privacy.holdout=0.87 --betas '' --plan
 """
 
 from __future__ import annotations
@@ -45,17 +54,51 @@ def medinstruct_split(path: Path) -> tuple[list, list]:
     return [items[i] for i in order[:SPLIT_TRAIN]], [items[i] for i in order[SPLIT_TRAIN:]]
 
 
-def main() -> int:
+def fedpit_argv(args, extra: list[str], train: Path, test: Path, n_test: int | None) -> list[str]:
+    """The ``fedpit compare|frontier`` command line for this data: the script's options, then ``extra`` as given."""
+    split = n_test is not None
+    argv = [
+        args.command,
+        "--algorithms",
+        args.algorithms,
+        "--seeds",
+        args.seeds,
+        "--out",
+        args.out,
+        "--test",
+        str(test),
+        *([] if split else ["--reference", "gpt-3.5-turbo"]),
+        "--limit",
+        str(args.limit),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--set",
+        f"data.train={train}",
+        "--set",
+        f"data.test={test}" if split else "data.test=",
+        *(["--set", f"eval.max_examples={n_test}"] if split else []),
+        "--set",
+        "partition.label=kmeans",
+        "--set",
+        "partition.num_clusters=10",
+    ]
+    for o in args.overrides:
+        argv += ["--set", o]
+    return argv + extra
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", choices=sorted(SOURCES), default="medalpaca")
-    ap.add_argument("--n-train", type=int, default=150)
+    ap.add_argument("--n-train", type=int, default=150, help="examples drawn as data.train (medalpaca, chatdoctor)")
+    ap.add_argument("--command", choices=("compare", "frontier"), default="compare", help="the fedpit command run")
     ap.add_argument("--algorithms", default="fedpit,fedit,locit,cenit")
     ap.add_argument("--seeds", default="1")
     ap.add_argument("--limit", type=int, default=60, help="test items evaluated (0 = all; medinstruct-split: 66)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--out", default="experiments/medical-fewshot")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    args = ap.parse_args()
+    args, extra = ap.parse_known_args(argv)
 
     test = SHARED / "alpacare" / "MedInstruct-test.jsonl"
     if not SOURCES[args.source].is_file() or not test.is_file():
@@ -71,6 +114,9 @@ def main() -> int:
         save_jsonl(test_items, test)
     else:
         pool = load_examples(SOURCES[args.source], on_duplicate="drop")
+        if not 0 < args.n_train <= len(pool):
+            print(f"--n-train {args.n_train}: {SOURCES[args.source].name} has {len(pool)} examples", file=sys.stderr)
+            return 2
         train = random.Random(0).sample(pool, args.n_train)
     tmp = folder / f"{args.source}-{len(train)}.jsonl"
     save_jsonl(train, tmp)
@@ -78,36 +124,10 @@ def main() -> int:
 
     from fedpit.cli import main as cli
 
-    argv = [
-        "compare",
-        "--algorithms",
-        args.algorithms,
-        "--seeds",
-        args.seeds,
-        "--out",
-        args.out,
-        "--test",
-        str(test),
-        *([] if split else ["--reference", "gpt-3.5-turbo"]),
-        "--limit",
-        str(args.limit),
-        "--max-new-tokens",
-        str(args.max_new_tokens),
-        "--set",
-        f"data.train={tmp}",
-        "--set",
-        f"data.test={test}" if split else "data.test=",
-        *(["--set", f"eval.max_examples={len(test_items)}"] if split else []),
-        "--set",
-        "partition.label=kmeans",
-        "--set",
-        "partition.num_clusters=10",
-    ]
-    for o in args.overrides:
-        argv += ["--set", o]
-    print("fedpit " + " ".join(argv))
-    code = cli(argv)
-    if code == 0:
+    cmd = fedpit_argv(args, extra, tmp, test, len(test_items) if split else None)
+    print("fedpit " + " ".join(cmd))
+    code = cli(cmd)
+    if code == 0 and "--plan" not in extra:
         print(Path(args.out, "report.md").read_text())
     return code
 

@@ -343,15 +343,16 @@ RUN_MINUTES = {
 }
 PRIVATE_ADAPTERS = ("fedpit", "locit", "locit-sa")  # methods whose clients keep their own adapters
 EVAL_MINUTES = 1.0  # answering 24 test items with one adapter
-# The audit's two terms come from audits of FedIT runs timed on the idle machine (2 models, 80 extraction targets
-# each, 160 MIA examples, 6 canaries; audit.json's phase_seconds: extraction 60-65 s, MIA 50-60 s and canaries
-# 20-26 s per model; benchmarks/results/frontier.json, table fedit_by_seed, has each whole audit).
 # The private model as teacher costs more than plain FedPIT: a whole 3-round run of the demo took 1.13x FedPIT's with
 # selfgen.responder=private and fedpit.shared_target=distill, 1.23x with selfgen.accumulate=true beside them
 # (benchmarks/results/teacher_screen.json, accumulate_cost_ratio_*).
 TEACHER_COST, ACCUMULATING_TEACHER_COST = 1.13, 1.23
+# The audit's terms come from audits of FedIT runs timed on the idle machine (2 models, 80 extraction targets
+# each, 160 MIA examples, 6 canaries; audit.json's phase_seconds: extraction 60-65 s, MIA 50-60 s and canaries
+# 20-26 s per model; benchmarks/results/frontier.json, table fedit_by_seed, has each whole audit).
 ATTACK_MINUTES = 1.4  # the extraction attack on 100 targets at 128 new tokens
-AUDIT_MINUTES = 1.5  # an audited model's MIA losses and canary trie, beside its extraction attack
+MIA_MINUTES = 0.9 / 160  # an audited model's membership losses, per example of the member/non-member pool
+CANARY_MINUTES = 0.4  # an audited model's canary digit trie (6 canaries of 4 digits)
 
 
 def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int) -> float:
@@ -374,7 +375,10 @@ def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int) -> 
         minutes += per * shared_targets * (cfg.federation.rounds + 1) + per * own_targets * private
     if audit:
         models = adapters + 1
-        minutes += per * (shared_targets * (adapters - private + 1) + own_targets * private) + AUDIT_MINUTES * models
+        pv = cfg.privacy
+        trie = CANARY_MINUTES * 10 ** (pv.canary_digits - 4) if pv.canaries else 0.0  # the trie spans every secret
+        each = MIA_MINUTES * n_train * (pv.holdout > 0) + trie
+        minutes += per * (shared_targets * (adapters - private + 1) + own_targets * private) + each * models
     return minutes
 
 

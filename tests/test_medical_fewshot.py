@@ -1,0 +1,45 @@
+"""benchmarks/medical_fewshot.py: the fedpit command it builds for the real Medical Meadow data (read from
+../shared/data, planned, not trained), and bad input."""
+
+from __future__ import annotations
+
+import pytest
+from benchmark_scripts import load
+
+from fedpit.compare import estimate_minutes
+from fedpit.config import Config
+
+mod = load("medical_fewshot")
+needs_data = pytest.mark.skipif(not mod.SOURCES["medalpaca"].is_file(), reason="needs ../shared/data/medalpaca")
+
+
+@needs_data
+def test_the_frontier_on_medical_meadow_holds_out_1000_non_members_and_plans(tmp_path, capsys):
+    out = tmp_path / "mm"
+    argv = ["--source", "medalpaca", "--n-train", "1150", "--command", "frontier", "--algorithms", "fedit"]
+    argv += ["--seeds", "1", "--out", str(out), "--set", "privacy.holdout=0.87", "--audit", "--betas", ""]
+    argv += ["--server-lrs", "0.5", "--local-steps", "", "--epsilons", "", "--plan"]
+    assert mod.main(argv) == 0
+    text = capsys.readouterr().out
+    command = next(line for line in text.splitlines() if line.startswith("fedpit frontier --algorithms"))
+    # the script's own options, then the frontier's, passed on as given
+    assert "--reference gpt-3.5-turbo" in command and "--set privacy.holdout=0.87" in command
+    assert command.endswith("--audit --betas  --server-lrs 0.5 --local-steps  --epsilons  --plan")
+    assert "fedpit frontier: 2 runs" in text and "membership inference (privacy.holdout = 0.87)" in text
+    assert not out.exists()  # a plan writes nothing
+
+
+@needs_data
+def test_more_examples_than_the_source_has_is_one_line_exit_2(capsys):
+    assert mod.main(["--source", "medalpaca", "--n-train", "100000", "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--n-train 100000: medical_meadow_small.json has" in err
+
+
+def test_the_plan_prices_the_audit_by_its_member_pool():
+    cfg = Config()
+    cfg.privacy.holdout, cfg.privacy.canaries = 0.5, 6
+    small, large = (estimate_minutes(cfg, audit=True, n_test=24, n_train=n) for n in (160, 1150))
+    assert large - small > 20  # about 0.34 s per example and model: 1,000 more examples, 4 audited models
+    cfg.privacy.holdout = 0.0
+    assert estimate_minutes(cfg, audit=True, n_test=24, n_train=1150) < small  # no MIA: no member losses
