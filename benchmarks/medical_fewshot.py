@@ -41,6 +41,7 @@ SOURCES = {
     "chatdoctor": SHARED / "chatdoctor" / "chatdoctor5k.json",
     "medinstruct-split": SHARED / "alpacare" / "MedInstruct-test.jsonl",
 }
+COMPARE_ALGORITHMS = "fedpit,fedit,locit,cenit"
 SPLIT_SEED, SPLIT_TRAIN = 0, 150  # medinstruct-split: 150 training examples, the other 66 are the test set
 
 
@@ -57,14 +58,15 @@ def medinstruct_split(path: Path) -> tuple[list, list]:
 def fedpit_argv(args, extra: list[str], train: Path, test: Path, n_test: int | None) -> list[str]:
     """The ``fedpit compare|frontier`` command line for this data: the script's options, then ``extra`` as given."""
     split = n_test is not None
+    compare = args.command == "compare"  # the frontier keeps its own defaults for what the script is not given
+    algorithms = args.algorithms or (COMPARE_ALGORITHMS if compare else None)
+    seeds = args.seeds or ("1" if compare else None)
     argv = [
         args.command,
-        "--algorithms",
-        args.algorithms,
-        "--seeds",
-        args.seeds,
+        *(["--algorithms", algorithms] if algorithms else []),
+        *(["--seeds", seeds] if seeds else []),
         "--out",
-        args.out,
+        args.out or f"experiments/medical-{'fewshot' if compare else 'frontier'}",
         "--test",
         str(test),
         *([] if split else ["--reference", "gpt-3.5-turbo"]),
@@ -84,19 +86,20 @@ def fedpit_argv(args, extra: list[str], train: Path, test: Path, n_test: int | N
     ]
     for o in args.overrides:
         argv += ["--set", o]
-    return argv + extra
+    return argv + extra + (["--plan"] if args.plan else [])
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)  # the rest: fedpit's
     ap.add_argument("--source", choices=sorted(SOURCES), default="medalpaca")
     ap.add_argument("--n-train", type=int, default=150, help="examples drawn as data.train (medalpaca, chatdoctor)")
     ap.add_argument("--command", choices=("compare", "frontier"), default="compare", help="the fedpit command run")
-    ap.add_argument("--algorithms", default="fedpit,fedit,locit,cenit")
-    ap.add_argument("--seeds", default="1")
+    ap.add_argument("--algorithms", help=f"default: {COMPARE_ALGORITHMS} (compare), the frontier's own (frontier)")
+    ap.add_argument("--seeds", help="default: 1 (compare), the frontier's own (frontier)")
     ap.add_argument("--limit", type=int, default=60, help="test items evaluated (0 = all; medinstruct-split: 66)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--out", default="experiments/medical-fewshot")
+    ap.add_argument("--out", help="default: experiments/medical-fewshot (compare), experiments/medical-frontier")
+    ap.add_argument("--plan", action="store_true", help="print the runs and their estimated minutes, run nothing")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args, extra = ap.parse_known_args(argv)
 
@@ -127,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = fedpit_argv(args, extra, tmp, test, len(test_items) if split else None)
     print("fedpit " + " ".join(cmd))
     code = cli(cmd)
-    if code == 0 and "--plan" not in extra:
-        print(Path(args.out, "report.md").read_text())
+    if code == 0 and not args.plan:
+        print(Path(cmd[cmd.index("--out") + 1], "report.md").read_text())
     return code
 
 

@@ -11,7 +11,7 @@ from benchmark_scripts import load
 from fedpit.algorithms import REGISTRY, Method, fedit, load_all
 from fedpit.audit.run import AUDIT_FILE
 from fedpit.cli import main
-from fedpit.compare import audit_fields, check_audit, frontier_grid, plan
+from fedpit.compare import EvalOptions, audit_fields, check_audit, frontier_grid, plan
 from fedpit.dominance import Point, overall, verdict
 from fedpit.errors import ConfigError
 from fedpit.report import _point_label, baseline_curves, frontier_rows, frontier_verdicts, noise_points, write_report
@@ -395,7 +395,7 @@ def test_plan_counts_runs_minutes_and_what_gets_fewer_seeds(tiny_cfg, fedit_dp):
     cfg = _attack_on(tiny_cfg)
     kw = dict(server_lrs="0.5", epsilons="10", sweep_seeds=[1], deciding="fedit,federation.server_lr=0.5")
     cells = frontier_grid(cfg, ["fedit", "fedpit"], [1, 2, 3], **kw)
-    text = plan(cells, audit=True, limit=24, command="frontier")
+    text = plan(cells, audit=True, ev=EvalOptions(limit=24), command="frontier")
     lines = text.splitlines()
     assert lines[0].startswith("fedpit frontier: 8 runs, about ") and "with the audit" in lines[0]
     assert lines[1] == "  audit: extraction (eval.extraction_n = 100); no MIA (privacy.holdout is 0); no exposure " + (
@@ -407,7 +407,7 @@ def test_plan_counts_runs_minutes_and_what_gets_fewer_seeds(tiny_cfg, fedit_dp):
     value, unit = text.split("about ")[1].split(" ")[:2]
     assert unit in ("min", "h")
     minutes = lambda t: float(t.split("about ")[1].split(" ")[0]) * (60 if " h of CPU" in t else 1)  # noqa: E731
-    assert minutes(plan(cells, audit=False, limit=24)) < minutes(text)  # the audit costs CPU
+    assert minutes(plan(cells, audit=False, ev=EvalOptions(limit=24))) < minutes(text)  # the audit costs CPU
 
 
 def test_the_plan_prices_the_teacher_above_plain_fedpit(tiny_cfg):
@@ -418,22 +418,29 @@ def test_the_plan_prices_the_teacher_above_plain_fedpit(tiny_cfg):
     assert plain < teacher < acc  # the measured whole-run ratios (1.13x, 1.23x) on the training part
 
 
-def test_plan_counts_the_runs_already_finished_in_the_experiment_folder_apart(tiny_cfg, tmp_path):
+def test_plan_counts_the_runs_already_in_the_experiment_folder_apart(tiny_cfg, tmp_path):
     cells = frontier_grid(_attack_on(tiny_cfg), ["fedit"], [1, 2], "")
+    cfg = cells[0][1]
     out = tmp_path / "exp"
+    minutes = lambda t: float(t.split("about ")[1].split(" ")[0])  # noqa: E731
     before = plan(cells, audit=True, out=out)
-    assert before.startswith("fedpit experiment: 2 runs, about ") and "finished" not in before
-    rd = RunDir(out / "runs" / cells[0][1].run_name)  # seed 1 finished: its summary, then its audit
+    assert before.startswith("fedpit experiment: 2 runs, about ") and "trained" not in before
+    rd = RunDir(out / "runs" / cfg.run_name)  # seed 1 trained: its summary; then its audit
     rd.path.mkdir(parents=True)
     write_json(rd.summary_file, {"algorithm": "fedit"})
-    assert "finished" not in plan(cells, audit=True, out=out)  # not audited yet: the audit still runs
-    assert "(1 finished in" in plan(cells, audit=False, out=out)
-    (rd.path / AUDIT_FILE).write_text("{}")
+    assert "(seed 1 finished)" in plan(cells, audit=False, out=out)  # nothing left to do without the audit
+    trained = plan(cells, audit=True, out=out)
+    assert "(seed 1 trained, its audit to run)" in trained
+    assert minutes(before) / 2 < minutes(trained) < minutes(before)  # the audit is left of it, not the training
+    settings = {**vars(cfg.privacy), "extraction_n": cfg.eval.extraction_n}
+    for audit in ({}, {"client": 0, "settings": settings}, {"settings": {**settings, "extraction_n": 1}}):
+        write_json(rd.path / AUDIT_FILE, audit)  # none of these would be reused: the audit runs again
+        assert plan(cells, audit=True, out=out) == trained
+    write_json(rd.path / AUDIT_FILE, {"client": None, "settings": settings})
     after = plan(cells, audit=True, out=out)
-    assert f"2 runs (1 finished in {out}, reused; 1 to run)" in after
+    assert f"2 runs (1 trained in {out}, reused; 1 to train)" in after
     fedit = next(line for line in after.splitlines() if line.split()[:1] == ["fedit"])
     assert fedit.split()[:4] == ["fedit", "seeds", "1,2", "1"] and fedit.endswith("(seed 1 finished)")
-    minutes = lambda t: float(t.split("about ")[1].split(" ")[0])  # noqa: E731
     assert minutes(after) == pytest.approx(minutes(before) / 2, abs=1)  # whole minutes
 
 

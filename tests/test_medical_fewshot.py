@@ -25,6 +25,7 @@ def test_the_frontier_on_medical_meadow_holds_out_1000_non_members_and_plans(tmp
     # the script's own options, then the frontier's, passed on as given
     assert "--reference gpt-3.5-turbo" in command and "--set privacy.holdout=0.87" in command
     assert command.endswith("--audit --betas  --server-lrs 0.5 --local-steps  --epsilons  --plan")
+    assert "--out " + str(out) in command
     assert "fedpit frontier: 2 runs" in text and "membership inference (privacy.holdout = 0.87)" in text
     assert not out.exists()  # a plan writes nothing
 
@@ -34,6 +35,20 @@ def test_more_examples_than_the_source_has_is_one_line_exit_2(capsys):
     assert mod.main(["--source", "medalpaca", "--n-train", "100000", "--plan"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--n-train 100000: medical_meadow_small.json has" in err
+
+
+def test_the_command_keeps_the_frontiers_defaults_and_its_own_folder(tmp_path):
+    args = lambda *a: mod.argparse.Namespace(  # noqa: E731
+        **dict(zip(("command", "algorithms", "seeds", "out", "plan"), a)), limit=60, max_new_tokens=128, overrides=[]
+    )
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    frontier = mod.fedpit_argv(args("frontier", None, None, None, False), ["--audit"], train, test, None)
+    assert "--algorithms" not in frontier and "--seeds" not in frontier  # fedpit frontier's own defaults
+    assert frontier[frontier.index("--out") + 1] == "experiments/medical-frontier" and frontier[-1] == "--audit"
+    compare = mod.fedpit_argv(args("compare", None, None, None, True), [], train, test, 66)
+    assert compare[:5] == ["compare", "--algorithms", mod.COMPARE_ALGORITHMS, "--seeds", "1"]
+    assert compare[compare.index("--out") + 1] == "experiments/medical-fewshot" and compare[-1] == "--plan"
+    assert "--reference" not in compare and f"data.test={test}" in compare  # the split scores its own test items
 
 
 def test_the_plan_prices_the_audit_by_its_member_pool():

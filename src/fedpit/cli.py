@@ -177,11 +177,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _eval_options(args):
+def _eval_options(args, with_judge: bool = True):
+    """The evaluation options of ``compare``/``sweep``/``frontier``; ``with_judge=False``: without the judge (a plan
+    needs the test set, not a request to the judge)."""
     from .compare import EvalOptions
 
     judge = None
-    if args.judge_url:
+    if args.judge_url and with_judge:
         from .judge import Judge, JudgeConfig
 
         judge = Judge(
@@ -231,7 +233,10 @@ def cmd_compare(args) -> int:
     check_writable_dir(out, "--out")  # before any training
     if args.audit:
         check_audit(cells, out)  # one [privacy] for every run, enough members and non-members
-    print(plan(cells, audit=args.audit, limit=args.limit, command=args.command, out=out), flush=True)
+    print(
+        plan(cells, audit=args.audit, ev=_eval_options(args, with_judge=False), command=args.command, out=out),
+        flush=True,
+    )
     if args.plan:
         return 0
     command = " ".join(shlex.quote(a) for a in ["fedpit", *args.argv])

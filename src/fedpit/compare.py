@@ -355,80 +355,107 @@ MIA_MINUTES = 0.9 / 160  # an audited model's membership losses, per example of 
 CANARY_MINUTES = 0.4  # an audited model's canary digit trie (6 canaries of 4 digits)
 
 
-def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int) -> float:
+def _audit_minutes(cfg: Config, n_pool: int, per: float, shared_targets: int, own_targets: int) -> float:
+    """The audit of one run: extraction attacks, membership losses over the member/non-member pool, canary tries."""
+    n = cfg.partition.num_clients
+    private = n if cfg.algorithm in PRIVATE_ADAPTERS else 0
+    adapters = int(get_method(cfg.algorithm).shares_adapter) + private
+    pv = cfg.privacy
+    trie = CANARY_MINUTES * pv.canaries / 6 * 10 ** (pv.canary_digits - 4)  # every model scores every secret
+    each = MIA_MINUTES * n_pool * (pv.holdout > 0) + trie
+    return per * (shared_targets * (adapters - private + 1) + own_targets * private) + each * (adapters + 1)
+
+
+def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int, audit_only: bool = False) -> float:
     """A rough CPU estimate of one cell: training, evaluation of its adapters, the run's extraction attacks and
-    the audit."""
+    the audit (``audit_only``: the audit alone, for a run already trained and evaluated). ``n_train``: the training
+    file's examples, the audit's member/non-member pool when ``privacy.holdout`` takes non-members out of it."""
+    n = cfg.partition.num_clients
+    members = max(1, n_train - round(cfg.privacy.holdout * n_train))
+    ev = cfg.eval
+    per = ATTACK_MINUTES * ev.extraction_max_new_tokens / 128 / 100
+    shared_targets = min(ev.extraction_n or members, members)
+    own_targets = min(ev.extraction_n or members, max(1, members // n))
+    audited = _audit_minutes(cfg, n_train, per, shared_targets, own_targets) if audit else 0.0
+    if audit_only:
+        return audited
     minutes = RUN_MINUTES.get(cfg.algorithm, 7.0) * cfg.federation.rounds / 3
     if cfg.selfgen.responder == "private" or cfg.fedpit.shared_target == "distill":
         minutes *= ACCUMULATING_TEACHER_COST if cfg.selfgen.accumulate else TEACHER_COST
     if cfg.train.local_steps:
         minutes *= 0.4 + 0.6 * cfg.train.local_steps / 5  # about 60% of a FedIT round is its 5 local steps
-    n = cfg.partition.num_clients
     private = n if cfg.algorithm in PRIVATE_ADAPTERS else 0
     adapters = int(get_method(cfg.algorithm).shares_adapter) + private
     minutes += EVAL_MINUTES * adapters * n_test / 24
-    ev = cfg.eval
-    per = ATTACK_MINUTES * ev.extraction_max_new_tokens / 128 / 100
-    shared_targets = min(ev.extraction_n or n_train, n_train)
-    own_targets = min(ev.extraction_n or n_train, max(1, n_train // n))
     if ev.extraction_every_round:
         minutes += per * shared_targets * (cfg.federation.rounds + 1) + per * own_targets * private
-    if audit:
-        models = adapters + 1
-        pv = cfg.privacy
-        trie = CANARY_MINUTES * 10 ** (pv.canary_digits - 4) if pv.canaries else 0.0  # the trie spans every secret
-        each = MIA_MINUTES * n_train * (pv.holdout > 0) + trie
-        minutes += per * (shared_targets * (adapters - private + 1) + own_targets * private) + each * models
-    return minutes
+    return minutes + audited
 
 
 def _fmt_minutes(m: float) -> str:
     return f"{m / 60:.1f} h" if m >= 90 else f"{m:.0f} min"
 
 
-def _finished(cfg: Config, out: Path | None, audit: bool) -> bool:
-    """Whether ``out`` already holds this cell's finished run (and its audit): the experiment reuses it."""
-    if out is None:
-        return False
+def reusable_audit(run_dir: Path, cfg: Config) -> dict | None:
+    """The run's ``audit.json`` when an experiment can reuse it: an audit of every model (not one site's) made with
+    the run's ``[privacy]`` and ``eval.extraction_n``; else None."""
     from .audit.run import AUDIT_FILE
 
+    f = Path(run_dir) / AUDIT_FILE
+    if not f.is_file():
+        return None
+    found = read_json(f)
+    settings = {**vars(cfg.privacy), "extraction_n": cfg.eval.extraction_n}
+    return found if found.get("client") is None and found.get("settings") == settings else None
+
+
+def _state(cfg: Config, out: Path | None, audit: bool) -> str:
+    """What ``out`` holds of this cell: "finished" (reused as it is), "trained" (its audit still to run) or ""."""
+    if out is None:
+        return ""
     rd = RunDir(Path(out) / "runs" / cfg.run_name)
-    return rd.is_complete() and (not audit or (rd.path / AUDIT_FILE).is_file())
+    if not rd.is_complete():
+        return ""
+    return "finished" if not audit or reusable_audit(rd.path, cfg) is not None else "trained"
 
 
 def plan(
     cells: list[tuple[str, Config]],
     *,
     audit: bool,
-    limit: int = 0,
+    ev: EvalOptions | None = None,
     command: str = "experiment",
     out: str | Path | None = None,
 ) -> str:
     """The planned runs, grouped by cell, with their seeds and estimated CPU minutes; what gets fewer seeds. Runs
-    already finished in ``out`` are counted apart: the minutes are those of the runs still to do."""
+    already in ``out`` are counted apart: a finished one costs nothing, a trained one only its audit."""
     groups: dict[tuple[str, str], list[Config]] = defaultdict(list)
     for label, cfg in cells:
         groups[(cfg.algorithm, label)].append(cfg)
     first = cells[0][1]
     n_train = max(1, len(load_train(first)))
-    n_test = min(limit, len(load_split(first, "test"))) if limit else len(load_split(first, "test"))
+    n_test = len(_tests(first, ev or EvalOptions()))
     lines, total, n_done = [], 0.0, 0
     for (algo, label), cfgs in groups.items():
-        each = estimate_minutes(cfgs[0], audit=audit, n_test=n_test, n_train=n_train)
-        done = [c.seed for c in cfgs if _finished(c, out, audit)]
-        todo = len(cfgs) - len(done)
-        n_done += len(done)
-        total += each * todo
+        kw = dict(audit=audit, n_test=n_test, n_train=n_train)
+        each, audit_each = estimate_minutes(cfgs[0], **kw), estimate_minutes(cfgs[0], **kw, audit_only=True)
+        states = [_state(c, out, audit) for c in cfgs]
+        todo, trained = states.count(""), states.count("trained")
+        minutes = each * todo + audit_each * trained
+        n_done += len(cfgs) - todo
+        total += minutes
         seeds = ",".join(str(c.seed) for c in cfgs)
         name = algo + (f" {label}" if label else "")
-        line = f"  {name:<40} seeds {seeds:<10} {todo} x {each:4.1f} min = {_fmt_minutes(each * todo)}"
-        finished = f" (seed{'s' * (len(done) > 1)} {','.join(map(str, done))} finished)"
-        lines.append(line + (finished if done else ""))
+        line = f"  {name:<40} seeds {seeds:<10} {todo} x {each:4.1f} min = {_fmt_minutes(minutes)}"
+        for state, what in (("finished", "finished"), ("trained", "trained, its audit to run")):
+            got = [str(c.seed) for c, st in zip(cfgs, states) if st == state]
+            line += f" (seed{'s' * (len(got) > 1)} {','.join(got)} {what})" if got else ""
+        lines.append(line)
     most = max(len(v) for v in groups.values())
     fewer = [f"{a} {lab}".strip() for (a, lab), v in groups.items() if len(v) < most]
-    runs = f"{len(cells)} runs" + (
-        f" ({n_done} finished in {out}, reused; {len(cells) - n_done} to run)" if n_done else ""
-    )
+    runs = f"{len(cells)} runs"
+    if n_done:
+        runs += f" ({n_done} trained in {out}, reused; {len(cells) - n_done} to train)"
     head = (
         f"fedpit {command}: {runs}, about {_fmt_minutes(total)} of CPU on a 2-core machine like the demo's "
         f"(estimated from the demo's per-run wall times{', with the audit' if audit else ''}; other data or settings "
@@ -511,16 +538,10 @@ def _check_client_members(cells: list[tuple[str, Config]]) -> None:
 
 def audit_run(run_dir: Path) -> dict:
     """The run's ``audit.json``: reused when made with its settings, else the audit is run (in this process)."""
-    from .audit.run import AUDIT_FILE, audit, run_config
+    from .audit.run import audit, run_config
 
-    cfg = run_config(run_dir)
-    f = run_dir / AUDIT_FILE
-    settings = {**vars(cfg.privacy), "extraction_n": cfg.eval.extraction_n}
-    if f.is_file():
-        found = read_json(f)
-        if found.get("client") is None and found.get("settings") == settings:
-            return found
-    return audit(run_dir, echo=log.info)
+    found = reusable_audit(run_dir, run_config(run_dir))
+    return found if found is not None else audit(run_dir, echo=log.info)
 
 
 def _mean(values) -> float | None:
