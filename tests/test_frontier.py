@@ -444,6 +444,26 @@ def test_plan_counts_the_runs_already_in_the_experiment_folder_apart(tiny_cfg, t
     assert minutes(after) == pytest.approx(minutes(before) / 2, abs=1)  # whole minutes
 
 
+def test_a_finished_run_is_reused_only_with_its_own_settings(tiny_cfg, tmp_path, capsys):
+    from fedpit.compare import check_reuse
+    from fedpit.rundir import FINGERPRINT, fingerprint
+
+    cells = frontier_grid(_attack_on(tiny_cfg), ["fedit"], [1], "")
+    out = tmp_path / "exp"
+    rd = RunDir(out / "runs" / cells[0][1].run_name)
+    rd.path.mkdir(parents=True)
+    write_json(rd.summary_file, {"algorithm": "fedit"})
+    write_json(rd.path / FINGERPRINT, fingerprint(cells[0][1]))
+    check_reuse(cells, out)  # its own settings: reused
+    other = frontier_grid(replace(_attack_on(tiny_cfg), train=replace(tiny_cfg.train, lr=0.5)), ["fedit"], [1], "")
+    with pytest.raises(ConfigError, match=r"trained with other settings \(train.lr differ\)"):
+        check_reuse(other, out)
+    argv = ["compare", "--algorithms", "fedit", "--seeds", "1", "--out", str(out), "--set", "train.lr=0.5"]
+    assert main([*argv, "--set", f"model.name={tiny_cfg.model.name}", "--plan"]) == 2  # before the plan
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "choose another --out" in err
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The CLI: defaults, the plan, bad values (one line, exit 2, nothing written), --audit's one [privacy].
 

@@ -210,7 +210,7 @@ def cmd_compare(args) -> int:
     from datetime import datetime
     from pathlib import Path
 
-    from .compare import check_audit, grid, parse_seeds, plan, run_experiment
+    from .compare import check_audit, check_reuse, grid, parse_seeds, plan, run_experiment
     from .config import load_config
 
     if getattr(args, "benchmarks", None) is not None:  # names, protocol, extra: before hours of training
@@ -231,6 +231,7 @@ def cmd_compare(args) -> int:
     from .fsutil import check_writable_dir
 
     check_writable_dir(out, "--out")  # before any training
+    check_reuse(cells, out)  # a finished run in --out is reused only with its own settings
     if args.audit:
         check_audit(cells, out)  # one [privacy] for every run, enough members and non-members
     print(

@@ -409,6 +409,22 @@ def reusable_audit(run_dir: Path, cfg: Config) -> dict | None:
     return found if found.get("client") is None and found.get("settings") == settings else None
 
 
+def check_reuse(cells: list[tuple[str, Config]], out: str | Path) -> None:
+    """Every finished run ``out`` already holds for these cells was trained with the cell's settings (the experiment
+    reuses a finished run as it is): one line naming the run and the keys that differ, before anything runs."""
+    for _, cfg in cells:
+        rd = RunDir(Path(out) / "runs" / cfg.run_name)
+        if not rd.is_complete():
+            continue
+        diff = rd.other_settings(cfg)
+        if diff:
+            keys = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+            raise ConfigError(
+                f"{rd.path}: trained with other settings ({keys} differ) and would be reused as it is; "
+                "choose another --out for these settings"
+            )
+
+
 def _state(cfg: Config, out: Path | None, audit: bool) -> str:
     """What ``out`` holds of this cell: "finished" (reused as it is), "trained" (its audit still to run) or ""."""
     if out is None:
@@ -688,6 +704,7 @@ def run_experiment(
     an ``audit.json`` made with the run's settings) and put its figures in the rows (:func:`audit_fields`); the
     backbone's row gets the mean of its figures over the runs of its seed."""
     out = Path(out)
+    check_reuse(cells, out)
     out.mkdir(parents=True, exist_ok=True)
     records, curves = [], []
     bare: dict[int, list[dict]] = defaultdict(list)

@@ -109,6 +109,14 @@ def fingerprint(cfg: Config) -> dict:
     return {"sha256": fingerprint_of(settings), "settings": settings}
 
 
+def _differing(stored: dict, want: dict) -> list[str]:
+    """The keys whose values differ; a key a later version added, at its default, changes nothing."""
+    from .config import Config as Defaults
+
+    have = fingerprint(Defaults())["settings"] | stored
+    return sorted(k for k in have.keys() | want.keys() if have.get(k, ...) != want.get(k, ...))
+
+
 def fingerprint_of(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -368,13 +376,7 @@ class RunDir:
         except (OSError, ValueError, UnicodeDecodeError):
             stored, ok = None, False
         if ok and fingerprint_of(stored["settings"]) == stored.get("sha256") == committed:
-            from .config import Config as Defaults
-
-            added = fingerprint(Defaults())["settings"]  # a key a later version added, at its default, changes nothing
-            have = added | stored["settings"]
-            diff = sorted(
-                k for k in have.keys() | want["settings"].keys() if have.get(k, ...) != want["settings"].get(k, ...)
-            )
+            diff = _differing(stored["settings"], want["settings"])
             if diff:
                 raise ConfigError(
                     f"{self.config_file}: {', '.join(diff)} differ from the settings this run started with "
@@ -388,6 +390,17 @@ class RunDir:
             )
         warn_once(f"{f}: missing or damaged; rewritten from the config (it matches the committed rounds)")
         write_json(f, want)
+
+    def other_settings(self, cfg: Config) -> list[str] | None:
+        """The keys whose values differ between ``cfg`` and the settings this run started with (its
+        ``fingerprint.json``); None when that file is missing or damaged."""
+        try:
+            stored = read_json(self.path / FINGERPRINT)
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(stored, dict) or not isinstance(stored.get("settings"), dict):
+            return None
+        return _differing(stored["settings"], fingerprint(cfg)["settings"])
 
     def verify_complete(self) -> None:
         """A complete run's adapters: every committed round and ``final/`` against their checksums (a one-line error
