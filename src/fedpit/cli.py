@@ -504,7 +504,7 @@ def _add_frontier_parser(sub) -> None:
         metavar="CELLS",
         help="the cells run with every --seeds: methods and curve points, e.g. fedit,fedpit,fedpit.beta=0.6,"
         "federation.server_lr=0.5,dp.target_epsilon=100 (default: every method, fedpit-mix at each beta, the "
-        "teacher at each teacher_mix)",
+        "teacher at each teacher_mix, the accumulating teacher)",
     )
     p.add_argument("--out", help="experiment folder (default: experiments/<time>-frontier)")
     _add_experiment_args(p)

@@ -238,8 +238,8 @@ def _same_point(item: str, unit: Unit) -> bool:
 
 def deciding_units(spec: str | None, units: list[Unit]) -> set[str]:
     """The names of the units that get every --seeds (the others get --sweep-seeds): by default every method
-    (fedpit-mix at each beta and the teacher at each teacher_mix included); else the listed methods and curve points
-    (``fedpit.beta=0.6``)."""
+    (fedpit-mix at each beta, the teacher at each teacher_mix and the accumulating teacher included); else the
+    listed methods and curve points (``fedpit.beta=0.6``)."""
     if spec is None:
         return {u.name for u in units if not u.label or u.label.split("=", 1)[0] in METHOD_KNOBS}
     items = [x.strip() for x in spec.split(",") if x.strip()]
