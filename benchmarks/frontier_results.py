@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     status = f"{', '.join(multi)} over seeds {','.join(map(str, seeds))}; every other point one run" if multi else ""
     values["status"] = {"value": status or "every point one run", "format": "{}"}
     values["runs"] = {"value": len({r["run_dir"] for r in records if r.get("run_dir")}), "format": "{}"}
+    seconds = {r["run_dir"]: (r.get("wall_s") or 0) + (r.get("audit_s") or 0) for r in records if r.get("run_dir")}
+    values["run_hours"] = {"value": sum(seconds.values()) / 3600, "format": "{:.1f}"}  # training and audit, each run
     write_result(
         "frontier",
         title="The privacy-utility frontier: every method against FedIT turned down and DP-SGD, each run audited",

@@ -848,6 +848,7 @@ def test_the_frontier_results_file_reads_fedits_audits_seed_by_seed(tmp_path):
     assert v["auc_ci_fedit_shared_s2"] == "[0.450, 0.800]" and v["fedit_exposure_max"] == 4.0
     rows = doc["tables"]["fedit_by_seed"]["rows"]
     assert [r["seed"] for r in rows] == [1, 2] and rows[0]["wall_s"] == 100 and rows[0]["audit_s"] == 90
+    assert v["run_hours"] == pytest.approx(2 * 190 / 3600)  # each run's training and audit, once per run
 
 
 def test_the_frontier_results_file_refuses_a_bad_results_file_in_one_line(tmp_path, capsys):
