@@ -11,7 +11,9 @@ ChatDoctor-5k), evaluated on MedInstruct-test against the gpt-3.5-turbo answers.
 
 Each method is trained and its shared / private adapters are evaluated with the offline metrics (Rouge-L, MiniLM
 cosine, reference loss). Everything goes through `fedpit compare`, so results.json, report.md and the plots land in
---out. Both files are written to a temporary folder outside the repository.
+--out. The drawn files are written to fedpit's cache folder (``$FEDPIT_CACHE_DIR`` or the user cache dir, outside the
+repository), each named by its content's sha256: the runs name them in ``data.train``, so a later call with the same
+draw (more seeds, more points, an audit) reuses the runs of an earlier one, and a different draw gets new runs.
 
     .venv/bin/python benchmarks/medical_fewshot.py [--source medinstruct-split|medalpaca|chatdoctor]
         [--algorithms fedpit,fedit,locit,cenit]
@@ -30,9 +32,10 @@ examples and holding more of them out, with the training set the same size. Medi
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -53,6 +56,19 @@ def medinstruct_split(path: Path) -> tuple[list, list]:
     order = list(range(len(items)))
     random.Random(SPLIT_SEED).shuffle(order)
     return [items[i] for i in order[:SPLIT_TRAIN]], [items[i] for i in order[SPLIT_TRAIN:]]
+
+
+def _stable_file(folder: Path, stem: str, examples: list) -> Path:
+    """``examples`` as ``folder/<stem>-<sha256 of the content>.jsonl``: the same draw always gets the same path (a
+    later call reuses the runs trained on it) and another draw another path (the runs' fingerprints tell them apart)."""
+    from fedpit.data import save_jsonl
+
+    tmp = folder / f".{stem}.{os.getpid()}.jsonl"
+    save_jsonl(examples, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:12]
+    final = folder / f"{stem}-{digest}.jsonl"
+    os.replace(tmp, final)
+    return final
 
 
 def fedpit_argv(args, extra: list[str], train: Path, test: Path, n_test: int | None) -> list[str]:
@@ -107,22 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     if not SOURCES[args.source].is_file() or not test.is_file():
         print(f"needs {SOURCES[args.source]} and {test} (../shared/data beside the repository)", file=sys.stderr)
         return 2
-    from fedpit.data import load_examples, save_jsonl
+    from fedpit.backbone import cache_root
+    from fedpit.data import load_examples
 
-    folder = Path(tempfile.mkdtemp(prefix="fedpit-medfewshot-"))  # temporary files outside the repository
+    folder = cache_root() / "medical_fewshot"  # outside the repository, the same path on every call
+    folder.mkdir(parents=True, exist_ok=True)
     split = args.source == "medinstruct-split"
     if split:
         train, test_items = medinstruct_split(test)
-        test = folder / "medinstruct-test66.jsonl"
-        save_jsonl(test_items, test)
+        test = _stable_file(folder, "medinstruct-test66", test_items)
     else:
         pool = load_examples(SOURCES[args.source], on_duplicate="drop")
         if not 0 < args.n_train <= len(pool):
             print(f"--n-train {args.n_train}: {SOURCES[args.source].name} has {len(pool)} examples", file=sys.stderr)
             return 2
         train = random.Random(0).sample(pool, args.n_train)
-    tmp = folder / f"{args.source}-{len(train)}.jsonl"
-    save_jsonl(train, tmp)
+    tmp = _stable_file(folder, f"{args.source}-{len(train)}", train)
     print(f"{len(train)} training examples from {SOURCES[args.source].name} -> {tmp}")
 
     from fedpit.cli import main as cli

@@ -444,19 +444,25 @@ def test_plan_counts_the_runs_already_in_the_experiment_folder_apart(tiny_cfg, t
     assert minutes(after) == pytest.approx(minutes(before) / 2, abs=1)  # whole minutes
 
 
-def test_a_finished_run_is_reused_only_with_its_own_settings(tiny_cfg, tmp_path, capsys):
+def test_a_run_in_out_is_reused_only_with_its_own_settings(tiny_cfg, tmp_path, capsys):
     from fedpit.compare import check_reuse
+    from fedpit.config import to_toml
     from fedpit.rundir import FINGERPRINT, fingerprint
 
     cells = frontier_grid(_attack_on(tiny_cfg), ["fedit"], [1], "")
+    other = frontier_grid(replace(_attack_on(tiny_cfg), train=replace(tiny_cfg.train, lr=0.5)), ["fedit"], [1], "")
     out = tmp_path / "exp"
     rd = RunDir(out / "runs" / cells[0][1].run_name)
     rd.path.mkdir(parents=True)
-    write_json(rd.summary_file, {"algorithm": "fedit"})
-    write_json(rd.path / FINGERPRINT, fingerprint(cells[0][1]))
-    check_reuse(cells, out)  # its own settings: reused
-    other = frontier_grid(replace(_attack_on(tiny_cfg), train=replace(tiny_cfg.train, lr=0.5)), ["fedit"], [1], "")
-    with pytest.raises(ConfigError, match=r"trained with other settings \(train.lr differ\)"):
+    rd.config_file.write_text(to_toml(cells[0][1]))  # an interrupted run: its config, no summary
+    for _ in ("interrupted", "finished"):
+        check_reuse(cells, out)  # its own settings: reused (resumed)
+        with pytest.raises(ConfigError, match=r"started with other settings \(train.lr differ\)"):
+            check_reuse(other, out)
+        write_json(rd.summary_file, {"algorithm": "fedit"})
+    write_json(rd.path / FINGERPRINT, fingerprint(cells[0][1]))  # the fingerprint, when there, is what counts
+    check_reuse(cells, out)
+    with pytest.raises(ConfigError, match="train.lr differ"):
         check_reuse(other, out)
     argv = ["compare", "--algorithms", "fedit", "--seeds", "1", "--out", str(out), "--set", "train.lr=0.5"]
     assert main([*argv, "--set", f"model.name={tiny_cfg.model.name}", "--plan"]) == 2  # before the plan

@@ -410,17 +410,18 @@ def reusable_audit(run_dir: Path, cfg: Config) -> dict | None:
 
 
 def check_reuse(cells: list[tuple[str, Config]], out: str | Path) -> None:
-    """Every finished run ``out`` already holds for these cells was trained with the cell's settings (the experiment
-    reuses a finished run as it is): one line naming the run and the keys that differ, before anything runs."""
+    """Every run ``out`` already holds for these cells, finished or interrupted, was started with the cell's
+    settings (the experiment reuses a finished run as it is and resumes an interrupted one): one line naming the run
+    and the keys that differ, before anything runs."""
     for _, cfg in cells:
         rd = RunDir(Path(out) / "runs" / cfg.run_name)
-        if not rd.is_complete():
+        if not rd.config_file.is_file():
             continue
         diff = rd.other_settings(cfg)
         if diff:
             keys = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
             raise ConfigError(
-                f"{rd.path}: trained with other settings ({keys} differ) and would be reused as it is; "
+                f"{rd.path}: started with other settings ({keys} differ) and would be reused as it is; "
                 "choose another --out for these settings"
             )
 

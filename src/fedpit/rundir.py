@@ -393,14 +393,20 @@ class RunDir:
 
     def other_settings(self, cfg: Config) -> list[str] | None:
         """The keys whose values differ between ``cfg`` and the settings this run started with (its
-        ``fingerprint.json``); None when that file is missing or damaged."""
+        ``fingerprint.json``, else its ``config.toml``); None when neither can be read."""
         try:
             stored = read_json(self.path / FINGERPRINT)
-        except (OSError, ValueError, UnicodeDecodeError):
-            return None
-        if not isinstance(stored, dict) or not isinstance(stored.get("settings"), dict):
-            return None
-        return _differing(stored["settings"], fingerprint(cfg)["settings"])
+            settings = stored["settings"] if isinstance(stored, dict) else None
+        except (OSError, ValueError, UnicodeDecodeError, KeyError):
+            settings = None
+        if not isinstance(settings, dict):
+            from .config import load_config
+
+            try:
+                settings = fingerprint(load_config(self.config_file))["settings"]
+            except (OSError, ValueError, ConfigError):
+                return None
+        return _differing(settings, fingerprint(cfg)["settings"])
 
     def verify_complete(self) -> None:
         """A complete run's adapters: every committed round and ``final/`` against their checksums (a one-line error
