@@ -32,7 +32,7 @@ from results import RESULTS_DIR, write_result  # noqa: E402
 
 from fedpit.compare import TEACHER as TEACHER_SETTINGS  # noqa: E402
 from fedpit.config import load_config, set_value  # noqa: E402
-from fedpit.rundir import RunDir, fingerprint  # noqa: E402
+from fedpit.rundir import RunDir  # noqa: E402
 
 TEACHER = [f"{k}={v}" for k, v in TEACHER_SETTINGS]  # the frontier's teacher points, the same settings
 STAGES = {
@@ -78,8 +78,12 @@ def run_one(out: Path, name: str, method: str, sets: list[str], rounds: int) -> 
         want = load_config()
         for item in overrides:
             set_value(want, *item.split("=", 1))
-        if fingerprint(load_config(rd.config_file)) != fingerprint(want):
-            raise ScreenError(f"{rd.path}: a run with other settings (delete the folder to run {name} again)")
+        diff = rd.other_settings(want)
+        if diff is None:
+            raise ScreenError(f"{rd.path}: neither fingerprint.json nor config.toml can be read")
+        if diff:
+            keys = ", ".join(diff)
+            raise ScreenError(f"{rd.path}: a run with other settings ({keys}; delete the folder to run {name} again)")
     if not rd.is_complete():
         argv = [*fedpit_cli(), "run", "-q"]
         argv += ["--resume", str(rd.path)] if rd.config_file.is_file() else [a for o in overrides for a in ("--set", o)]
