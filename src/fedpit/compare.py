@@ -355,11 +355,15 @@ MIA_MINUTES = 0.9 / 160  # an audited model's membership losses, per example of 
 CANARY_MINUTES = 0.4  # an audited model's canary digit trie (6 canaries of 4 digits)
 
 
+def _adapters(cfg: Config) -> tuple[int, int]:
+    """(private adapters, all adapters) a run of this cell ends with: what gets evaluated and audited."""
+    private = cfg.partition.num_clients if cfg.algorithm in PRIVATE_ADAPTERS else 0
+    return private, int(get_method(cfg.algorithm).shares_adapter) + private
+
+
 def _audit_minutes(cfg: Config, n_pool: int, per: float, shared_targets: int, own_targets: int) -> float:
     """The audit of one run: extraction attacks, membership losses over the member/non-member pool, canary tries."""
-    n = cfg.partition.num_clients
-    private = n if cfg.algorithm in PRIVATE_ADAPTERS else 0
-    adapters = int(get_method(cfg.algorithm).shares_adapter) + private
+    private, adapters = _adapters(cfg)
     pv = cfg.privacy
     trie = CANARY_MINUTES * pv.canaries / 6 * 10 ** (pv.canary_digits - 4)  # every model scores every secret
     each = MIA_MINUTES * n_pool * (pv.holdout > 0) + trie
@@ -384,8 +388,7 @@ def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int, aud
         minutes *= ACCUMULATING_TEACHER_COST if cfg.selfgen.accumulate else TEACHER_COST
     if cfg.train.local_steps:
         minutes *= 0.4 + 0.6 * cfg.train.local_steps / 5  # about 60% of a FedIT round is its 5 local steps
-    private = n if cfg.algorithm in PRIVATE_ADAPTERS else 0
-    adapters = int(get_method(cfg.algorithm).shares_adapter) + private
+    private, adapters = _adapters(cfg)
     minutes += EVAL_MINUTES * adapters * n_test / 24
     if ev.extraction_every_round:
         minutes += per * shared_targets * (cfg.federation.rounds + 1) + per * own_targets * private
@@ -409,12 +412,20 @@ def reusable_audit(run_dir: Path, cfg: Config) -> dict | None:
     return found if found.get("client") is None and found.get("settings") == settings else None
 
 
+RUNS_FOLDER = "runs"  # an experiment folder's runs, one folder per cell
+
+
+def _run_dir(out: str | Path, cfg: Config) -> RunDir:
+    """A cell's run folder in the experiment folder ``out`` (where :func:`run_experiment` trains it)."""
+    return RunDir(Path(out) / RUNS_FOLDER / cfg.run_name)
+
+
 def check_reuse(cells: list[tuple[str, Config]], out: str | Path) -> None:
     """Every run ``out`` already holds for these cells, finished or interrupted, was started with the cell's
     settings (the experiment reuses a finished run as it is and resumes an interrupted one): one line naming the run
     and the keys that differ, before anything runs."""
     for _, cfg in cells:
-        rd = RunDir(Path(out) / "runs" / cfg.run_name)
+        rd = _run_dir(out, cfg)
         if not rd.config_file.is_file():
             continue
         diff = rd.other_settings(cfg)
@@ -430,7 +441,7 @@ def _state(cfg: Config, out: Path | None, audit: bool) -> str:
     """What ``out`` holds of this cell: "finished" (reused as it is), "trained" (its audit still to run) or ""."""
     if out is None:
         return ""
-    rd = RunDir(Path(out) / "runs" / cfg.run_name)
+    rd = _run_dir(out, cfg)
     if not rd.is_complete():
         return ""
     return "finished" if not audit or reusable_audit(rd.path, cfg) is not None else "trained"
@@ -523,7 +534,7 @@ def check_audit(cells: list[tuple[str, Config]], out: str | Path) -> None:
         split_pool(c, load_train(c))  # too few members or non-members, no room for the canaries
     _check_client_members(cells)
     for _, cfg in cells:
-        saved = RunDir(Path(out) / "runs" / cfg.run_name).config_file
+        saved = _run_dir(out, cfg).config_file
         if saved.is_file() and load_config(saved).privacy != cfg.privacy:
             diff = _first_difference(cfg.privacy, load_config(saved).privacy)
             raise ConfigError(
@@ -717,7 +728,7 @@ def run_experiment(
         write_json(out / "results.json", {"meta": meta, "records": records, "curves": curves})
 
     for i, (label, cfg) in enumerate(cells, 1):
-        cfg = replace(cfg, output_dir=str(out / "runs"))
+        cfg = replace(cfg, output_dir=str(out / RUNS_FOLDER))
         log.info("[%d/%d] %s seed %d%s", i, len(cells), cfg.algorithm, cfg.seed, f" ({label})" if label else "")
         recs, curve, found = _run_cell(cfg, label, ev, audit)
         records += recs
