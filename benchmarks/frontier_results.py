@@ -5,9 +5,10 @@ privacy measure, as ``fedpit frontier``'s report computes them (:func:`fedpit.re
 instrument tell its shared model from the bare backbone on every seed?).
 
     .venv/bin/python benchmarks/frontier_results.py experiments/frontier-audit/results.json \
-        [--command "the commands that made it"] [--note TEXT ...]
+        [--command "the commands that made it"] [--note TEXT ...] [--name frontier] [--title TEXT]
 
-It rewrites ``benchmarks/results/frontier.json``, which docs/results.md and docs/privacy.md quote.
+It rewrites ``benchmarks/results/NAME.json`` (``frontier.json``: the demo's frontier; ``frontier-medical.json``: the
+same frontier on Medical Meadow), which docs/results.md and docs/privacy.md quote.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ TIMES = [  # one process ran the runs and their audits one at a time, alone on t
 ]
 VALUE_PREFIX = {"mia_ref_auc": "auc", "canary_exposure_mean": "exposure", "extraction_excess": "excess"}
 VALUE_PREFIX["reference_loss"] = "loss"
+TITLE = "The privacy-utility frontier: every method against FedIT turned down and DP-SGD, each run audited"
 FORMATS = {"mia_ref_auc": "{:.3f}", "canary_exposure_mean": "{:.2f}", "extraction_excess": "{:.3f}"}
 
 
@@ -156,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("results", type=Path, help="an experiment's results.json (fedpit frontier --audit)")
     ap.add_argument("--command", default="", help="the commands that made the experiment")
     ap.add_argument("--note", action="append", default=[], help="a note kept in the results file (repeatable)")
-    ap.add_argument("--out-dir", type=Path, help="where frontier.json goes (default: benchmarks/results)")
+    ap.add_argument("--out-dir", type=Path, help="where NAME.json goes (default: benchmarks/results)")
+    ap.add_argument("--name", default="frontier", help="the results file's name, without .json (default: frontier)")
+    ap.add_argument("--title", default=TITLE, help="its title")
     args = ap.parse_args(argv)
+    if not re.fullmatch(r"[\w-]+", args.name):
+        print(f"frontier_results.py: error: --name {args.name!r}: a plain file name without '.json'", file=sys.stderr)
+        return 2
     try:  # a missing or malformed results file: one line naming it, exit 2, nothing written
         records = load_results(args.results)[1]["records"]
     except FedpitError as e:
@@ -207,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {r["run_dir"]: (r.get("wall_s") or 0) + (r.get("audit_s") or 0) for r in records if r.get("run_dir")}
     values["run_hours"] = {"value": sum(seconds.values()) / 3600, "format": "{:.1f}"}  # training and audit, each run
     write_result(
-        "frontier",
-        title="The privacy-utility frontier: every method against FedIT turned down and DP-SGD, each run audited",
+        args.name,
+        title=args.title,
         tables=tables,
         values=values,
         notes=[*args.note, f"source: {args.results} (fedpit frontier's results.json)"],

@@ -442,6 +442,14 @@ def test_plan_counts_the_runs_already_in_the_experiment_folder_apart(tiny_cfg, t
     fedit = next(line for line in after.splitlines() if line.split()[:1] == ["fedit"])
     assert fedit.split()[:4] == ["fedit", "seeds", "1,2", "1"] and fedit.endswith("(seed 1 finished)")
     assert minutes(after) == pytest.approx(minutes(before) / 2, abs=1)  # whole minutes
+    backbone = "bare backbone (cached per data file)"  # priced once, while any run's audit is to come
+    assert [backbone in t for t in (before, trained, after)] == [True] * 3
+    rd2 = RunDir(out / "runs" / cells[1][1].run_name)
+    rd2.path.mkdir(parents=True)
+    write_json(rd2.summary_file, {"algorithm": "fedit"})
+    write_json(rd2.path / AUDIT_FILE, {"client": None, "settings": settings})
+    done = plan(cells, audit=True, out=out)
+    assert backbone not in done and "about 0 min" in done
 
 
 def test_a_run_in_out_is_reused_only_with_its_own_settings(tiny_cfg, tmp_path, capsys):
@@ -804,6 +812,10 @@ def test_the_frontier_results_file_carries_the_reports_verdicts(tmp_path):
     src = _audited_results(tmp_path)
     assert mod.main([str(src), "--out-dir", str(tmp_path / "out"), "--note", "constructed"]) == 0
     doc = json.loads((tmp_path / "out" / "frontier.json").read_text())
+    # the same frontier on other data goes to a results file of its own, beside the demo's
+    assert mod.main([str(src), "--out-dir", str(tmp_path / "out"), "--name", "frontier-medical", "--title", "MM"]) == 0
+    other = json.loads((tmp_path / "out" / "frontier-medical.json").read_text())
+    assert other["title"] == "MM" and other["values"] == doc["values"] and doc["title"] != "MM"
     rows = frontier_rows(json.loads(src.read_text())["records"])
     for pkey, short in (("mia_ref_auc", "mia"), ("canary_exposure_mean", "exposure")):
         judged = {
@@ -867,6 +879,8 @@ def test_the_frontier_results_file_refuses_a_bad_results_file_in_one_line(tmp_pa
         assert err.count("\n") == 1 and words in err
     assert mod.main([str(tmp_path / "missing.json"), "--out-dir", str(tmp_path / "out")]) == 2
     assert "file not found" in capsys.readouterr().err
+    assert mod.main([str(_audited_results(tmp_path)), "--out-dir", str(tmp_path / "out"), "--name", "../x"]) == 2
+    assert "--name '../x'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written
     # the teacher's points are named by their teacher_mix, as fedpit-mix's by beta
     label = _point_label("fedpit", "fedpit.teacher_mix=0.5", "shared")

@@ -361,25 +361,54 @@ def _adapters(cfg: Config) -> tuple[int, int]:
     return private, int(get_method(cfg.algorithm).shares_adapter) + private
 
 
-def _audit_minutes(cfg: Config, n_pool: int, per: float, shared_targets: int, own_targets: int) -> float:
-    """The audit of one run: extraction attacks, membership losses over the member/non-member pool, canary tries."""
-    private, adapters = _adapters(cfg)
+def _pool(cfg: Config, n_train: int) -> tuple[int, int]:
+    """(members, non-members) of the audit's pool, ``data.train`` of ``n_train`` examples split as the audit splits."""
+    out = int(round(cfg.privacy.holdout * n_train)) if cfg.privacy.holdout > 0 else 0
+    return max(1, n_train - out), out
+
+
+def _trie_minutes(cfg: Config) -> float:
+    """One model's canary digit trie: every model scores every canary's whole space of secrets."""
     pv = cfg.privacy
-    trie = CANARY_MINUTES * pv.canaries / 6 * 10 ** (pv.canary_digits - 4)  # every model scores every secret
-    each = MIA_MINUTES * n_pool * (pv.holdout > 0) + trie
-    return per * (shared_targets * (adapters - private + 1) + own_targets * private) + each * (adapters + 1)
+    return CANARY_MINUTES * pv.canaries / 6 * 10 ** (pv.canary_digits - 4)
+
+
+def _audit_minutes(cfg: Config, n_train: int, per: float, shared_targets: int, own_targets: int) -> float:
+    """The audit of one run, the bare backbone's cached results aside (:func:`backbone_minutes`): each audited model's
+    extraction attacks, membership losses (the shared model: every member; a private model: its site's) over the
+    non-members, and canary trie; the backbone's canary trie."""
+    private, adapters = _adapters(cfg)
+    members, nonmembers = _pool(cfg, n_train)
+    mia = MIA_MINUTES * (cfg.privacy.holdout > 0)
+    trie = _trie_minutes(cfg)
+    shared = (adapters - private) * (per * shared_targets + mia * (members + nonmembers) + trie)
+    own = private * (per * own_targets + mia * (members // cfg.partition.num_clients + nonmembers) + trie)
+    return shared + own + trie
+
+
+def _targets(cfg: Config, n_train: int) -> tuple[float, int, int]:
+    """(minutes per extraction target, the shared model's targets, a private model's targets)."""
+    ev = cfg.eval
+    members = _pool(cfg, n_train)[0]
+    per = ATTACK_MINUTES * ev.extraction_max_new_tokens / 128 / 100
+    shared_targets = min(ev.extraction_n or members, members)
+    own_targets = min(ev.extraction_n or members, max(1, members // cfg.partition.num_clients))
+    return per, shared_targets, own_targets
+
+
+def backbone_minutes(cfg: Config, n_train: int) -> float:
+    """The bare backbone's membership losses over the whole pool and its extraction attacks: computed by the first
+    audit on a data file and cached for every later one (:func:`fedpit.audit.run.backbone_cache_file`)."""
+    per, shared_targets, _ = _targets(cfg, n_train)
+    return per * shared_targets + MIA_MINUTES * n_train * (cfg.privacy.holdout > 0)
 
 
 def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int, audit_only: bool = False) -> float:
     """A rough CPU estimate of one cell: training, evaluation of its adapters, the run's extraction attacks and
-    the audit (``audit_only``: the audit alone, for a run already trained and evaluated). ``n_train``: the training
-    file's examples, the audit's member/non-member pool when ``privacy.holdout`` takes non-members out of it."""
-    n = cfg.partition.num_clients
-    members = max(1, n_train - round(cfg.privacy.holdout * n_train))
-    ev = cfg.eval
-    per = ATTACK_MINUTES * ev.extraction_max_new_tokens / 128 / 100
-    shared_targets = min(ev.extraction_n or members, members)
-    own_targets = min(ev.extraction_n or members, max(1, members // n))
+    the audit (``audit_only``: the audit alone, for a run already trained and evaluated), the backbone's cached
+    audit results aside. ``n_train``: the training file's examples, the audit's member/non-member pool when
+    ``privacy.holdout`` takes non-members out of it."""
+    per, shared_targets, own_targets = _targets(cfg, n_train)
     audited = _audit_minutes(cfg, n_train, per, shared_targets, own_targets) if audit else 0.0
     if audit_only:
         return audited
@@ -390,7 +419,7 @@ def estimate_minutes(cfg: Config, *, audit: bool, n_test: int, n_train: int, aud
         minutes *= 0.4 + 0.6 * cfg.train.local_steps / 5  # about 60% of a FedIT round is its 5 local steps
     private, adapters = _adapters(cfg)
     minutes += EVAL_MINUTES * adapters * n_test / 24
-    if ev.extraction_every_round:
+    if cfg.eval.extraction_every_round:
         minutes += per * shared_targets * (cfg.federation.rounds + 1) + per * own_targets * private
     return minutes + audited
 
@@ -463,7 +492,7 @@ def plan(
     first = cells[0][1]
     n_train = max(1, len(load_train(first)))
     n_test = len(_tests(first, ev or EvalOptions()))
-    lines, total, n_done = [], 0.0, 0
+    lines, total, n_done, to_audit = [], 0.0, 0, 0
     for (algo, label), cfgs in groups.items():
         kw = dict(audit=audit, n_test=n_test, n_train=n_train)
         each, audit_each = estimate_minutes(cfgs[0], **kw), estimate_minutes(cfgs[0], **kw, audit_only=True)
@@ -471,6 +500,7 @@ def plan(
         todo, trained = states.count(""), states.count("trained")
         minutes = each * todo + audit_each * trained
         n_done += len(cfgs) - todo
+        to_audit += todo + trained
         total += minutes
         seeds = ",".join(str(c.seed) for c in cfgs)
         name = algo + (f" {label}" if label else "")
@@ -479,6 +509,10 @@ def plan(
             got = [str(c.seed) for c, st in zip(cfgs, states) if st == state]
             line += f" (seed{'s' * (len(got) > 1)} {','.join(got)} {what})" if got else ""
         lines.append(line)
+    if audit and to_audit:
+        base = backbone_minutes(first, n_train)  # the first audit on the data file pays it, the others read it
+        total += base
+        lines.append(f"  {'bare backbone (cached per data file)':<40} {'':16} {'at most':>8} {_fmt_minutes(base)}")
     most = max(len(v) for v in groups.values())
     fewer = [f"{a} {lab}".strip() for (a, lab), v in groups.items() if len(v) < most]
     runs = f"{len(cells)} runs"
