@@ -42,7 +42,8 @@ TIMES = [  # one process ran the runs and their audits one at a time, alone on t
     {"key": "audit_s", "header": "audit (wall, backbone cached)", "format": "duration"},
 ]
 VALUE_PREFIX = {"mia_ref_auc": "auc", "canary_exposure_mean": "exposure", "extraction_excess": "excess"}
-VALUE_PREFIX["reference_loss"] = "loss"
+VALUE_PREFIX |= {"reference_loss": "loss", "cosine": "cosine"}
+UTILITY = {"reference_loss": ("gap", "{:.3f}"), "cosine": ("gap_cosine", "{:.3f}")}  # key -> gap value prefix, format
 TITLE = "The privacy-utility frontier: every method against FedIT turned down and DP-SGD, each run audited"
 FORMATS = {"mia_ref_auc": "{:.3f}", "canary_exposure_mean": "{:.2f}", "extraction_excess": "{:.3f}"}
 
@@ -187,18 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         tables["fedit_by_seed"] = table
         values |= more
     for r in rows:  # each point's figures, for the prose to quote (one place: this file)
-        for key, fmt in (*FORMATS.items(), ("reference_loss", "{:.3f}")):
+        for key, fmt in (*FORMATS.items(), *((k, f) for k, (_, f) in UTILITY.items())):
             if key in r:
                 values[f"{VALUE_PREFIX[key]}_{slug(r['label'])}"] = {"value": r[key], "format": fmt}
                 if len(r["seeds"]) > 1:
                     values[f"{VALUE_PREFIX[key]}_sd_{slug(r['label'])}"] = {"value": r[key + "_std"], "format": fmt}
-    ends = {r["label"]: r.get("reference_loss") for r in rows if r["label"] in ("bare backbone", "fedit shared")}
-    if None not in ends.values() and len(ends) == 2:  # the share of the backbone -> FedIT gap each point closes
-        span = ends["bare backbone"] - ends["fedit shared"]
+    for key, (prefix, _) in UTILITY.items():  # the share of the backbone -> FedIT gap each point closes
+        ends = {r["label"]: r.get(key) for r in rows if r["label"] in ("bare backbone", "fedit shared")}
+        if None in ends.values() or len(ends) != 2:
+            continue
+        span = ends["fedit shared"] - ends["bare backbone"]  # signed: the loss falls, the cosine rises
         for r in rows:
-            if "reference_loss" in r and r["label"] not in ends and span > 0:
-                gap = (ends["bare backbone"] - r["reference_loss"]) / span
-                values[f"gap_{slug(r['label'])}"] = {"value": gap, "format": "{:.0%}"}
+            if key in r and r["label"] not in ends and span != 0:
+                gap = (r[key] - ends["bare backbone"]) / span
+                values[f"{prefix}_{slug(r['label'])}"] = {"value": gap, "format": "{:.0%}"}
     for rec in records:  # each run's shared-model membership interval
         f = Path(rec.get("run_dir") or "/nonexistent") / "audit.json"
         if rec["model"] == "shared" and f.is_file():

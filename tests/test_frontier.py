@@ -843,6 +843,21 @@ def test_the_frontier_results_file_carries_the_reports_verdicts(tmp_path):
     )
 
 
+def test_the_frontier_results_file_gives_each_points_share_of_the_gap_on_loss_and_cosine(tmp_path):
+    """The share of the backbone -> FedIT gap a point closes, on the held-out loss (falls) and the MiniLM cosine
+    (rises); a point worse than the backbone gets a negative share, not a missing one."""
+    mod = load("frontier_results")
+    recs = [
+        _rec("fedit", 1, reference_loss=1.77, cosine=0.675, mia_ref_auc=0.56),
+        _rec("fedpit", 1, reference_loss=1.80, cosine=0.647, mia_ref_auc=0.52),
+        _rec("backbone", 1, "bare", reference_loss=1.79, cosine=0.605, mia_ref_auc=0.5),
+    ]
+    assert mod.main([str(_write(tmp_path, recs)), "--out-dir", str(tmp_path / "out")]) == 0
+    v = {k: x["value"] for k, x in json.loads((tmp_path / "out" / "frontier.json").read_text())["values"].items()}
+    assert v["gap_fedpit_shared"] == pytest.approx(-0.5) and v["gap_cosine_fedpit_shared"] == pytest.approx(0.6)
+    assert v["cosine_fedpit_shared"] == pytest.approx(0.647) and "gap_fedit_shared" not in v
+
+
 def test_the_frontier_results_file_reads_fedits_audits_seed_by_seed(tmp_path):
     """FedIT's audit.json per seed: the separation figures the privacy docs quote (intervals, not means)."""
     mod = load("frontier_results")
