@@ -845,10 +845,12 @@ def test_the_frontier_results_file_carries_the_reports_verdicts(tmp_path):
 
 def test_the_frontier_results_file_gives_each_points_share_of_the_gap_on_loss_and_cosine(tmp_path):
     """The share of the backbone -> FedIT gap a point closes, on the held-out loss (falls) and the MiniLM cosine
-    (rises); a point worse than the backbone gets a negative share, not a missing one."""
+    (rises), a point worse than the backbone getting a negative share; and its verdict and margin on each utility,
+    which can disagree (Medical Meadow's loss barely moves under FedIT, its cosine does)."""
     mod = load("frontier_results")
     recs = [
         _rec("fedit", 1, reference_loss=1.77, cosine=0.675, mia_ref_auc=0.56),
+        _rec("fedit", 1, setting="federation.server_lr=0.5", reference_loss=1.775, cosine=0.63, mia_ref_auc=0.55),
         _rec("fedpit", 1, reference_loss=1.80, cosine=0.647, mia_ref_auc=0.52),
         _rec("backbone", 1, "bare", reference_loss=1.79, cosine=0.605, mia_ref_auc=0.5),
     ]
@@ -856,6 +858,10 @@ def test_the_frontier_results_file_gives_each_points_share_of_the_gap_on_loss_an
     v = {k: x["value"] for k, x in json.loads((tmp_path / "out" / "frontier.json").read_text())["values"].items()}
     assert v["gap_fedpit_shared"] == pytest.approx(-0.5) and v["gap_cosine_fedpit_shared"] == pytest.approx(0.6)
     assert v["cosine_fedpit_shared"] == pytest.approx(0.647) and "gap_fedit_shared" not in v
+    # at AUC 0.52 the turned-down line (backbone -> eta 0.5) reads loss 1.784 and cosine 0.615
+    assert v["verdict_mia_fedpit_shared"] == "dominated" and v["verdict_cosine_mia_fedpit_shared"] == "dominates"
+    assert v["margin_mia_fedpit_shared_vs_fedit_turned_down"] == pytest.approx(1.79 - 0.015 * 0.4 - 1.80)
+    assert v["margin_cosine_mia_fedpit_shared_vs_fedit_turned_down"] == pytest.approx(0.647 - (0.605 + 0.025 * 0.4))
 
 
 def test_the_frontier_results_file_reads_fedits_audits_seed_by_seed(tmp_path):
