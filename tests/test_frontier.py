@@ -419,7 +419,8 @@ def test_the_plan_prices_the_teacher_above_plain_fedpit(tiny_cfg):
 
 
 def test_plan_counts_the_runs_already_in_the_experiment_folder_apart(tiny_cfg, tmp_path):
-    cells = frontier_grid(_attack_on(tiny_cfg), ["fedit"], [1, 2], "")
+    held_out = replace(tiny_cfg, privacy=replace(tiny_cfg.privacy, holdout=0.5))  # membership losses to price
+    cells = frontier_grid(_attack_on(held_out), ["fedit"], [1, 2], "")
     cfg = cells[0][1]
     out = tmp_path / "exp"
     minutes = lambda t: float(t.split("about ")[1].split(" ")[0])  # noqa: E731
@@ -442,8 +443,14 @@ def test_plan_counts_the_runs_already_in_the_experiment_folder_apart(tiny_cfg, t
     fedit = next(line for line in after.splitlines() if line.split()[:1] == ["fedit"])
     assert fedit.split()[:4] == ["fedit", "seeds", "1,2", "1"] and fedit.endswith("(seed 1 finished)")
     assert minutes(after) == pytest.approx(minutes(before) / 2, abs=1)  # whole minutes
-    backbone = "bare backbone (cached per data file)"  # priced once, while any run's audit is to come
-    assert [backbone in t for t in (before, trained, after)] == [True] * 3
+    backbone = "bare backbone losses (once per data file)"  # priced once, while any run's audit is to come
+    assert [t.count(backbone) for t in (before, trained, after)] == [1, 1, 1]
+    from fedpit.compare import _tests, backbone_minutes, estimate_minutes
+    from fedpit.federation import load_train
+
+    each = estimate_minutes(cfg, audit=True, n_test=len(_tests(cfg, EvalOptions())), n_train=len(load_train(cfg)))
+    base = backbone_minutes(cfg, len(load_train(cfg)))
+    assert base > 0 and minutes(before) == pytest.approx(2 * each + base, abs=0.5)  # printed in whole minutes
     rd2 = RunDir(out / "runs" / cells[1][1].run_name)
     rd2.path.mkdir(parents=True)
     write_json(rd2.summary_file, {"algorithm": "fedit"})

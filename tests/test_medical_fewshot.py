@@ -60,6 +60,11 @@ def test_the_plan_prices_the_audit_by_its_member_pool():
     assert large - small > 15
     cfg.privacy.holdout = 0.0
     assert estimate_minutes(cfg, audit=True, n_test=24, n_train=1150) < large  # no MIA: no member losses
-    no_mia = backbone_minutes(cfg, 1150)  # the backbone's extraction attacks alone
-    cfg.privacy.holdout = 0.87
-    assert backbone_minutes(cfg, 1150) - no_mia == pytest.approx(0.9 / 160 * 1150)  # its losses on the whole pool
+    assert backbone_minutes(cfg, 1150) == 0  # no membership losses to cache
+    cfg.privacy.holdout = 0.87  # 150 members (50 a site), 1,000 non-members
+    assert backbone_minutes(cfg, 1150) == pytest.approx(0.9 / 160 * 1150)  # its losses on the whole pool, once
+    # FedPIT's audit: the shared model attacked on 100 targets, each private model on its site's 50, each attack
+    # repeated on the backbone; membership losses: the shared model on all 1,150, each private model on its 50
+    # members and the 1,000 non-members; a canary trie for each of the 5 models (4 adapters and the backbone)
+    expected = 2 * 0.014 * (100 + 3 * 50) + 0.9 / 160 * (1150 + 3 * 1050) + 0.4 * 5
+    assert estimate_minutes(cfg, audit=True, n_test=24, n_train=1150, audit_only=True) == pytest.approx(expected)
