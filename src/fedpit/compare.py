@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .adapter_folder import read_adapter_folder
 from .algorithms import get_method
+from .audit.data import MIN_SPLIT, held_out
 from .config import PRIVATE_MODEL_METHODS, Config, load_config, set_value
 from .errors import ConfigError
 from .evaluate import engine_for, evaluate
@@ -341,7 +342,6 @@ RUN_MINUTES = {
     "cenit": 3.4,
     "fedit-dp": 18.0,
 }
-PRIVATE_ADAPTERS = ("fedpit", "locit", "locit-sa")  # methods whose clients keep their own adapters
 EVAL_MINUTES = 1.0  # answering 24 test items with one adapter
 # The private model as teacher costs more than plain FedPIT: a whole 3-round run of the demo took 1.13x FedPIT's with
 # selfgen.responder=private and fedpit.shared_target=distill, 1.23x with selfgen.accumulate=true beside them
@@ -357,13 +357,13 @@ CANARY_MINUTES = 0.4  # an audited model's canary digit trie (6 canaries of 4 di
 
 def _adapters(cfg: Config) -> tuple[int, int]:
     """(private adapters, all adapters) a run of this cell ends with: what gets evaluated and audited."""
-    private = cfg.partition.num_clients if cfg.algorithm in PRIVATE_ADAPTERS else 0
+    private = cfg.partition.num_clients if get_method(cfg.algorithm).personalizes else 0
     return private, int(get_method(cfg.algorithm).shares_adapter) + private
 
 
 def _pool(cfg: Config, n_train: int) -> tuple[int, int]:
     """(members, non-members) of the audit's pool, ``data.train`` of ``n_train`` examples split as the audit splits."""
-    out = int(round(cfg.privacy.holdout * n_train)) if cfg.privacy.holdout > 0 else 0
+    out = held_out(cfg.privacy.holdout, n_train)
     return max(1, n_train - out), out
 
 
@@ -580,13 +580,12 @@ def check_audit(cells: list[tuple[str, Config]], out: str | Path) -> None:
 def _check_client_members(cells: list[tuple[str, Config]]) -> None:
     """Membership inference on a client's private model needs 10 of its members: checked on each seed's
     partition (cheap: no model) for the methods that keep private adapters."""
-    from .audit.data import MIN_SPLIT
     from .federation import prepare
 
     seen = set()
     for _, cfg in cells:
         key = json.dumps([vars(cfg.data), vars(cfg.partition), vars(cfg.privacy), cfg.seed], sort_keys=True)
-        if cfg.algorithm not in PRIVATE_ADAPTERS or cfg.privacy.holdout <= 0 or key in seen:
+        if not get_method(cfg.algorithm).personalizes or cfg.privacy.holdout <= 0 or key in seen:
             continue
         seen.add(key)
         prep = prepare(cfg)

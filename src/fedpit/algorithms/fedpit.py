@@ -153,5 +153,6 @@ METHOD = register(
         "private local adapter on local + synthetic data",
         client_update=client_update,
         server_aggregate=fedavg,
+        personalizes=True,
     )
 )

@@ -51,5 +51,6 @@ METHOD = register(
         client_update=client_update,
         server_aggregate=keep_global,
         shares_adapter=False,
+        personalizes=True,
     )
 )

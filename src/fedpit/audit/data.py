@@ -84,6 +84,11 @@ class PrivateData:
         write_private_text(folder / Path(CANARY_FILE).name, json.dumps(record, indent=2) + "\n")
 
 
+def held_out(holdout: float, n: int) -> int:
+    """How many of a pool of ``n`` examples ``privacy.holdout`` keeps out of training as non-members."""
+    return int(round(holdout * n)) if holdout > 0 else 0
+
+
 def split_pool(cfg: Config, pool: list[Example]) -> tuple[list[Example], PrivateData]:
     """(members, private data): ``privacy.holdout`` of ``pool`` held out by a seeded draw (both parts keep the
     pool's order), and the run's canaries. At holdout 0 the members are ``pool`` itself. One-line errors when the
@@ -93,7 +98,7 @@ def split_pool(cfg: Config, pool: list[Example]) -> tuple[list[Example], Private
     private = PrivateData(canaries=canaries, members=len(pool))
     if pv.holdout <= 0:
         return pool, private
-    n_out = int(round(pv.holdout * len(pool)))
+    n_out = held_out(pv.holdout, len(pool))
     if n_out < MIN_SPLIT or len(pool) - n_out < MIN_SPLIT:
         raise ConfigError(
             f"privacy.holdout: {pv.holdout} of the {len(pool)} examples of {cfg.data.train} gives {len(pool) - n_out} "
