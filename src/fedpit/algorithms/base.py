@@ -183,7 +183,7 @@ class Method:
     server_aggregate: ServerAggregate
     shares_adapter: bool = True  # False: clients never share anything (locit, locit-sa)
     pools_data: bool = False  # True: one virtual client holding every client's data (cenit; not deployable)
-    personalizes: bool = False  # True: each client ends with its own adapter (clients/client_K/final; fedpit, locit, locit-sa)
+    personalizes: bool = False  # True: each client ends with its own adapter, clients/client_K/final (fedpit, locit*)
 
     def clients(self, cfg: Config, r: int) -> list[int]:
         """The clients that train in round ``r`` (a seeded draw, the same for every method that samples)."""
